@@ -1,5 +1,17 @@
 //! Portcullis: a service-mesh security gateway that enforces mutual TLS with help from the
 //! Linux kernel.
+//!
+//! The layers, in the order a connection meets them: [`config`] turns Istio YAML into one
+//! validated [`config::Snapshot`]; [`identity`] reads SPIFFE identities from certificates;
+//! [`policy`] compiles AuthorizationPolicy and PeerAuthentication; [`tls`] builds rustls
+//! configurations; [`proxy`] runs the listeners and forwards requests; [`kernel`] loads the
+//! eBPF programs that steer mesh traffic and reset plaintext under STRICT.
 
-/// The kernel programs, built by `build.rs` from `gateway-ebpf`.
-pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portcullis"));
+pub mod admin;
+pub mod backend;
+pub mod config;
+pub mod identity;
+pub mod kernel;
+pub mod policy;
+pub mod proxy;
+pub mod tls;

@@ -1,0 +1,1 @@
+//! Built-in upstreams for demos and tests.

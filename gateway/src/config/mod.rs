@@ -1,0 +1,1 @@
+//! Istio YAML → one validated, immutable configuration snapshot.

@@ -1,0 +1,1 @@
+//! Workload identity: SPIFFE ids read from X.509 certificates, and certificate issuing.

@@ -1,0 +1,1 @@
+//! Authorization (AuthorizationPolicy) and peer authentication (PeerAuthentication) compiled for the hot path.

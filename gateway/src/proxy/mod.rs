@@ -1,0 +1,1 @@
+//! Listeners, the inbound terminator and HTTP/TCP forwarding.

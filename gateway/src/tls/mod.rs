@@ -1,0 +1,1 @@
+//! rustls server and client configurations built from credentials.
