@@ -5,10 +5,14 @@
 //! [`compile`] checks the resources against each other and builds the model the proxy reads.
 //! A snapshot is never edited: a reload builds a new one and swaps it in whole.
 
+pub mod compile;
 pub mod error;
+pub mod hosts;
 pub mod load;
+pub mod model;
 pub mod resources;
 
+pub use compile::{compile, Settings, Snapshot};
 pub use error::{ConfigError, ConfigErrors};
 pub use load::{load_paths, Resources};
 
