@@ -32,3 +32,26 @@ pub async fn run(args: HttpbinArgs) -> anyhow::Result<()> {
     .await
     .with_context(|| format!("serving httpbin on {local}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory as _, Parser as _};
+
+    use super::*;
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: HttpbinArgs,
+    }
+
+    #[test]
+    fn listen_defaults_to_loopback_8000() {
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from(["httpbin"]).expect("parse");
+        assert_eq!(cli.args.listen, SocketAddr::from(([127, 0, 0, 1], 8000)));
+        let cli = Cli::try_parse_from(["httpbin", "--listen", "0.0.0.0:9000"]).expect("parse");
+        assert_eq!(cli.args.listen.port(), 9000);
+        assert!(Cli::try_parse_from(["httpbin", "--listen", "nowhere"]).is_err());
+    }
+}
