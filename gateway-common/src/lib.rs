@@ -1,13 +1,59 @@
 //! Types shared by the kernel programs (`gateway-ebpf`) and the daemon (`gateway`).
 //!
 //! Every map key and value is defined once, here, as `#[repr(C)]` plain data so both sides
-//! agree on the layout byte for byte.
+//! agree on the layout byte for byte. Map names are constants too: the loader finds maps by
+//! these names, both in the object and under the pin directory.
 #![no_std]
 
 /// Index of the terminator's listening socket in the steering `SockMap`.
 pub const TERMINATOR_SOCKET_INDEX: u32 = 0;
 
-/// Per-CPU counter slots, indexes into the `COUNTERS` per-CPU array.
+/// Map: the terminator's listening socket (`SockMap`, one slot).
+pub const MAP_TERMINATOR: &str = "TERMINATOR";
+/// Map: per-port policy, [`PortPolicy`] keyed by the port in host byte order (`u16`).
+pub const MAP_PORTS: &str = "PORTS";
+/// Map: per-CPU totals, a `u64` per [`Counter`] slot.
+pub const MAP_COUNTERS: &str = "COUNTERS";
+/// Map: per-CPU, per-port counters, [`PortCounters`] keyed by port (host order `u16`).
+pub const MAP_PORT_COUNTERS: &str = "PORT_COUNTERS";
+/// Map: flows waiting for their first payload, ISN keyed by [`FlowKey`] (LRU).
+pub const MAP_FLOWS: &str = "FLOWS";
+
+/// Program: the `sk_lookup` steering program.
+pub const PROG_STEER: &str = "steer";
+/// Program: the tc ingress classifier that resets plaintext under STRICT.
+pub const PROG_STRICT: &str = "strict";
+
+/// Capacity of [`MAP_PORTS`] and [`MAP_PORT_COUNTERS`].
+pub const MAX_PORTS: u32 = 1024;
+/// Capacity of [`MAP_FLOWS`]: handshakes in flight to STRICT ports. When more SYNs than this
+/// arrive before their first payloads, the oldest entries are evicted and those flows pass
+/// unjudged (documented limit of the per-flow design).
+pub const MAX_PENDING_FLOWS: u32 = 65536;
+
+/// PeerAuthentication mode of a port as the kernel sees it (`PortPolicy::mode`).
+pub mod mode {
+    /// Plaintext only: the kernel leaves the port alone.
+    pub const DISABLE: u8 = 0;
+    /// Plaintext and mTLS both accepted; the terminator tells them apart.
+    pub const PERMISSIVE: u8 = 1;
+    /// mTLS only: a first payload that is not a TLS handshake is reset in the kernel.
+    pub const STRICT: u8 = 2;
+}
+
+/// What the kernel does for one local port. Value of [`MAP_PORTS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortPolicy {
+    /// One of the [`mode`] constants.
+    pub mode: u8,
+    /// Non-zero: new connections to this port are steered to the terminator's listener.
+    pub steer: u8,
+    /// Explicit padding so both sides agree on every byte.
+    pub _pad: [u8; 2],
+}
+
+/// Per-CPU counter slots, indexes into the [`MAP_COUNTERS`] per-CPU array.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
@@ -15,9 +61,55 @@ pub enum Counter {
     Steered = 0,
     /// Plaintext first segments answered with a reset under STRICT.
     Reset = 1,
-    /// First segments judged and let through (TLS handshake, or not STRICT).
+    /// First segments judged and let through (TLS handshake, or no longer STRICT).
     Passed = 2,
+    /// Segments to a STRICT port dropped because they cannot be judged safely (IPv4 options,
+    /// IPv6 extension headers, fragments, or a failed reset).
+    Dropped = 3,
 }
 
 /// Number of counter slots.
-pub const COUNTER_SLOTS: u32 = 3;
+pub const COUNTER_SLOTS: u32 = 4;
+
+/// Per-port counters. Value of [`MAP_PORT_COUNTERS`]; user space creates the entry when it
+/// configures the port, the kernel only increments it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortCounters {
+    /// See [`Counter::Steered`].
+    pub steered: u64,
+    /// See [`Counter::Reset`].
+    pub reset: u64,
+    /// See [`Counter::Passed`].
+    pub passed: u64,
+    /// See [`Counter::Dropped`].
+    pub dropped: u64,
+}
+
+/// A TCP flow as seen on ingress. IPv4 addresses sit in `addr[0]`, the rest zero. Addresses
+/// and ports are in network byte order, exactly as read from the packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowKey {
+    /// Client (source) address.
+    pub saddr: [u32; 4],
+    /// Local (destination) address.
+    pub daddr: [u32; 4],
+    /// Client port, network order.
+    pub sport: u16,
+    /// Local port, network order.
+    pub dport: u16,
+    /// 4 or 6.
+    pub family: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all three are #[repr(C)] plain integers with explicit padding; any byte pattern
+    // is a valid value.
+    unsafe impl aya::Pod for super::PortPolicy {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PortCounters {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FlowKey {}
+}

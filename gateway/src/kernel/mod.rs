@@ -1,5 +1,21 @@
 //! The eBPF side of the daemon: loads, attaches and pins the kernel programs, and writes
 //! policy into their maps.
+//!
+//! - [`loader`]: install (load + pin, or adopt what is pinned), attach, uninstall, status.
+//! - [`maps`]: the runtime switch — port modes, the terminator's socket, counters.
+//! - [`bpffs`]: the pin directory and mounting bpffs.
+//! - [`cli`]: `portcullis kernel …` subcommands.
+
+pub mod bpffs;
+pub mod cli;
+pub mod error;
+pub mod loader;
+pub mod maps;
+
+pub use error::KernelError;
+pub use loader::{install, open, status, uninstall, InstallOptions, Installed, Origin};
+pub use maps::{CounterSnapshot, Counts, KernelMaps, PortSetting};
 
 /// The kernel programs, built by `build.rs` from `gateway-ebpf`.
-pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portcullis"));
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portcullis"));

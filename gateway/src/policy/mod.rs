@@ -1,1 +1,2 @@
 //! Authorization (AuthorizationPolicy) and peer authentication (PeerAuthentication) compiled for the hot path.
+pub mod peer_auth;

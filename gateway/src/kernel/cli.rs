@@ -1,0 +1,372 @@
+//! `portcullis kernel …`: install, watch, switch and remove the kernel path by hand or from
+//! a daemon. Wired into `main.rs` as `Kernel(kernel::cli::KernelArgs)`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use clap::{Args, Subcommand};
+
+use super::bpffs::DEFAULT_PIN_DIR;
+use super::loader::{install, open, status, uninstall, InstallOptions, Origin};
+use super::maps::{KernelMaps, PortSetting};
+use crate::config::load_paths;
+use crate::policy::peer_auth::{
+    workload_port_modes, PeerAuthMode, PeerAuthentications, DEFAULT_ROOT_NAMESPACE,
+};
+
+/// The kernel path: sk_lookup steering and the STRICT plaintext reset.
+#[derive(Debug, Args)]
+pub struct KernelArgs {
+    #[command(subcommand)]
+    pub command: KernelCommand,
+}
+
+/// Subcommands of `portcullis kernel`.
+#[derive(Debug, Subcommand)]
+pub enum KernelCommand {
+    /// Load (or adopt pinned) programs, attach them, set port modes, and exit. Enforcement
+    /// stays after exit: the programs, maps and links are pinned.
+    Attach(AttachArgs),
+    /// Like `attach`, then stay running: PeerAuthentication from the config decides each
+    /// workload port's mode, and edits to the config are applied to the maps within a second.
+    Run(RunArgs),
+    /// Change port modes in the pinned maps (no program reload).
+    SetMode(SetModeArgs),
+    /// Show what is attached, the port modes and the counters.
+    Status(StatusArgs),
+    /// Detach every link and remove every pin.
+    Uninstall(PinDirArg),
+}
+
+/// The pin directory.
+#[derive(Debug, Args)]
+pub struct PinDirArg {
+    /// Where programs, maps and links are pinned (one directory per network namespace).
+    #[arg(long, env = "PORTCULLIS_PIN_DIR", default_value = DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
+}
+
+/// Options shared by `attach` and `run`.
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    #[command(flatten)]
+    pub pin: PinDirArg,
+    /// Interface whose ingress gets the STRICT classifier; repeat it (add `lo` for local
+    /// clients).
+    #[arg(long = "iface", value_name = "NAME")]
+    pub interfaces: Vec<String>,
+    /// Port mode, `PORT=strict|permissive|disable`; repeatable. With `run --config` these
+    /// override what the config says.
+    #[arg(long = "port", value_name = "PORT=MODE")]
+    pub ports: Vec<PortArg>,
+    /// Steer the configured ports to the terminator's listener (sk_lookup).
+    #[arg(long)]
+    pub steer: bool,
+    /// Turn on aya-log lines from the kernel programs (takes effect on a fresh load).
+    #[arg(long)]
+    pub kernel_log: bool,
+}
+
+/// `run`: attach, then follow the config.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub attach: AttachArgs,
+    /// Istio YAML files or directories (WorkloadEntry, ServiceEntry, PeerAuthentication).
+    #[arg(long = "config", value_name = "PATH")]
+    pub config: Vec<PathBuf>,
+    /// Istio's root namespace: a PeerAuthentication there without selector is mesh-wide.
+    #[arg(long, default_value = DEFAULT_ROOT_NAMESPACE)]
+    pub root_namespace: String,
+    /// How often the config is checked for changes.
+    #[arg(long, default_value_t = 200)]
+    pub poll_ms: u64,
+}
+
+/// `set-mode`.
+#[derive(Debug, Args)]
+pub struct SetModeArgs {
+    #[command(flatten)]
+    pub pin: PinDirArg,
+    /// `PORT=strict|permissive|disable|remove`.
+    #[arg(value_name = "PORT=MODE", required = true)]
+    pub ports: Vec<PortArg>,
+    /// Steer these ports to the terminator.
+    #[arg(long)]
+    pub steer: bool,
+}
+
+/// `status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub pin: PinDirArg,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `PORT=MODE` on the command line; `None` mode means remove.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortArg {
+    pub port: u16,
+    pub mode: Option<PeerAuthMode>,
+}
+
+impl FromStr for PortArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (port, mode) = s
+            .split_once('=')
+            .ok_or_else(|| format!("`{s}`: expected PORT=MODE, e.g. 80=strict"))?;
+        let port: u16 = port
+            .parse()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| format!("`{port}` is not a TCP port"))?;
+        let mode = match mode.to_ascii_lowercase().as_str() {
+            "remove" => None,
+            other => Some(
+                PeerAuthMode::parse(&other.to_ascii_uppercase())?
+                    .ok_or_else(|| format!("`{mode}`: UNSET is not a mode for a port"))?,
+            ),
+        };
+        Ok(Self { port, mode })
+    }
+}
+
+/// Runs a `portcullis kernel` subcommand.
+pub fn run(args: KernelArgs) -> Result<()> {
+    match args.command {
+        KernelCommand::Attach(a) => {
+            let mut maps = attach(&a)?;
+            let desired = from_flags(&a.ports, a.steer);
+            apply(&mut maps, &desired)?;
+            Ok(())
+        }
+        KernelCommand::Run(r) => run_daemon(&r),
+        KernelCommand::SetMode(s) => {
+            let mut maps = open(&s.pin.pin_dir)?;
+            for p in &s.ports {
+                match p.mode {
+                    Some(mode) => maps.set_port(
+                        p.port,
+                        PortSetting {
+                            mode,
+                            steer: s.steer,
+                        },
+                    )?,
+                    None => maps.remove_port(p.port)?,
+                }
+            }
+            Ok(())
+        }
+        KernelCommand::Status(s) => {
+            let st = status(&s.pin.pin_dir)?;
+            if s.json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+            } else {
+                print_status(&st);
+            }
+            Ok(())
+        }
+        KernelCommand::Uninstall(p) => {
+            let report = uninstall(&p.pin_dir)?;
+            println!(
+                "uninstalled {}: {} links detached, {} pins removed",
+                p.pin_dir.display(),
+                report.detached.len(),
+                report.removed.len()
+            );
+            Ok(())
+        }
+    }
+}
+
+fn attach(a: &AttachArgs) -> Result<KernelMaps> {
+    let installed = install(&InstallOptions {
+        pin_dir: a.pin.pin_dir.clone(),
+        interfaces: a.interfaces.clone(),
+        kernel_log: a.kernel_log,
+    })?;
+    let how = match installed.origin {
+        Origin::Loaded => "loaded and pinned",
+        Origin::Adopted => "adopted pinned",
+    };
+    eprintln!(
+        "portcullis kernel: {how} programs under {}; tc ingress newly attached on [{}]",
+        installed.pins.root().display(),
+        installed.newly_attached.join(", ")
+    );
+    Ok(installed.maps)
+}
+
+fn from_flags(ports: &[PortArg], steer: bool) -> BTreeMap<u16, PortSetting> {
+    ports
+        .iter()
+        .filter_map(|p| {
+            Some((
+                p.port,
+                PortSetting {
+                    mode: p.mode?,
+                    steer,
+                },
+            ))
+        })
+        .collect()
+}
+
+fn apply(maps: &mut KernelMaps, desired: &BTreeMap<u16, PortSetting>) -> Result<()> {
+    let changed = maps.sync_ports(desired)?;
+    if changed > 0 {
+        let list: Vec<String> = desired
+            .iter()
+            .map(|(port, s)| format!("{port}={}", s.mode))
+            .collect();
+        eprintln!("portcullis kernel: port modes now [{}]", list.join(", "));
+    }
+    Ok(())
+}
+
+/// Reads the config and derives every local workload port's mode.
+fn desired_from_config(r: &RunArgs) -> Result<BTreeMap<u16, PortSetting>> {
+    let resources = load_paths(&r.config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let peer_auth =
+        PeerAuthentications::compile(&resources.peer_authentications, &r.root_namespace).map_err(
+            |errs| {
+                let text: Vec<String> = errs.iter().map(ToString::to_string).collect();
+                anyhow::anyhow!("{}", text.join("\n"))
+            },
+        )?;
+    let mut desired = BTreeMap::new();
+    for pm in workload_port_modes(
+        &peer_auth,
+        &resources.workload_entries,
+        &resources.service_entries,
+    ) {
+        let setting = PortSetting {
+            mode: pm.mode,
+            steer: r.attach.steer,
+        };
+        // Two local workloads on one port: the stricter mode protects both.
+        desired
+            .entry(pm.port)
+            .and_modify(|s: &mut PortSetting| s.mode = s.mode.max(setting.mode))
+            .or_insert(setting);
+    }
+    desired.extend(from_flags(&r.attach.ports, r.attach.steer));
+    Ok(desired)
+}
+
+/// A cheap change detector: every config file's path, length and mtime.
+fn config_fingerprint(paths: &[PathBuf]) -> Vec<(PathBuf, u64, Option<std::time::SystemTime>)> {
+    let mut out = Vec::new();
+    for path in paths {
+        let mut files = vec![path.clone()];
+        if path.is_dir() {
+            files = std::fs::read_dir(path)
+                .map(|rd| rd.flatten().map(|e| e.path()).collect())
+                .unwrap_or_default();
+            files.sort();
+        }
+        for f in files {
+            let meta = std::fs::metadata(&f).ok();
+            out.push((
+                f,
+                meta.as_ref().map_or(0, |m| m.len()),
+                meta.and_then(|m| m.modified().ok()),
+            ));
+        }
+    }
+    out
+}
+
+fn run_daemon(r: &RunArgs) -> Result<()> {
+    if r.config.is_empty() && r.attach.ports.is_empty() {
+        bail!("`kernel run` needs --config (Istio YAML) or --port PORT=MODE");
+    }
+    let mut maps = attach(&r.attach)?;
+    let poll = Duration::from_millis(r.poll_ms.max(10));
+    let mut last_print = Instant::now();
+    let mut fingerprint = None;
+    loop {
+        let now = config_fingerprint(&r.config);
+        if fingerprint.as_ref() != Some(&now) {
+            match desired_from_config(r) {
+                Ok(desired) => {
+                    apply(&mut maps, &desired)?;
+                    fingerprint = Some(now);
+                }
+                // Keep enforcing the last good config; a half-written file is retried.
+                Err(e) => eprintln!("portcullis kernel: config not applied: {e:#}"),
+            }
+        }
+        if last_print.elapsed() > Duration::from_secs(30) {
+            if let Ok(c) = maps.counters() {
+                eprintln!("portcullis kernel: counters {:?}", c.total);
+            }
+            last_print = Instant::now();
+        }
+        std::thread::sleep(poll);
+    }
+}
+
+fn print_status(st: &super::loader::Status) {
+    println!("pin dir:   {}", st.pin_dir.display());
+    println!(
+        "steer:     {}",
+        if st.steer_attached {
+            "attached (sk_lookup on this netns)"
+        } else {
+            "not attached"
+        }
+    );
+    println!("tc ingress: [{}]", st.interfaces.join(", "));
+    for (port, s) in &st.ports {
+        println!(
+            "port {port}: {}{}",
+            s.mode,
+            if s.steer { ", steered" } else { "" }
+        );
+    }
+    let t = &st.counters.total;
+    println!(
+        "counters:  steered={} reset={} passed={} dropped={}",
+        t.steered, t.reset, t.passed, t.dropped
+    );
+    for (port, c) in &st.counters.per_port {
+        println!(
+            "  port {port}: steered={} reset={} passed={} dropped={}",
+            c.steered, c.reset, c.passed, c.dropped
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_args() {
+        assert_eq!(
+            "80=strict".parse::<PortArg>(),
+            Ok(PortArg {
+                port: 80,
+                mode: Some(PeerAuthMode::Strict)
+            })
+        );
+        assert_eq!(
+            "8080=PERMISSIVE".parse::<PortArg>().map(|p| p.mode),
+            Ok(Some(PeerAuthMode::Permissive))
+        );
+        assert_eq!("80=remove".parse::<PortArg>().map(|p| p.mode), Ok(None));
+        assert!("80".parse::<PortArg>().is_err());
+        assert!("0=strict".parse::<PortArg>().is_err());
+        assert!("80=unset".parse::<PortArg>().is_err());
+        assert!("80=on".parse::<PortArg>().is_err());
+    }
+}

@@ -1,0 +1,93 @@
+//! What can go wrong on the kernel path, in words an operator can act on.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Errors of the kernel path. Every variant names what was attempted; none is a bare errno.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    /// Loading eBPF programs needs root (or CAP_BPF + CAP_NET_ADMIN).
+    #[error("the kernel path needs root (or CAP_BPF and CAP_NET_ADMIN) to {action}")]
+    NotRoot {
+        /// What was being attempted.
+        action: String,
+    },
+
+    /// No bpffs where the pins live, and mounting one failed.
+    #[error(
+        "{dir} is not on a BPF filesystem and mounting one failed ({source}); \
+         mount it with `mount -t bpf bpf /sys/fs/bpf`"
+    )]
+    NoBpffs {
+        /// The directory that must be on bpffs.
+        dir: PathBuf,
+        /// Why the mount failed.
+        source: io::Error,
+    },
+
+    /// The running kernel lacks something the programs need.
+    #[error("this kernel does not support {feature} (needs Linux {needs} or newer): {detail}")]
+    KernelLacksFeature {
+        /// The missing feature, e.g. "sk_lookup programs".
+        feature: &'static str,
+        /// The first kernel version that has it.
+        needs: &'static str,
+        /// What the kernel said.
+        detail: String,
+    },
+
+    /// The verifier rejected a program.
+    #[error("the kernel verifier rejected program `{program}`: {detail}")]
+    VerifierRejected {
+        /// Program name.
+        program: &'static str,
+        /// The error and the verifier log.
+        detail: String,
+    },
+
+    /// A named network interface does not exist in this network namespace.
+    #[error("no network interface named `{0}` in this network namespace")]
+    NoSuchInterface(String),
+
+    /// Nothing is installed under the pin directory.
+    #[error("nothing is installed under {0} (run `portcullis kernel attach` first)")]
+    NotInstalled(PathBuf),
+
+    /// The pinned state is incomplete or of another version.
+    #[error("the pinned state under {dir} is unusable: {detail}; run `portcullis kernel uninstall` and attach again")]
+    BadPinnedState {
+        /// The pin directory.
+        dir: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+
+    /// Any other failure of a bpf() call or a file operation, with what was being done.
+    #[error("{action}: {detail}")]
+    Other {
+        /// What was being attempted.
+        action: String,
+        /// The underlying error.
+        detail: String,
+    },
+}
+
+impl KernelError {
+    /// Wraps a lower-level error, turning EPERM into [`KernelError::NotRoot`].
+    pub(crate) fn during(action: impl Into<String>, err: impl std::fmt::Display) -> Self {
+        let action = action.into();
+        let detail = err.to_string();
+        if is_permission_error(&detail) {
+            return Self::NotRoot { action };
+        }
+        Self::Other { action, detail }
+    }
+}
+
+/// aya folds the errno into its messages; EPERM and EACCES both mean missing privileges here.
+fn is_permission_error(detail: &str) -> bool {
+    detail.contains("Operation not permitted") || detail.contains("os error 1)")
+}
+
+/// Convenience alias.
+pub type Result<T, E = KernelError> = std::result::Result<T, E>;

@@ -1,0 +1,346 @@
+//! Load, attach, pin, adopt, uninstall.
+//!
+//! Everything lives under the pin directory (see [`PinLayout`]): maps, both programs, the
+//! sk_lookup link of the network namespace and one TCX ingress link per interface. Because the
+//! links are pinned, the kernel keeps enforcing after the daemon dies (even `kill -9`); a new
+//! daemon finds the pins and adopts them instead of loading again, and only
+//! [`uninstall`] ends enforcement. One pin directory serves one network namespace.
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use aya::programs::links::FdLink;
+use aya::programs::tc::TcAttachOptions;
+use aya::programs::{LinkOrder, ProgramError, SchedClassifier, SkLookup, TcAttachType};
+use aya::EbpfLoader;
+use gateway_common::{
+    MAP_COUNTERS, MAP_FLOWS, MAP_PORTS, MAP_PORT_COUNTERS, MAP_TERMINATOR, PROG_STEER, PROG_STRICT,
+};
+use serde::Serialize;
+
+use super::bpffs::{ensure_bpffs, force_detach_link, require_root, PinLayout};
+use super::error::{KernelError, Result};
+use super::maps::{CounterSnapshot, KernelMaps, PortSetting};
+use super::EBPF_OBJECT;
+
+/// Maps pinned by name under `maps/`.
+const PINNED_MAPS: [&str; 5] = [
+    MAP_PORTS,
+    MAP_COUNTERS,
+    MAP_PORT_COUNTERS,
+    MAP_FLOWS,
+    MAP_TERMINATOR,
+];
+
+/// What [`install`] should set up.
+#[derive(Clone, Debug)]
+pub struct InstallOptions {
+    /// The pin directory (on bpffs, mounted if missing).
+    pub pin_dir: PathBuf,
+    /// Interfaces whose tc ingress gets the STRICT classifier (`lo` for local clients).
+    pub interfaces: Vec<String>,
+    /// Enable aya-log lines from the kernel programs (only honoured on a fresh load).
+    pub kernel_log: bool,
+}
+
+/// Whether [`install`] loaded the programs or found them pinned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    /// Loaded and pinned by this call.
+    Loaded,
+    /// Found pinned (a previous daemon, possibly killed) and adopted without reloading.
+    Adopted,
+}
+
+/// The kernel path, installed and open.
+pub struct Installed {
+    /// The pin directory.
+    pub pins: PinLayout,
+    /// Handles on the pinned maps.
+    pub maps: KernelMaps,
+    /// Loaded now or adopted.
+    pub origin: Origin,
+    /// Interfaces attached by this call (the others were attached already).
+    pub newly_attached: Vec<String>,
+}
+
+/// Loads and pins the programs unless they are pinned already (then adopts them), attaches
+/// the STRICT classifier to every interface in `opts` that lacks it, and opens the maps.
+pub fn install(opts: &InstallOptions) -> Result<Installed> {
+    require_root("load and attach eBPF programs")?;
+    let pins = PinLayout::new(&opts.pin_dir);
+    ensure_bpffs(&pins)?;
+
+    let complete = pins.prog(PROG_STEER).exists()
+        && pins.prog(PROG_STRICT).exists()
+        && pins.steer_link().exists()
+        && PINNED_MAPS.iter().all(|m| pins.map(m).exists());
+    let origin = if complete {
+        Origin::Adopted
+    } else {
+        if pins.root().exists() {
+            // A half-finished install (crash mid-way): start over rather than guess.
+            uninstall(pins.root())?;
+        }
+        pins.create_dirs()?;
+        if let Err(err) = load_and_pin(&pins, opts.kernel_log) {
+            let _ = uninstall(pins.root());
+            return Err(err);
+        }
+        Origin::Loaded
+    };
+
+    let mut newly_attached = Vec::new();
+    for iface in &opts.interfaces {
+        if !pins.strict_link(iface).exists() {
+            attach_strict(&pins, iface)?;
+            newly_attached.push(iface.clone());
+        }
+    }
+    let maps = KernelMaps::open(&pins)?;
+    Ok(Installed {
+        pins,
+        maps,
+        origin,
+        newly_attached,
+    })
+}
+
+/// Opens an existing install without changing anything (for `status` and `set-mode`).
+pub fn open(pin_dir: &Path) -> Result<KernelMaps> {
+    require_root("open the pinned eBPF maps")?;
+    let pins = PinLayout::new(pin_dir);
+    if !pins.root().exists() {
+        return Err(KernelError::NotInstalled(pin_dir.to_path_buf()));
+    }
+    KernelMaps::open(&pins)
+}
+
+fn load_and_pin(pins: &PinLayout, kernel_log: bool) -> Result<()> {
+    let mut loader = EbpfLoader::new();
+    for name in PINNED_MAPS {
+        loader.map_pin_path(name, pins.map(name));
+    }
+    // aya-log's level gate in the kernel: 0 turns every log line into a no-op.
+    let level: u8 = if kernel_log { 5 } else { 0 };
+    loader.override_global("AYA_LOG_LEVEL", &level, false);
+    let mut ebpf = loader
+        .load(EBPF_OBJECT)
+        .map_err(|e| KernelError::during("loading the eBPF object", e))?;
+
+    let steer: &mut SkLookup = ebpf
+        .program_mut(PROG_STEER)
+        .ok_or_else(|| missing_program(PROG_STEER))?
+        .try_into()
+        .map_err(|e| KernelError::during("opening the steer program", e))?;
+    steer
+        .load()
+        .map_err(|e| load_error(PROG_STEER, "sk_lookup programs", "5.9", e))?;
+    steer
+        .pin(pins.prog(PROG_STEER))
+        .map_err(|e| KernelError::during("pinning the steer program", e))?;
+    let netns = File::open("/proc/self/ns/net")
+        .map_err(|e| KernelError::during("opening this network namespace", e))?;
+    let link_id = steer
+        .attach(netns)
+        .map_err(|e| attach_error("sk_lookup links", "5.9", "attaching steer to the netns", e))?;
+    let link: FdLink = steer
+        .take_link(link_id)
+        .map_err(|e| KernelError::during("taking the steer link", e))?
+        .into();
+    link.pin(pins.steer_link())
+        .map_err(|e| KernelError::during("pinning the steer link", e))?;
+
+    let strict: &mut SchedClassifier = ebpf
+        .program_mut(PROG_STRICT)
+        .ok_or_else(|| missing_program(PROG_STRICT))?
+        .try_into()
+        .map_err(|e| KernelError::during("opening the strict program", e))?;
+    strict
+        .load()
+        .map_err(|e| load_error(PROG_STRICT, "tc classifiers", "4.1", e))?;
+    strict
+        .pin(pins.prog(PROG_STRICT))
+        .map_err(|e| KernelError::during("pinning the strict program", e))?;
+    // Dropping `ebpf` now closes our descriptors; the pins keep everything alive.
+    Ok(())
+}
+
+fn attach_strict(pins: &PinLayout, iface: &str) -> Result<()> {
+    if nix_if_nametoindex(iface) == 0 {
+        return Err(KernelError::NoSuchInterface(iface.to_owned()));
+    }
+    let mut prog = SchedClassifier::from_pin(pins.prog(PROG_STRICT))
+        .map_err(|e| KernelError::during("opening the pinned strict program", e))?;
+    // TCX (Linux 6.6+) gives a link we can pin; a legacy netlink filter could not be adopted.
+    let link_id = prog
+        .attach_with_options(
+            iface,
+            TcAttachType::Ingress,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        )
+        .map_err(|e| {
+            attach_error(
+                "tcx links",
+                "6.6",
+                &format!("attaching strict to {iface} ingress"),
+                e,
+            )
+        })?;
+    let link: FdLink = prog
+        .take_link(link_id)
+        .map_err(|e| KernelError::during("taking the strict link", e))?
+        .try_into()
+        .map_err(|e| KernelError::during("turning the strict link into a pinnable link", e))?;
+    link.pin(pins.strict_link(iface))
+        .map_err(|e| KernelError::during(format!("pinning the strict link of {iface}"), e))?;
+    Ok(())
+}
+
+fn nix_if_nametoindex(iface: &str) -> u32 {
+    let Ok(name) = std::ffi::CString::new(iface) else {
+        return 0;
+    };
+    // SAFETY: NUL-terminated name; the call only reads it.
+    unsafe { libc::if_nametoindex(name.as_ptr()) }
+}
+
+fn missing_program(name: &str) -> KernelError {
+    KernelError::Other {
+        action: "finding the kernel programs".into(),
+        detail: format!("program `{name}` is missing from the embedded eBPF object"),
+    }
+}
+
+fn load_error(
+    program: &'static str,
+    feature: &'static str,
+    needs: &'static str,
+    err: ProgramError,
+) -> KernelError {
+    match err {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            let log = verifier_log.to_string();
+            match io_error.raw_os_error() {
+                Some(libc::EPERM) | Some(libc::EACCES) if log.trim().is_empty() => {
+                    KernelError::NotRoot {
+                        action: format!("load the {program} program"),
+                    }
+                }
+                // An unknown program type is refused before the verifier writes a word.
+                Some(libc::EINVAL) if log.trim().is_empty() => KernelError::KernelLacksFeature {
+                    feature,
+                    needs,
+                    detail: io_error.to_string(),
+                },
+                _ => KernelError::VerifierRejected {
+                    program,
+                    detail: format!("{io_error}\n{log}"),
+                },
+            }
+        }
+        other => KernelError::during(format!("loading the {program} program"), other),
+    }
+}
+
+fn attach_error(
+    feature: &'static str,
+    needs: &'static str,
+    action: &str,
+    err: ProgramError,
+) -> KernelError {
+    let io = match &err {
+        ProgramError::SyscallError(e) => Some(&e.io_error),
+        _ => None,
+    };
+    match io.and_then(io::Error::raw_os_error) {
+        Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) => KernelError::KernelLacksFeature {
+            feature,
+            needs,
+            detail: err.to_string(),
+        },
+        _ => KernelError::during(action, err),
+    }
+}
+
+/// What [`uninstall`] removed.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct UninstallReport {
+    /// Links detached (and unpinned).
+    pub detached: Vec<PathBuf>,
+    /// Every pin removed, links included.
+    pub removed: Vec<PathBuf>,
+}
+
+/// Detaches every link, then removes every pin and the pin directory. Idempotent.
+pub fn uninstall(pin_dir: &Path) -> Result<UninstallReport> {
+    require_root("uninstall the eBPF programs")?;
+    let pins = PinLayout::new(pin_dir);
+    let mut report = UninstallReport::default();
+    if !pin_dir.exists() {
+        return Ok(report);
+    }
+    // Links first, so enforcement stops before the programs and maps they use disappear.
+    for path in pins.pinned_files() {
+        if path.starts_with(pins.links_dir()) {
+            // ENOLINK/EINVAL mean the link is already defunct (its netns or device is gone).
+            if force_detach_link(&path).is_ok() {
+                report.detached.push(path.clone());
+            }
+        }
+        std::fs::remove_file(&path)
+            .map_err(|e| KernelError::during(format!("removing pin {}", path.display()), e))?;
+        report.removed.push(path);
+    }
+    for dir in [pins.links_dir(), pins.progs_dir(), pins.maps_dir()] {
+        match std::fs::remove_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(KernelError::during(
+                    format!("removing {}", dir.display()),
+                    e,
+                ))
+            }
+        }
+    }
+    std::fs::remove_dir(pin_dir)
+        .map_err(|e| KernelError::during(format!("removing {}", pin_dir.display()), e))?;
+    Ok(report)
+}
+
+/// What is installed under a pin directory.
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    /// The pin directory.
+    pub pin_dir: PathBuf,
+    /// Whether the sk_lookup link is pinned.
+    pub steer_attached: bool,
+    /// Interfaces with the STRICT classifier pinned on their ingress.
+    pub interfaces: Vec<String>,
+    /// Port policy in the kernel now.
+    pub ports: std::collections::BTreeMap<u16, PortSetting>,
+    /// Counters, summed over CPUs.
+    pub counters: CounterSnapshot,
+    /// Every pinned file.
+    pub pins: Vec<PathBuf>,
+}
+
+/// Reads the state of an install.
+pub fn status(pin_dir: &Path) -> Result<Status> {
+    let maps = open(pin_dir)?;
+    let pins = PinLayout::new(pin_dir);
+    Ok(Status {
+        pin_dir: pin_dir.to_path_buf(),
+        steer_attached: pins.steer_link().exists(),
+        interfaces: pins.attached_interfaces(),
+        ports: maps.ports()?,
+        counters: maps.counters()?,
+        pins: pins.pinned_files(),
+    })
+}
