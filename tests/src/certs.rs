@@ -53,17 +53,106 @@ fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
 /// `dir` with `openssl req` / `openssl ca`, accepting every default.
 pub fn make_openssl_certs(dir: &Path) -> Result<OpensslCerts> {
     for cnf in ["ca.cnf", "server.cnf", "client.cnf"] {
-        std::fs::copy(fixtures().join(cnf), dir.join(cnf)).with_context(|| format!("copying {cnf}"))?;
+        std::fs::copy(fixtures().join(cnf), dir.join(cnf))
+            .with_context(|| format!("copying {cnf}"))?;
     }
-    openssl(dir, &["req", "-x509", "-config", "ca.cnf", "-newkey", "rsa:4096", "-sha256", "-nodes", "-out", "cacert.pem", "-outform", "PEM"])?;
-    openssl(dir, &["req", "-config", "server.cnf", "-newkey", "rsa:2048", "-sha256", "-nodes", "-out", "server.csr", "-outform", "PEM", "-batch"])?;
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-config",
+            "ca.cnf",
+            "-newkey",
+            "rsa:4096",
+            "-sha256",
+            "-nodes",
+            "-out",
+            "cacert.pem",
+            "-outform",
+            "PEM",
+        ],
+    )?;
+    openssl(
+        dir,
+        &[
+            "req",
+            "-config",
+            "server.cnf",
+            "-newkey",
+            "rsa:2048",
+            "-sha256",
+            "-nodes",
+            "-out",
+            "server.csr",
+            "-outform",
+            "PEM",
+            "-batch",
+        ],
+    )?;
     std::fs::write(dir.join("index.txt"), "")?;
     std::fs::write(dir.join("serial.txt"), "01\n")?;
-    openssl(dir, &["ca", "-batch", "-config", "ca.cnf", "-policy", "signing_policy", "-extensions", "signing_req", "-out", "servercert.pem", "-infiles", "server.csr"])?;
-    openssl(dir, &["req", "-config", "client.cnf", "-newkey", "rsa:2048", "-sha256", "-nodes", "-out", "clientcert.csr", "-outform", "PEM", "-batch"])?;
-    openssl(dir, &["ca", "-batch", "-config", "ca.cnf", "-policy", "signing_policy", "-extensions", "signing_req", "-out", "clientcert.pem", "-infiles", "clientcert.csr"])?;
-    let certs = OpensslCerts { dir: dir.to_owned() };
-    for p in [certs.ca_cert(), certs.server_cert(), certs.server_key(), certs.client_cert(), certs.client_key()] {
+    openssl(
+        dir,
+        &[
+            "ca",
+            "-batch",
+            "-config",
+            "ca.cnf",
+            "-policy",
+            "signing_policy",
+            "-extensions",
+            "signing_req",
+            "-out",
+            "servercert.pem",
+            "-infiles",
+            "server.csr",
+        ],
+    )?;
+    openssl(
+        dir,
+        &[
+            "req",
+            "-config",
+            "client.cnf",
+            "-newkey",
+            "rsa:2048",
+            "-sha256",
+            "-nodes",
+            "-out",
+            "clientcert.csr",
+            "-outform",
+            "PEM",
+            "-batch",
+        ],
+    )?;
+    openssl(
+        dir,
+        &[
+            "ca",
+            "-batch",
+            "-config",
+            "ca.cnf",
+            "-policy",
+            "signing_policy",
+            "-extensions",
+            "signing_req",
+            "-out",
+            "clientcert.pem",
+            "-infiles",
+            "clientcert.csr",
+        ],
+    )?;
+    let certs = OpensslCerts {
+        dir: dir.to_owned(),
+    };
+    for p in [
+        certs.ca_cert(),
+        certs.server_cert(),
+        certs.server_key(),
+        certs.client_cert(),
+        certs.client_key(),
+    ] {
         if !p.exists() {
             bail!("openssl did not make {}", p.display());
         }

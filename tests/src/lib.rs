@@ -58,5 +58,7 @@ pub fn is_root() -> bool {
 
 /// Prints the loud skip line for a test that needs root.
 pub fn skip_not_root(test: &str) {
-    eprintln!("\n!!!!! SKIPPED {test}: needs root (network namespaces, eBPF); CI runs it as root !!!!!\n");
+    eprintln!(
+        "\n!!!!! SKIPPED {test}: needs root (network namespaces, eBPF); CI runs it as root !!!!!\n"
+    );
 }

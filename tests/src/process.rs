@@ -17,10 +17,19 @@ impl Daemon {
     /// Spawns `cmd` with stdout and stderr appended to `log_dir/<name>.log`.
     pub fn spawn(name: &str, mut cmd: Command, log_dir: &Path) -> Result<Self> {
         let log = log_dir.join(format!("{name}.log"));
-        let file = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        cmd.stdout(file.try_clone()?).stderr(file).stdin(Stdio::null());
-        let child = cmd.spawn().with_context(|| format!("spawning {name}: {cmd:?}"))?;
-        Ok(Self { name: name.to_owned(), child: Some(child), log })
+        let file =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        cmd.stdout(file.try_clone()?)
+            .stderr(file)
+            .stdin(Stdio::null());
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("spawning {name}: {cmd:?}"))?;
+        Ok(Self {
+            name: name.to_owned(),
+            child: Some(child),
+            log,
+        })
     }
 
     /// The process id, for signals.
@@ -35,7 +44,9 @@ impl Daemon {
 
     /// Returns the exit status if the child already exited.
     pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// Kills the child with SIGKILL and reaps it.
@@ -51,7 +62,12 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill();
         if std::thread::panicking() {
-            eprintln!("----- {} log ({}) -----\n{}", self.name, self.log.display(), self.log());
+            eprintln!(
+                "----- {} log ({}) -----\n{}",
+                self.name,
+                self.log.display(),
+                self.log()
+            );
         }
     }
 }

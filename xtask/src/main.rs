@@ -1,1 +1,184 @@
-fn main() {}
+//! Developer workflows for Portcullis: `cargo xtask build|run|test`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "Portcullis developer workflows")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the daemon with its kernel programs embedded.
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build, make demo certificates if absent, start the built-in httpbin and the gateway on
+    /// `policies/`, and print the curl commands of the walkthrough. Ctrl-C stops everything.
+    Run {
+        #[arg(long)]
+        release: bool,
+        /// Added to the Gateway ports 80/443 (default: 0 as root, 8000 otherwise).
+        #[arg(long)]
+        port_offset: Option<u16>,
+    },
+    /// The whole test suite, as CI runs it: fmt, clippy, build, unit and end-to-end tests.
+    Test {
+        /// Skip `cargo fmt --check` and clippy.
+        #[arg(long)]
+        no_lint: bool,
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(last = true)]
+        cargo_test_args: Vec<String>,
+    },
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(workspace());
+    cmd
+}
+
+fn status(cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: {cmd:?}");
+    let st: ExitStatus = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !st.success() {
+        bail!("{cmd:?} failed with {st}");
+    }
+    Ok(())
+}
+
+fn build(release: bool) -> Result<PathBuf> {
+    let mut cmd = cargo();
+    cmd.args(["build", "-p", "gateway", "--bins"]);
+    if release {
+        cmd.arg("--release");
+    }
+    status(&mut cmd)?;
+    Ok(target_dir()
+        .join(if release { "release" } else { "debug" })
+        .join("portcullis"))
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace().join("target"), PathBuf::from)
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+struct Children(Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn run(release: bool, port_offset: Option<u16>) -> Result<()> {
+    let bin = build(release)?;
+    let ws = workspace();
+    let certs = ws.join("demo/certs");
+    if !certs.join("test.com/tls.crt").exists() {
+        status(Command::new(&bin).arg("certs").arg("--out").arg(&certs))?;
+    }
+    let offset = port_offset.unwrap_or(if is_root() { 0 } else { 8000 });
+    let mut children = Children(Vec::new());
+    children.0.push(
+        Command::new(&bin)
+            .args(["httpbin", "--listen", "127.0.0.1:8000"])
+            .spawn()
+            .context("starting the built-in httpbin")?,
+    );
+    let mut gateway = Command::new(&bin);
+    gateway
+        .arg("run")
+        .arg("-c")
+        .arg(ws.join("policies"))
+        .arg("--credentials")
+        .arg(&certs)
+        .args(["--port-offset", &offset.to_string()]);
+    children
+        .0
+        .push(gateway.spawn().context("starting the gateway")?);
+    let (http, https) = (80 + offset, 443 + offset);
+    let c = certs.display();
+    println!(
+        "\nPortcullis is running (Ctrl-C stops it). Try the walkthrough:\n\n\
+         # 1. no client certificate: the TLS handshake fails\n\
+         curl --resolve test.com:{https}:127.0.0.1 --cacert {c}/cacert.pem https://test.com:{https}/status/200\n\
+         # 2. the client identity spiffe://test.client: HTTP/2 200\n\
+         curl --resolve test.com:{https}:127.0.0.1 --cacert {c}/cacert.pem --cert {c}/clientcert.pem --key {c}/client.key.pem https://test.com:{https}/status/200 -I\n\
+         # 3. the same identity on /status/418: 403 RBAC: access denied\n\
+         curl --resolve test.com:{https}:127.0.0.1 --cacert {c}/cacert.pem --cert {c}/clientcert.pem --key {c}/client.key.pem https://test.com:{https}/status/418\n\
+         # 4. another identity (no SPIFFE id) gets the teapot\n\
+         curl --resolve test.com:{https}:127.0.0.1 --cacert {c}/cacert.pem --cert {c}/servercert.pem --key {c}/serverkey.pem https://test.com:{https}/status/418\n\
+         # 5. plain HTTP on the port-80 server\n\
+         curl http://127.0.0.1:{http}/status/200 -i\n"
+    );
+    // The gateway is the main process: when it exits (Ctrl-C reaches the whole process
+    // group), stop the backend too.
+    let st = children.0[1].wait()?;
+    if !st.success() {
+        bail!("the gateway exited with {st}");
+    }
+    Ok(())
+}
+
+fn test(no_lint: bool, extra: &[String]) -> Result<()> {
+    if !no_lint {
+        status(cargo().args(["fmt", "--all", "--", "--check"]))?;
+        status(cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
+    }
+    let bin = build(false)?;
+    if !is_root() {
+        eprintln!("\n!!!!! xtask test: not root: the kernel and network-namespace tests will SKIP; CI runs them as root !!!!!\n");
+    }
+    let mut cmd = cargo();
+    cmd.args(["test", "--workspace"])
+        .env("PORTCULLIS_BIN", &bin);
+    if !extra.is_empty() {
+        cmd.arg("--").args(extra);
+    }
+    status(&mut cmd)
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Cmd::Build { release } => build(release).map(|p| println!("{}", p.display())),
+        Cmd::Run {
+            release,
+            port_offset,
+        } => run(release, port_offset),
+        Cmd::Test {
+            no_lint,
+            cargo_test_args,
+        } => test(no_lint, &cargo_test_args),
+    }
+}

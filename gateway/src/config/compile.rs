@@ -14,6 +14,7 @@ use super::model::{
 };
 use super::resources::{Labels, RouteDestination, ServerTlsSettings, StringMatch};
 use super::{ConfigError, ConfigErrors, Doc, Resources};
+use crate::policy::authz::{Authorizer, AuthzScope};
 use crate::tls::{server_config, Credential, ServerTlsMode, TlsVersions};
 
 /// Settings that come from the command line, not from YAML.
@@ -48,6 +49,8 @@ pub struct Snapshot {
     pub listeners: Vec<Listener>,
     pub routes: Routes,
     pub credentials: Credentials,
+    /// The AuthorizationPolicies that apply to this gateway, compiled once.
+    pub authz: Arc<Authorizer>,
     pub resources: Resources,
 }
 
@@ -57,16 +60,25 @@ pub fn compile(resources: Resources, settings: Settings) -> Result<Snapshot, Con
     let mut credentials = Credentials::new();
     let listeners = listeners(&resources, &settings, &mut credentials, &mut errors);
     let routes = routes(&resources, &mut errors);
-    if !errors.is_empty() {
-        return Err(ConfigErrors(errors));
+    let scope = AuthzScope {
+        root_namespace: settings.root_namespace.clone(),
+        workload_namespace: settings.gateway_namespace.clone(),
+        workload_labels: settings.gateway_labels.clone(),
+    };
+    let authz = Authorizer::compile(&resources.authorization_policies, &scope)
+        .map_err(|ConfigErrors(mut e)| errors.append(&mut e))
+        .ok();
+    match authz {
+        Some(authz) if errors.is_empty() => Ok(Snapshot {
+            settings,
+            listeners,
+            routes,
+            credentials,
+            authz: Arc::new(authz),
+            resources,
+        }),
+        _ => Err(ConfigErrors(errors)),
     }
-    Ok(Snapshot {
-        settings,
-        listeners,
-        routes,
-        credentials,
-        resources,
-    })
 }
 
 fn is_subset(selector: &Labels, labels: &Labels) -> bool {

@@ -1,2 +1,3 @@
 //! Authorization (AuthorizationPolicy) and peer authentication (PeerAuthentication) compiled for the hot path.
+pub mod authz;
 pub mod peer_auth;

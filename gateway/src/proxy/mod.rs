@@ -1,1 +1,63 @@
-//! Listeners, the inbound terminator and HTTP/TCP forwarding.
+//! Listeners, the TLS terminator and HTTP forwarding.
+//!
+//! One [`Gateway`] holds the current configuration [`Snapshot`] behind an [`ArcSwap`]: each
+//! connection takes the snapshot current when it was accepted and keeps it, so a reload never
+//! changes the rules under a request in flight.
+
+pub mod conn;
+pub mod http;
+pub mod io;
+pub mod listener;
+pub mod upstream;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::config::Snapshot;
+
+pub use listener::{bind_listeners, serve, BoundListener};
+
+/// The running gateway: its configuration and what its listeners share.
+pub struct Gateway {
+    config: ArcSwap<Snapshot>,
+    upstream: upstream::UpstreamClient,
+    /// Counters the admin endpoint and tests read.
+    pub stats: Stats,
+}
+
+/// Process-wide counters (the Istio-standard metrics are separate, in `admin`).
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub connections_accepted: AtomicU64,
+    pub tls_handshake_failures: AtomicU64,
+    pub requests: AtomicU64,
+    pub denied: AtomicU64,
+}
+
+impl Stats {
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Gateway {
+    pub fn new(snapshot: Snapshot) -> Arc<Self> {
+        Arc::new(Self {
+            config: ArcSwap::from_pointee(snapshot),
+            upstream: upstream::UpstreamClient::new(),
+            stats: Stats::default(),
+        })
+    }
+
+    /// The configuration new connections will use.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.config.load_full()
+    }
+
+    /// Swaps in a new configuration whole; connections already open keep theirs.
+    pub fn replace_snapshot(&self, snapshot: Snapshot) {
+        self.config.store(Arc::new(snapshot));
+    }
+}

@@ -1,0 +1,282 @@
+//! Per-request work: route, authorize, forward, log.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, HOST};
+use http::{HeaderMap, Request, Response, StatusCode, Uri, Version};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+
+use super::conn::ConnInfo;
+use super::{Gateway, Stats};
+use crate::config::hosts::{authority_host, best_match};
+use crate::config::model::GatewayRef;
+use crate::config::Snapshot;
+use crate::policy::authz::{Decision, RequestAttrs};
+
+/// Response bodies: streamed from upstream, or made here.
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Envoy's body for an RBAC denial; clients and tests match it exactly.
+pub const RBAC_DENIED: &str = "RBAC: access denied";
+
+const X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// Headers that describe one hop and never travel through a proxy (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn local(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut resp = Response::new(
+        Full::new(Bytes::from_static(body.as_bytes()))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain"),
+    );
+    resp
+}
+
+/// Handles one request on a connection. Never fails: every problem becomes a response.
+pub async fn handle(
+    gateway: Arc<Gateway>,
+    snapshot: Arc<Snapshot>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let started = Instant::now();
+    Stats::bump(&gateway.stats.requests);
+    let method = req.method().clone();
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    let path = req.uri().path().to_owned();
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            req.headers()
+                .get(HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+
+    let (resp, decision, upstream) =
+        route_and_forward(&gateway, &snapshot, &conn, req, &authority, &path).await;
+    tracing::info!(
+        target: "access",
+        peer = %conn.peer,
+        sni = %conn.sni.as_deref().unwrap_or("-"),
+        principal = %conn.principal.as_deref().unwrap_or("-"),
+        method = %method,
+        authority = %authority,
+        path = %path_and_query,
+        status = resp.status().as_u16(),
+        duration_ms = started.elapsed().as_millis() as u64,
+        authz = %decision.as_ref().map_or_else(|| "-".to_owned(), ToString::to_string),
+        upstream = %upstream.as_deref().unwrap_or("-"),
+        "request"
+    );
+    Ok(resp)
+}
+
+async fn route_and_forward(
+    gateway: &Gateway,
+    snapshot: &Snapshot,
+    conn: &ConnInfo,
+    req: Request<Incoming>,
+    authority: &str,
+    path: &str,
+) -> (Response<Body>, Option<Decision>, Option<String>) {
+    let host = authority_host(authority);
+    let Some(gateway_ref) = server_gateway(snapshot, conn, &host) else {
+        return (local(StatusCode::NOT_FOUND, ""), None, None);
+    };
+    let Some(route) = snapshot
+        .routes
+        .http(&gateway_ref, authority, path, conn.port)
+    else {
+        return (local(StatusCode::NOT_FOUND, ""), None, None);
+    };
+    let decision = snapshot.authz.evaluate(&RequestAttrs {
+        principal: conn.principal.as_deref(),
+        source_namespace: conn
+            .peer_cert
+            .as_ref()
+            .and_then(|c| c.identity.as_ref())
+            .and_then(|i| i.namespace()),
+        source_ip: conn.peer.ip(),
+        remote_ip: conn.peer.ip(),
+        host: authority,
+        port: conn.port,
+        method: req.method().as_str(),
+        path,
+        headers: req.headers(),
+        sni: conn.sni.as_deref(),
+    });
+    if !decision.is_allowed() {
+        Stats::bump(&gateway.stats.denied);
+        return (
+            local(StatusCode::FORBIDDEN, RBAC_DENIED),
+            Some(decision),
+            None,
+        );
+    }
+    let endpoint = gateway.upstream.pick(&route.upstream).to_owned();
+    let outbound = match outbound_request(req, conn, authority, &endpoint) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot build the upstream request");
+            return (
+                local(StatusCode::BAD_REQUEST, "bad request"),
+                Some(decision),
+                Some(endpoint),
+            );
+        }
+    };
+    let call = gateway.upstream.client().request(outbound);
+    let result = match route.timeout {
+        Some(t) => match tokio::time::timeout(t, call).await {
+            Ok(r) => r,
+            Err(_) => {
+                return (
+                    local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
+                    Some(decision),
+                    Some(endpoint),
+                )
+            }
+        },
+        None => call.await,
+    };
+    match result {
+        Ok(mut resp) => {
+            strip_hop_by_hop(resp.headers_mut());
+            (resp.map(BodyExt::boxed), Some(decision), Some(endpoint))
+        }
+        Err(e) => {
+            tracing::warn!(upstream = %endpoint, service = %route.upstream.service, error = %e, "upstream request failed");
+            let resp = if e.is_connect() {
+                local(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error or disconnect/reset before headers. reset reason: connection failure")
+            } else {
+                local(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream reset before response headers",
+                )
+            };
+            (resp, Some(decision), Some(endpoint))
+        }
+    }
+}
+
+/// The Gateway this request belongs to: the TLS server chosen by SNI, or for plain HTTP the
+/// server on this port whose hosts match the Host header best.
+fn server_gateway(snapshot: &Snapshot, conn: &ConnInfo, host: &str) -> Option<GatewayRef> {
+    if let Some(server) = &conn.server {
+        return Some(server.gateway.clone());
+    }
+    let listener = snapshot.listeners.iter().find(|l| l.port == conn.port)?;
+    best_match(
+        listener
+            .servers
+            .iter()
+            .flat_map(|s| s.hosts.iter().map(move |h| (h, s))),
+        host,
+    )
+    .map(|s| s.gateway.clone())
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers named in Connection are hop-by-hop too.
+    let named: Vec<HeaderName> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Rewrites a downstream request for the upstream: absolute URI to the endpoint, Host kept,
+/// hop-by-hop headers dropped, x-forwarded-* and XFCC set.
+fn outbound_request(
+    req: Request<Incoming>,
+    conn: &ConnInfo,
+    authority: &str,
+    endpoint: &str,
+) -> Result<Request<Incoming>, http::Error> {
+    let (mut parts, body) = req.into_parts();
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    parts.uri = Uri::builder()
+        .scheme("http")
+        .authority(endpoint)
+        .path_and_query(path)
+        .build()?;
+    parts.version = Version::HTTP_11;
+    let headers = &mut parts.headers;
+    strip_hop_by_hop(headers);
+    if let Ok(v) = HeaderValue::from_str(authority) {
+        headers.insert(HOST, v);
+    }
+    // Append the peer to any x-forwarded-for the client sent, as Envoy does.
+    let peer_ip = conn.peer.ip().to_canonical().to_string();
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.is_empty() => format!("{prev}, {peer_ip}"),
+        _ => peer_ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(conn.scheme()));
+    // Never trust a client's own XFCC: replace it with what we verified (Envoy's SANITIZE_SET).
+    headers.remove(&X_FORWARDED_CLIENT_CERT);
+    if let Some(cert) = &conn.peer_cert {
+        if let Ok(v) = HeaderValue::from_str(&xfcc(cert)) {
+            headers.insert(X_FORWARDED_CLIENT_CERT, v);
+        }
+    }
+    Ok(Request::from_parts(parts, body))
+}
+
+/// Envoy's x-forwarded-client-cert element: `Hash=…;Subject="…";URI=…;DNS=…`.
+pub fn xfcc(cert: &crate::identity::PeerCertificate) -> String {
+    let mut out = format!("Hash={}", cert.sha256_hex);
+    out.push_str(";Subject=\"");
+    out.push_str(&cert.subject.replace('"', "\\\""));
+    out.push('"');
+    if let Some(uri) = cert.uris.first() {
+        out.push_str(";URI=");
+        out.push_str(uri);
+    }
+    for dns in &cert.dns_names {
+        out.push_str(";DNS=");
+        out.push_str(dns);
+    }
+    out
+}
