@@ -64,7 +64,7 @@ spec:
 fn port_offset() -> Result<u16> {
     for _ in 0..50 {
         let http = free_port()?;
-        if http < 1100 || http > 65000 - 363 {
+        if !(1100..=65000 - 363).contains(&http) {
             continue;
         }
         let offset = http - 80;
