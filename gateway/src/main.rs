@@ -41,6 +41,8 @@ enum Command {
     Certs(portcullis::identity::certs::cli::CertsArgs),
     /// Run the built-in httpbin-compatible backend.
     Httpbin(portcullis::backend::httpbin::cli::HttpbinArgs),
+    /// The kernel path: eBPF steering and the STRICT plaintext reset (attach, run, set-mode, status, uninstall).
+    Kernel(portcullis::kernel::cli::KernelArgs),
 }
 
 #[derive(clap::Args)]
@@ -118,6 +120,7 @@ fn main() -> Result<()> {
             Command::Check(args) => check(&args),
             Command::Certs(args) => portcullis::identity::certs::cli::run(args).await,
             Command::Httpbin(args) => portcullis::backend::httpbin::cli::run(args).await,
+            Command::Kernel(args) => portcullis::kernel::cli::run(args),
         }
     })
 }

@@ -326,6 +326,12 @@ fn print_status(st: &super::loader::Status) {
         }
     );
     println!("tc ingress: [{}]", st.interfaces.join(", "));
+    let ids: Vec<String> = st
+        .program_ids
+        .iter()
+        .map(|(name, id)| format!("{name}={id}"))
+        .collect();
+    println!("programs:  {}", ids.join(" "));
     for (port, s) in &st.ports {
         println!(
             "port {port}: {}{}",

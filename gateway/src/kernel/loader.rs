@@ -327,6 +327,9 @@ pub struct Status {
     pub ports: std::collections::BTreeMap<u16, PortSetting>,
     /// Counters, summed over CPUs.
     pub counters: CounterSnapshot,
+    /// Kernel ids of the pinned programs: unchanged across a daemon restart (adoption),
+    /// new after a fresh load.
+    pub program_ids: std::collections::BTreeMap<&'static str, u32>,
     /// Every pinned file.
     pub pins: Vec<PathBuf>,
 }
@@ -341,6 +344,18 @@ pub fn status(pin_dir: &Path) -> Result<Status> {
         interfaces: pins.attached_interfaces(),
         ports: maps.ports()?,
         counters: maps.counters()?,
+        program_ids: program_ids(&pins),
         pins: pins.pinned_files(),
     })
+}
+
+fn program_ids(pins: &PinLayout) -> std::collections::BTreeMap<&'static str, u32> {
+    let mut ids = std::collections::BTreeMap::new();
+    if let Ok(info) = SkLookup::from_pin(pins.prog(PROG_STEER)).and_then(|p| p.info()) {
+        ids.insert(PROG_STEER, info.id());
+    }
+    if let Ok(info) = SchedClassifier::from_pin(pins.prog(PROG_STRICT)).and_then(|p| p.info()) {
+        ids.insert(PROG_STRICT, info.id());
+    }
+    ids
 }

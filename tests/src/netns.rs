@@ -1,0 +1,138 @@
+//! Two network namespaces joined by a veth pair — `server` and `outside` — made by a test and
+//! removed when it ends (also when it fails: [`Topology`] deletes them on drop).
+//!
+//! Addresses live only inside these namespaces: `10.231.0.1` / `fd00:231::1` on the server
+//! side, `.2` / `::2` outside. Inside `outside`, the name `server` resolves to both (an
+//! `/etc/netns/<ns>/hosts` file, which `ip netns exec` bind-mounts over `/etc/hosts`).
+
+use std::fs::File;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use anyhow::{bail, Context, Result};
+
+use crate::process::run;
+
+/// Server-side addresses.
+pub const SERVER_V4: Ipv4Addr = Ipv4Addr::new(10, 231, 0, 1);
+/// Server-side IPv6 address.
+pub const SERVER_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x231, 0, 0, 0, 0, 0, 1);
+/// Name of the server's veth end, inside the server namespace.
+pub const SERVER_IF: &str = "pc-srv";
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// The two namespaces of one test.
+pub struct Topology {
+    /// The server namespace (runs the app and the daemon).
+    pub server: String,
+    /// The client namespace outside the mesh.
+    pub outside: String,
+    hosts_dir: PathBuf,
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    let out = run(Command::new("ip").args(args))?;
+    if !out.status.success() {
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+impl Topology {
+    /// Creates `pc-<tag>-<pid>-<n>-{s,o}` with the veth pair, addresses and routes.
+    pub fn create(tag: &str) -> Result<Self> {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let base = format!("pc-{tag}-{}-{n}", std::process::id());
+        let topo = Self {
+            server: format!("{base}-s"),
+            outside: format!("{base}-o"),
+            hosts_dir: PathBuf::from(format!("/etc/netns/{base}-o")),
+        };
+        // From here on, Drop cleans up whatever was made.
+        topo.build()?;
+        Ok(topo)
+    }
+
+    fn build(&self) -> Result<()> {
+        let (s, o) = (self.server.as_str(), self.outside.as_str());
+        ip(&["netns", "add", s])?;
+        ip(&["netns", "add", o])?;
+        // Both ends are created directly inside their namespaces: nothing touches the host's.
+        ip(&[
+            "link", "add", SERVER_IF, "netns", s, "type", "veth", "peer", "name", "pc-out",
+            "netns", o,
+        ])?;
+        for (ns, dev, v4, v6) in [
+            (s, SERVER_IF, "10.231.0.1/24", "fd00:231::1/64"),
+            (o, "pc-out", "10.231.0.2/24", "fd00:231::2/64"),
+        ] {
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+            ip(&["-n", ns, "addr", "add", v4, "dev", dev])?;
+            // nodad: the address is usable at once instead of after duplicate detection.
+            ip(&["-n", ns, "addr", "add", v6, "dev", dev, "nodad"])?;
+            ip(&["-n", ns, "link", "set", dev, "up"])?;
+        }
+        std::fs::create_dir_all(&self.hosts_dir)
+            .with_context(|| format!("creating {}", self.hosts_dir.display()))?;
+        std::fs::write(
+            self.hosts_dir.join("hosts"),
+            format!("127.0.0.1 localhost\n{SERVER_V4} server\n{SERVER_V6} server\n"),
+        )
+        .context("writing the outside namespace's hosts file")?;
+        Ok(())
+    }
+
+    /// `ip netns exec <ns> <program> …` (mount namespace changes: fine for curl/openssl).
+    pub fn exec(ns: &str, program: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns, program]);
+        cmd
+    }
+
+    /// `nsenter --net=/run/netns/<ns> <program> …`: only the network namespace changes, so
+    /// the host's /sys/fs/bpf (and its pins) stay visible — `ip netns exec` would remount /sys.
+    pub fn nsenter(ns: &str, program: &std::path::Path) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{ns}")).arg(program);
+        cmd
+    }
+
+    /// Runs `f` on a new thread that has entered `ns` (network namespaces are per thread).
+    /// The thread yields `None` (without running `f`) if it could not enter `ns`.
+    pub fn spawn_in<T: Send + 'static>(
+        ns: &str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<std::thread::JoinHandle<Option<T>>> {
+        let path = format!("/run/netns/{ns}");
+        let file = File::open(&path).with_context(|| format!("opening {path}"))?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let handle = std::thread::spawn(move || {
+            // SAFETY: a valid netns fd; setns only changes this thread's network namespace.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            let _ = tx.send(rc);
+            // Never run `f` in the wrong namespace.
+            (rc == 0).then(f)
+        });
+        match rx.recv_timeout(std::time::Duration::from_secs(5)) {
+            Ok(0) => Ok(handle),
+            other => bail!("setns into {ns} failed: {other:?}"),
+        }
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for ns in [&self.server, &self.outside] {
+            let _ = run(Command::new("ip").args(["netns", "del", ns]));
+        }
+        let _ = std::fs::remove_dir_all(&self.hosts_dir);
+    }
+}
