@@ -1,6 +1,7 @@
 //! What a connection knows about itself once accepted and (maybe) TLS-terminated.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use crate::config::model::GatewayServer;
 use crate::identity::PeerCertificate;
@@ -20,6 +21,17 @@ pub struct ConnInfo {
     pub tls: bool,
     /// The principal (`test.client`) read once from the certificate.
     pub principal: Option<String>,
+    /// Set on connections the mesh terminator accepted: requests go to the local app.
+    pub inbound: Option<Arc<InboundTarget>>,
+}
+
+/// Where an inbound mesh connection's requests go, and the policies that guard them.
+#[derive(Clone, Debug)]
+pub struct InboundTarget {
+    /// The local application: loopback on the connection's original destination port.
+    pub app: SocketAddr,
+    /// AuthorizationPolicies compiled for this workload.
+    pub authz: Arc<crate::policy::authz::Authorizer>,
 }
 
 impl ConnInfo {

@@ -109,17 +109,30 @@ async fn route_and_forward(
     authority: &str,
     path: &str,
 ) -> (Response<Body>, Option<Decision>, Option<String>) {
-    let host = authority_host(authority);
-    let Some(gateway_ref) = server_gateway(snapshot, conn, &host) else {
-        return (local(StatusCode::NOT_FOUND, ""), None, None);
+    // Inbound mesh connections go to the local app on their original port; gateway
+    // connections are routed by their VirtualServices.
+    let (authz, endpoint, timeout, service) = if let Some(inbound) = &conn.inbound {
+        (&*inbound.authz, inbound.app.to_string(), None, "inbound")
+    } else {
+        let host = authority_host(authority);
+        let Some(gateway_ref) = server_gateway(snapshot, conn, &host) else {
+            return (local(StatusCode::NOT_FOUND, ""), None, None);
+        };
+        let Some(route) = snapshot
+            .routes
+            .http(&gateway_ref, authority, path, conn.port)
+        else {
+            return (local(StatusCode::NOT_FOUND, ""), None, None);
+        };
+        let endpoint = gateway.upstream.pick(&route.upstream).to_owned();
+        (
+            &*snapshot.authz,
+            endpoint,
+            route.timeout,
+            route.upstream.service.as_str(),
+        )
     };
-    let Some(route) = snapshot
-        .routes
-        .http(&gateway_ref, authority, path, conn.port)
-    else {
-        return (local(StatusCode::NOT_FOUND, ""), None, None);
-    };
-    let decision = snapshot.authz.evaluate(&RequestAttrs {
+    let decision = authz.evaluate(&RequestAttrs {
         principal: conn.principal.as_deref(),
         source_namespace: conn
             .peer_cert
@@ -143,7 +156,6 @@ async fn route_and_forward(
             None,
         );
     }
-    let endpoint = gateway.upstream.pick(&route.upstream).to_owned();
     let outbound = match outbound_request(req, conn, authority, &endpoint) {
         Ok(r) => r,
         Err(e) => {
@@ -156,7 +168,7 @@ async fn route_and_forward(
         }
     };
     let call = gateway.upstream.client().request(outbound);
-    let result = match route.timeout {
+    let result = match timeout {
         Some(t) => match tokio::time::timeout(t, call).await {
             Ok(r) => r,
             Err(_) => {
@@ -175,7 +187,7 @@ async fn route_and_forward(
             (resp.map(BodyExt::boxed), Some(decision), Some(endpoint))
         }
         Err(e) => {
-            tracing::warn!(upstream = %endpoint, service = %route.upstream.service, error = %e, "upstream request failed");
+            tracing::warn!(upstream = %endpoint, service = %service, error = %e, "upstream request failed");
             let resp = if e.is_connect() {
                 local(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error or disconnect/reset before headers. reset reason: connection failure")
             } else {

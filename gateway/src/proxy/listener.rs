@@ -174,6 +174,7 @@ async fn handle_connection(
         peer_cert: None,
         tls: false,
         principal: None,
+        inbound: None,
     };
     if !listener.tls {
         serve_http(gateway, snapshot.clone(), conn, stream).await;
@@ -205,46 +206,69 @@ async fn handle_connection(
             passthrough(&snapshot, &server.gateway, port, conn, prefix, stream).await
         }
         Some(ServerTls::Terminate { config, .. }) => {
-            let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
-            let tls = match acceptor.accept(Prefixed::new(prefix, stream)).await {
-                Ok(tls) => tls,
-                Err(e) => {
-                    Stats::bump(&gateway.stats.tls_handshake_failures);
-                    tracing::warn!(reason = %e, "TLS handshake failed");
-                    return;
-                }
-            };
-            let (_, session) = tls.get_ref();
-            if let Some(leaf) = session.peer_certificates().and_then(|c| c.first()) {
-                match PeerCertificate::from_der(leaf) {
-                    Ok(cert) => {
-                        conn.principal = cert.principal();
-                        conn.peer_cert = Some(cert);
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "verified client certificate cannot be read; closing");
-                        return;
-                    }
-                }
+            if let Some(tls) = terminate(&gateway, config, prefix, stream, &mut conn).await {
+                serve_http(gateway, snapshot.clone(), conn, tls).await;
             }
-            tracing::Span::current().record("principal", conn.principal.as_deref().unwrap_or("-"));
-            tracing::debug!(alpn = ?session.alpn_protocol().map(String::from_utf8_lossy), "TLS established");
-            conn.tls = true;
-            serve_http(gateway, snapshot.clone(), conn, tls).await;
         }
     }
+}
+
+/// Completes the TLS handshake and records the verified client identity in `conn`.
+pub(super) async fn terminate(
+    gateway: &Gateway,
+    config: &Arc<rustls::ServerConfig>,
+    prefix: Bytes,
+    stream: TcpStream,
+    conn: &mut ConnInfo,
+) -> Option<tokio_rustls::server::TlsStream<Prefixed<TcpStream>>> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
+    let tls = match acceptor.accept(Prefixed::new(prefix, stream)).await {
+        Ok(tls) => tls,
+        Err(e) => {
+            Stats::bump(&gateway.stats.tls_handshake_failures);
+            tracing::warn!(reason = %e, "TLS handshake failed");
+            return None;
+        }
+    };
+    let (_, session) = tls.get_ref();
+    if let Some(leaf) = session.peer_certificates().and_then(|c| c.first()) {
+        match PeerCertificate::from_der(leaf) {
+            Ok(cert) => {
+                conn.principal = cert.principal();
+                conn.peer_cert = Some(cert);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "verified client certificate cannot be read; closing");
+                return None;
+            }
+        }
+    }
+    tracing::Span::current().record("principal", conn.principal.as_deref().unwrap_or("-"));
+    tracing::debug!(alpn = ?session.alpn_protocol().map(String::from_utf8_lossy), "TLS established");
+    conn.tls = true;
+    Some(tls)
 }
 
 /// Reads until the first TLS record (the ClientHello) is complete.
 async fn read_client_hello(
     stream: &mut TcpStream,
 ) -> Result<(Bytes, crate::tls::sniff::ClientHelloInfo), &'static str> {
+    match read_first_bytes(stream).await? {
+        (prefix, Some(hello)) => Ok((prefix, hello)),
+        (_, None) => Err("client spoke plaintext to a TLS port"),
+    }
+}
+
+/// Reads until the connection's first bytes say plaintext (`None`) or a whole ClientHello.
+pub(super) async fn read_first_bytes(
+    stream: &mut TcpStream,
+) -> Result<(Bytes, Option<crate::tls::sniff::ClientHelloInfo>), &'static str> {
     let mut buf = BytesMut::with_capacity(1024);
     let read = async {
         loop {
             match classify(&buf) {
-                FirstBytes::ClientHello(info) => return Ok(info),
-                FirstBytes::Plaintext => return Err("client spoke plaintext to a TLS port"),
+                FirstBytes::ClientHello(info) => return Ok(Some(info)),
+                FirstBytes::Plaintext => return Ok(None),
                 FirstBytes::BadTls(why) => return Err(why),
                 FirstBytes::NeedMore if buf.len() >= MAX_HELLO => {
                     return Err("ClientHello too large")
@@ -265,7 +289,7 @@ async fn read_client_hello(
     }
 }
 
-async fn serve_http<S>(
+pub(super) async fn serve_http<S>(
     gateway: Arc<Gateway>,
     snapshot: Arc<crate::config::Snapshot>,
     conn: ConnInfo,

@@ -6,6 +6,7 @@
 
 pub mod conn;
 pub mod http;
+pub mod inbound;
 pub mod io;
 pub mod listener;
 pub mod upstream;
