@@ -344,6 +344,8 @@ fn strict_resets_plaintext_in_the_kernel() -> Result<()> {
     let logs = tempfile::tempdir()?;
     // Declared in teardown order reversed: daemon, then app, then pins, then namespaces.
     let topo = Topology::create("strict")?;
+    // Software checksums end to end: the resets must carry correct ones to be accepted.
+    topo.checksum_offload_off()?;
     let kernel = KernelPath::new(&topo.server)?;
     let app = App::start(&topo.server)?;
     let out = topo.outside.as_str();
@@ -392,6 +394,18 @@ fn strict_resets_plaintext_in_the_kernel() -> Result<()> {
         after.program_ids()
     );
     eprintln!("counters after the STRICT resets:\n{}", after.0);
+    for ns in [&topo.server, &topo.outside] {
+        let bad = Topology::nstat(ns, "TcpInCsumErrors")?;
+        ensure!(
+            bad == 0,
+            "{bad} TCP checksum errors in {ns}: a reset carried a bad checksum"
+        );
+        let resets = Topology::nstat(ns, "TcpEstabResets")?;
+        ensure!(
+            resets >= 2,
+            "TcpEstabResets {resets} in {ns}: both sockets must be torn down"
+        );
+    }
 
     // 7. Flip back and forth while the daemon runs: within a second, no reload.
     kernel.set_peer_auth(Some("PERMISSIVE"))?;

@@ -90,6 +90,33 @@ impl Topology {
         Ok(())
     }
 
+    /// Turns checksum offload off on both veth ends, so every TCP checksum is computed in
+    /// software and verified by the receiving stack (a wrong one shows as `TcpInCsumErrors`).
+    pub fn checksum_offload_off(&self) -> Result<()> {
+        for (ns, dev) in [(&self.server, SERVER_IF), (&self.outside, "pc-out")] {
+            let out = run(Self::exec(ns, "ethtool").args(["-K", dev, "tx", "off", "rx", "off"]))?;
+            if !out.status.success() {
+                bail!(
+                    "ethtool -K {dev} tx off rx off: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// A counter from `nstat -az` (e.g. `TcpInCsumErrors`) inside `ns`.
+    pub fn nstat(ns: &str, counter: &str) -> Result<u64> {
+        let out = run(Self::exec(ns, "nstat").args(["-az", counter]))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines()
+            .find_map(|l| {
+                let mut it = l.split_whitespace();
+                (it.next() == Some(counter)).then(|| it.next()?.parse().ok())?
+            })
+            .with_context(|| format!("no {counter} in nstat output: {text}"))
+    }
+
     /// `ip netns exec <ns> <program> …` (mount namespace changes: fine for curl/openssl).
     pub fn exec(ns: &str, program: &str) -> Command {
         let mut cmd = Command::new("ip");
