@@ -133,3 +133,205 @@ async fn handle(
         None => serve_http(gateway, snapshot, conn, Prefixed::new(prefix, stream)).await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The terminator in process, with a real httpbin behind it and real curl in front: what
+    //! the kernel's steering delivers, minus the kernel (tested in `tests/kernel_*`).
+
+    use std::collections::BTreeMap;
+    use std::path::Path;
+    use std::process::Command;
+
+    use super::*;
+    use crate::config::{compile, load_paths, Resources, Settings};
+    use crate::identity::certs::{issue_workload_cert, Ca, KeyType};
+    use crate::policy::authz::AuthzScope;
+    use crate::tls::{server_config, Credential, ServerTlsMode, TlsVersions};
+
+    const DENY_SLEEP_418: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no-teapot, namespace: default}\nspec:\n  action: DENY\n  rules:\n  - from: [{source: {principals: [cluster.local/ns/default/sa/sleep]}}]\n    to: [{operation: {paths: [/status/418]}}]\n";
+
+    struct Setup {
+        dir: tempfile::TempDir,
+        port: u16,
+        stop: Option<tokio::sync::oneshot::Sender<()>>,
+    }
+
+    async fn start(mode: PeerAuthMode) -> Setup {
+        let dir = tempfile::tempdir().expect("tmp");
+        let ca = Ca::generate("mesh CA", KeyType::EcdsaP256, 1).expect("ca");
+        let server = issue_workload_cert(
+            &ca,
+            "spiffe://cluster.local/ns/default/sa/server",
+            &["server".into()],
+            KeyType::EcdsaP256,
+            1,
+        )
+        .expect("server cert");
+        let client = issue_workload_cert(
+            &ca,
+            "spiffe://cluster.local/ns/default/sa/sleep",
+            &[],
+            KeyType::EcdsaP256,
+            1,
+        )
+        .expect("client cert");
+        for (name, pem) in [
+            ("ca.pem", ca.cert_pem().to_owned()),
+            ("client.pem", client.cert_pem),
+            ("client.key", client.key_pem),
+        ] {
+            std::fs::write(dir.path().join(name), pem).expect("write");
+        }
+        let cred = Credential::from_pem(
+            server.cert_pem.as_bytes(),
+            server.key_pem.as_bytes(),
+            Some(ca.cert_pem().as_bytes()),
+        )
+        .expect("credential");
+        let tls = server_config(
+            &cred,
+            ServerTlsMode::Mutual,
+            TlsVersions::default(),
+            &[b"h2", b"http/1.1"],
+        )
+        .expect("tls");
+        let policy = dir.path().join("policy.yaml");
+        std::fs::write(&policy, DENY_SLEEP_418).expect("write");
+        let scope = AuthzScope {
+            root_namespace: "istio-system".into(),
+            workload_namespace: "default".into(),
+            workload_labels: BTreeMap::from([("app".into(), "server".into())]),
+        };
+        let resources = load_paths(&[policy]).expect("policy loads");
+        let authz = Arc::new(
+            Authorizer::compile(&resources.authorization_policies, &scope).expect("compiles"),
+        );
+
+        // The terminator on 127.0.0.2:P stands in for the steered socket; the app listens on
+        // 127.0.0.1:P, the same port on loopback, as behind the kernel's steering.
+        let listener = TcpListener::bind("127.0.0.2:0")
+            .await
+            .expect("bind terminator");
+        let port = listener.local_addr().expect("addr").port();
+        let app = TcpListener::bind(("127.0.0.1", port))
+            .await
+            .expect("bind app on the same port");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let (app_tx, app_rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(crate::backend::httpbin::serve(app, async move {
+            let _ = app_rx.await;
+        }));
+        let gateway = Gateway::new(
+            compile(Resources::default(), Settings::default()).expect("empty snapshot"),
+        );
+        let config = Arc::new(ArcSwap::from_pointee(InboundConfig {
+            tls,
+            authz,
+            modes: BTreeMap::from([(port, mode)]),
+            app_ip: APP_LOOPBACK,
+        }));
+        tokio::spawn(serve_inbound(gateway, listener, config, async move {
+            let _ = rx.await;
+            let _ = app_tx.send(());
+        }));
+        Setup {
+            dir,
+            port,
+            stop: Some(tx),
+        }
+    }
+
+    impl Drop for Setup {
+        fn drop(&mut self) {
+            if let Some(tx) = self.stop.take() {
+                let _ = tx.send(());
+            }
+        }
+    }
+
+    /// Runs curl (blocking, off the runtime) and returns (exit code, body + status line).
+    async fn curl(dir: &Path, args: Vec<String>) -> (i32, String) {
+        let dir = dir.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let out = Command::new("curl")
+                .args(["-sS", "--max-time", "5", "-w", "\n%{http_code}"])
+                .args(&args)
+                .current_dir(dir)
+                .output()
+                .expect("curl runs");
+            (
+                out.status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+            )
+        })
+        .await
+        .expect("join")
+    }
+
+    fn mtls_args(port: u16, path: &str) -> Vec<String> {
+        vec![
+            "--resolve".into(),
+            format!("server:{port}:127.0.0.2"),
+            "--cacert".into(),
+            "ca.pem".into(),
+            "--cert".into(),
+            "client.pem".into(),
+            "--key".into(),
+            "client.key".into(),
+            format!("https://server:{port}{path}"),
+        ]
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mtls_clients_are_terminated_authorized_and_reach_the_app() {
+        let s = start(PeerAuthMode::Strict).await;
+        let (code, out) = curl(s.dir.path(), mtls_args(s.port, "/headers")).await;
+        assert_eq!(code, 0, "{out}");
+        assert!(out.ends_with("\n200"), "{out}");
+        assert!(
+            out.contains("URI=spiffe://cluster.local/ns/default/sa/sleep"),
+            "the app sees the client identity: {out}"
+        );
+
+        let (code, out) = curl(s.dir.path(), mtls_args(s.port, "/status/418")).await;
+        assert_eq!(code, 0, "{out}");
+        assert_eq!(out, "RBAC: access denied\n403");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn strict_refuses_plaintext_and_clients_without_certificates() {
+        let s = start(PeerAuthMode::Strict).await;
+        let (code, out) = curl(
+            s.dir.path(),
+            vec![format!("http://127.0.0.2:{}/get", s.port)],
+        )
+        .await;
+        assert_ne!(
+            code, 0,
+            "plaintext must not get through under STRICT: {out}"
+        );
+        let mut no_cert = mtls_args(s.port, "/get");
+        no_cert.drain(4..8);
+        let (code, out) = curl(s.dir.path(), no_cert).await;
+        assert_ne!(code, 0, "TLS without a client certificate must fail: {out}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn permissive_serves_plaintext_without_a_principal() {
+        let s = start(PeerAuthMode::Permissive).await;
+        let (code, out) = curl(
+            s.dir.path(),
+            vec![format!("http://127.0.0.2:{}/status/418", s.port)],
+        )
+        .await;
+        assert_eq!(code, 0, "{out}");
+        assert!(
+            out.ends_with("\n418"),
+            "no principal, so the DENY rule does not match: {out}"
+        );
+        let (code, out) = curl(s.dir.path(), mtls_args(s.port, "/get")).await;
+        assert_eq!(code, 0, "{out}");
+        assert!(out.ends_with("\n200"), "{out}");
+    }
+}
