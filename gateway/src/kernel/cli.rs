@@ -13,9 +13,7 @@ use super::bpffs::DEFAULT_PIN_DIR;
 use super::loader::{install, open, status, uninstall, InstallOptions, Origin};
 use super::maps::{KernelMaps, PortSetting};
 use crate::config::load_paths;
-use crate::policy::peer_auth::{
-    workload_port_modes, PeerAuthMode, PeerAuthentications, DEFAULT_ROOT_NAMESPACE,
-};
+use crate::policy::peer_auth::{port_modes, PeerAuthMode, DEFAULT_ROOT_NAMESPACE};
 
 /// The kernel path: sk_lookup steering and the STRICT plaintext reset.
 #[derive(Debug, Args)]
@@ -235,29 +233,17 @@ fn apply(maps: &mut KernelMaps, desired: &BTreeMap<u16, PortSetting>) -> Result<
 /// Reads the config and derives every local workload port's mode.
 fn desired_from_config(r: &RunArgs) -> Result<BTreeMap<u16, PortSetting>> {
     let resources = load_paths(&r.config).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let peer_auth =
-        PeerAuthentications::compile(&resources.peer_authentications, &r.root_namespace).map_err(
-            |errs| {
-                let text: Vec<String> = errs.iter().map(ToString::to_string).collect();
-                anyhow::anyhow!("{}", text.join("\n"))
-            },
-        )?;
-    let mut desired = BTreeMap::new();
-    for pm in workload_port_modes(
-        &peer_auth,
-        &resources.workload_entries,
-        &resources.service_entries,
-    ) {
-        let setting = PortSetting {
-            mode: pm.mode,
-            steer: r.attach.steer,
-        };
-        // Two local workloads on one port: the stricter mode protects both.
-        desired
-            .entry(pm.port)
-            .and_modify(|s: &mut PortSetting| s.mode = s.mode.max(setting.mode))
-            .or_insert(setting);
-    }
+    let modes = port_modes(&resources, &r.root_namespace).map_err(|errs| {
+        let text: Vec<String> = errs.iter().map(ToString::to_string).collect();
+        anyhow::anyhow!("{}", text.join("\n"))
+    })?;
+    let mut desired: BTreeMap<u16, PortSetting> = modes
+        .into_iter()
+        .map(|(port, mode)| {
+            let steer = r.attach.steer;
+            (port, PortSetting { mode, steer })
+        })
+        .collect();
     desired.extend(from_flags(&r.attach.ports, r.attach.steer));
     Ok(desired)
 }

@@ -267,6 +267,26 @@ pub fn workload_port_modes(
     out
 }
 
+/// The mode of every local workload port from a loaded config — what both the kernel maps
+/// and the terminator enforce. Two workloads on one port: the stricter mode protects both.
+pub fn port_modes(
+    resources: &crate::config::Resources,
+    root_namespace: &str,
+) -> Result<BTreeMap<u16, PeerAuthMode>, Vec<ConfigError>> {
+    let peer_auth = PeerAuthentications::compile(&resources.peer_authentications, root_namespace)?;
+    let mut out: BTreeMap<u16, PeerAuthMode> = BTreeMap::new();
+    for pm in workload_port_modes(
+        &peer_auth,
+        &resources.workload_entries,
+        &resources.service_entries,
+    ) {
+        out.entry(pm.port)
+            .and_modify(|m| *m = (*m).max(pm.mode))
+            .or_insert(pm.mode);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
