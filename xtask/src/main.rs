@@ -41,7 +41,8 @@ enum Cmd {
 }
 
 fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    let ws = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    ws.canonicalize().unwrap_or(ws)
 }
 
 fn cargo() -> Command {

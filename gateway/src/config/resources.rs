@@ -238,12 +238,21 @@ pub struct ServiceEntrySpec {
     pub resolution: Option<String>,
     #[serde(default)]
     pub endpoints: Vec<WorkloadEntrySpec>,
+    /// Istio spells this selector `labels`, not `matchLabels`.
     #[serde(default)]
-    pub workload_selector: Option<WorkloadSelector>,
+    pub workload_selector: Option<EntrySelector>,
     #[serde(default)]
     pub export_to: Vec<String>,
     #[serde(default)]
     pub subject_alt_names: Vec<String>,
+}
+
+/// `ServiceEntry.spec.workloadSelector`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EntrySelector {
+    #[serde(default)]
+    pub labels: Labels,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
