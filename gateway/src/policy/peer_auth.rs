@@ -234,7 +234,7 @@ pub fn workload_port_modes(
                     .spec
                     .workload_selector
                     .as_ref()
-                    .is_some_and(|sel| selects(&sel.match_labels, &workload.labels))
+                    .is_some_and(|sel| selects(&sel.labels, &workload.labels))
         }) {
             for sp in &se.spec.ports {
                 let port = we
@@ -290,7 +290,7 @@ pub fn port_modes(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::resources::{Metadata, ServicePort, WorkloadSelector};
+    use crate::config::resources::{EntrySelector, Metadata, ServicePort, WorkloadSelector};
     use crate::config::Origin;
     use std::path::PathBuf;
     use std::sync::Arc;
@@ -471,8 +471,8 @@ mod tests {
                 location: None,
                 resolution: None,
                 endpoints: vec![],
-                workload_selector: Some(WorkloadSelector {
-                    match_labels: labels(&[("app", "hello")]),
+                workload_selector: Some(EntrySelector {
+                    labels: labels(&[("app", "hello")]),
                 }),
                 export_to: vec![],
                 subject_alt_names: vec![],
