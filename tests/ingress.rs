@@ -198,6 +198,8 @@ fn walkthrough(backend: Backend, credential_as_secret: bool) -> Result<()> {
         .arg("--credentials")
         .arg(&creds);
     cmd.args(["--bind", "127.0.0.1", "--port-offset", &offset.to_string()]);
+    // The tests run in parallel: each gateway gets its own admin port.
+    cmd.args(["--admin", &format!("127.0.0.1:{}", free_port()?)]);
     cmd.env("RUST_LOG", "info");
     let gateway = Daemon::spawn("portcullis", cmd, dir)?;
     let https_port = 443 + offset;

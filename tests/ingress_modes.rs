@@ -56,7 +56,9 @@ fn start_gateway(name: &str, dir: &Path, yaml: &str, creds: &Path, port: u16) ->
         .arg(&file)
         .arg("--credentials")
         .arg(creds)
-        .args(["--bind", "127.0.0.1"]);
+        .args(["--bind", "127.0.0.1"])
+        // Two gateways run at once: neither needs the admin listener's fixed default port.
+        .args(["--admin", "off"]);
     let d = Daemon::spawn(name, cmd, dir)?;
     wait_for_port(
         SocketAddr::from(([127, 0, 0, 1], port)),

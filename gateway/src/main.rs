@@ -1,12 +1,15 @@
 //! `portcullis`: the daemon and its command-line tools.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
+use portcullis::admin::access_log::{AccessLog, AccessLogFormat, AccessLogTarget};
+use portcullis::admin::Admin;
 use portcullis::config::{self, Settings};
+use portcullis::policy::explain::{explain, ExplainRequest};
 use portcullis::proxy::{self, Gateway};
 
 /// A service-mesh security gateway that enforces mutual TLS with help from the Linux kernel.
@@ -43,6 +46,16 @@ enum Command {
     Httpbin(portcullis::backend::httpbin::cli::HttpbinArgs),
     /// The kernel path: eBPF steering and the STRICT plaintext reset (attach, run, set-mode, status, uninstall).
     Kernel(portcullis::kernel::cli::KernelArgs),
+    /// Show which AuthorizationPolicy allows or denies a request, and why.
+    ///
+    /// Compiles the configuration exactly as `run` does and evaluates the described request
+    /// with the same code the daemon's 403 path uses. Prints ALLOW or DENY, the policy and
+    /// rule index that decided (or, when no ALLOW policy matched, every ALLOW policy tried),
+    /// and the policies that apply to this gateway.
+    ///
+    /// Exit status: 0 when the request is allowed, 1 when it is denied, 2 on a usage or
+    /// configuration error.
+    Explain(ExplainArgs),
 }
 
 #[derive(clap::Args)]
@@ -75,6 +88,63 @@ struct RunArgs {
     /// Added to every Gateway port number (run a config that names 80/443 without root).
     #[arg(long, default_value_t = 0)]
     port_offset: u16,
+    /// Admin listener (metrics, health, config dump) as ADDR:PORT, or `off`. Keep it on
+    /// loopback: it is unauthenticated.
+    #[arg(long, value_name = "ADDR|off", default_value = "127.0.0.1:15000", value_parser = parse_admin)]
+    admin: AdminAddr,
+    /// Where the access log goes: `stderr`, `stdout`, `off`, or a file path (appended to).
+    #[arg(long, value_name = "stderr|stdout|off|PATH", default_value = "stderr")]
+    access_log: AccessLogTarget,
+    /// Access log line format.
+    #[arg(long, value_enum, default_value_t = AccessLogFormat::Text)]
+    access_log_format: AccessLogFormat,
+}
+
+/// `--admin`: an address, or `None` for `off`.
+#[derive(Clone, Copy, Debug)]
+struct AdminAddr(Option<SocketAddr>);
+
+fn parse_admin(s: &str) -> Result<AdminAddr, String> {
+    if s == "off" {
+        return Ok(AdminAddr(None));
+    }
+    s.parse()
+        .map(|a| AdminAddr(Some(a)))
+        .map_err(|e| format!("{s:?} is neither `off` nor ADDR:PORT: {e}"))
+}
+
+#[derive(clap::Args)]
+struct ExplainArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// The client's SPIFFE id (`spiffe://test.client` or `test.client`); omit for plaintext.
+    #[arg(long)]
+    principal: Option<String>,
+    /// The client's namespace (the daemon reads it from the SPIFFE id).
+    #[arg(long)]
+    source_namespace: Option<String>,
+    /// The client address the gateway sees.
+    #[arg(long, default_value = "127.0.0.1")]
+    source_ip: IpAddr,
+    /// The original client (x-forwarded-for), when it differs from --source-ip.
+    #[arg(long)]
+    remote_ip: Option<IpAddr>,
+    #[arg(long, default_value = "GET")]
+    method: String,
+    /// The request's :authority / Host, with the port when the client sends one.
+    #[arg(long)]
+    host: String,
+    #[arg(long, default_value = "/")]
+    path: String,
+    /// The Gateway port the request arrives on (before --port-offset).
+    #[arg(long, default_value_t = 443)]
+    port: u16,
+    /// A request header (repeatable).
+    #[arg(long = "header", value_name = "NAME=VALUE", value_parser = parse_label)]
+    headers: Vec<(String, String)>,
+    /// The TLS server name; defaults to --host without its port.
+    #[arg(long)]
+    sni: Option<String>,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -121,6 +191,11 @@ fn main() -> Result<()> {
             Command::Certs(args) => portcullis::identity::certs::cli::run(args).await,
             Command::Httpbin(args) => portcullis::backend::httpbin::cli::run(args).await,
             Command::Kernel(args) => portcullis::kernel::cli::run(args),
+            // Exit status 1 means "denied", so errors take 2, like usage errors.
+            Command::Explain(args) => explain_cmd(args).or_else(|e| {
+                eprintln!("Error: {e:?}");
+                std::process::exit(2)
+            }),
         }
     })
 }
@@ -160,12 +235,54 @@ fn check(args: &ConfigArgs) -> Result<()> {
     Ok(())
 }
 
+fn explain_cmd(args: ExplainArgs) -> Result<()> {
+    let snapshot = load(&args.config)?;
+    let sni = args.sni.or_else(|| {
+        let host = config::hosts::authority_host(&args.host);
+        (!host.is_empty()).then_some(host)
+    });
+    let req = ExplainRequest {
+        principal: args.principal,
+        source_namespace: args.source_namespace,
+        source_ip: args.source_ip,
+        remote_ip: args.remote_ip,
+        method: args.method,
+        host: args.host,
+        path: args.path,
+        port: args.port,
+        headers: args.headers,
+        sni,
+    };
+    let explanation = explain(&snapshot.authz, &req)?;
+    print!("{explanation}");
+    if !explanation.decision.is_allowed() {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
 async fn run(args: RunArgs) -> Result<()> {
     let snapshot = load(&args.config)?;
-    let gateway = Gateway::new(snapshot);
+    let access_log = AccessLog::open(&args.access_log, args.access_log_format)
+        .with_context(|| format!("opening the access log {:?}", args.access_log))?;
+    let gateway = Gateway::with_access_log(snapshot, access_log);
+    let admin = match args.admin.0 {
+        Some(addr) => {
+            let admin = Admin::new(gateway.clone());
+            let local = admin.clone().serve(addr).await.with_context(|| {
+                format!("cannot listen on the admin address {addr} (--admin off disables it)")
+            })?;
+            tracing::info!(%local, "admin listening");
+            Some(admin)
+        }
+        None => None,
+    };
     let listeners = proxy::bind_listeners(&gateway, args.bind, args.port_offset)?;
     if listeners.is_empty() {
         anyhow::bail!("the configuration declares no Gateway server for this gateway's labels: nothing to listen on");
+    }
+    if let Some(admin) = &admin {
+        admin.mark_ready();
     }
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "portcullis started");
     proxy::serve(gateway, listeners, shutdown_signal()).await;

@@ -1,3 +1,4 @@
 //! Authorization (AuthorizationPolicy) and peer authentication (PeerAuthentication) compiled for the hot path.
 pub mod authz;
+pub mod explain;
 pub mod peer_auth;

@@ -13,6 +13,8 @@ use hyper::body::Incoming;
 
 use super::conn::ConnInfo;
 use super::{Gateway, Stats};
+use crate::admin::access_log::AccessEntry;
+use crate::admin::metrics::{flags, RequestProtocol, RequestRecord};
 use crate::config::hosts::{authority_host, best_match};
 use crate::config::model::GatewayRef;
 use crate::config::Snapshot;
@@ -82,33 +84,84 @@ pub async fn handle(
         })
         .unwrap_or_default();
 
-    let (resp, decision, upstream) =
-        route_and_forward(&gateway, &snapshot, &conn, req, &authority, &path).await;
-    tracing::info!(
-        target: "access",
-        peer = %conn.peer,
-        sni = %conn.sni.as_deref().unwrap_or("-"),
-        principal = %conn.principal.as_deref().unwrap_or("-"),
-        method = %method,
-        authority = %authority,
-        path = %path_and_query,
-        status = resp.status().as_u16(),
-        duration_ms = started.elapsed().as_millis() as u64,
-        authz = %decision.as_ref().map_or_else(|| "-".to_owned(), ToString::to_string),
-        upstream = %upstream.as_deref().unwrap_or("-"),
-        "request"
-    );
-    Ok(resp)
+    let protocol = match req.headers().get(http::header::CONTENT_TYPE) {
+        Some(ct) if ct.as_bytes().starts_with(b"application/grpc") => RequestProtocol::grpc,
+        _ => RequestProtocol::http,
+    };
+    let request_bytes = body_len(req.body());
+
+    let out = route_and_forward(&gateway, &snapshot, &conn, req, &authority, &path).await;
+    let status = out.resp.status().as_u16();
+    let response_bytes = body_len(out.resp.body());
+    let duration = started.elapsed();
+    gateway.metrics.record_request(&RequestRecord {
+        conn: &conn,
+        service: out.service,
+        protocol,
+        status,
+        flags: out.flags,
+        duration,
+        request_bytes,
+        response_bytes,
+    });
+    gateway.access_log.write(&AccessEntry {
+        kind: "http",
+        peer: Some(conn.peer),
+        sni: conn.sni.as_deref(),
+        principal: conn.principal.as_deref(),
+        method: Some(method.as_str()),
+        authority: Some(&authority),
+        path: Some(&path_and_query),
+        status: Some(status),
+        duration_ms: duration.as_millis() as u64,
+        bytes_received: request_bytes,
+        bytes_sent: response_bytes,
+        authz: out.decision.as_ref().map(ToString::to_string),
+        policy: out
+            .decision
+            .as_ref()
+            .and_then(|d| d.decided_by())
+            .map(|p| format!("{}/{}", p.namespace, p.name)),
+        upstream: out.upstream.as_deref(),
+        response_flags: out.flags,
+    });
+    Ok(out.resp)
 }
 
-async fn route_and_forward(
+/// A body's length when it is known up front (`Content-Length`, local bodies); the lower
+/// bound otherwise, so a streamed body counts as 0 rather than being buffered to measure it.
+fn body_len(body: &impl hyper::body::Body) -> u64 {
+    let hint = body.size_hint();
+    hint.exact().unwrap_or(hint.lower())
+}
+
+/// What became of one request, for the metrics and the access log.
+struct Outcome<'s> {
+    resp: Response<Body>,
+    decision: Option<Decision>,
+    /// The endpoint the request went to.
+    upstream: Option<String>,
+    /// The destination service of the gateway route taken.
+    service: Option<&'s str>,
+    /// Envoy's response flag for what went wrong in the proxy, `-` for nothing.
+    flags: &'static str,
+}
+
+async fn route_and_forward<'s>(
     gateway: &Gateway,
-    snapshot: &Snapshot,
-    conn: &ConnInfo,
+    snapshot: &'s Snapshot,
+    conn: &'s ConnInfo,
     req: Request<Incoming>,
     authority: &str,
     path: &str,
-) -> (Response<Body>, Option<Decision>, Option<String>) {
+) -> Outcome<'s> {
+    let no_route = || Outcome {
+        resp: local(StatusCode::NOT_FOUND, ""),
+        decision: None,
+        upstream: None,
+        service: None,
+        flags: flags::NO_ROUTE,
+    };
     // Inbound mesh connections go to the local app on their original port; gateway
     // connections are routed by their VirtualServices.
     let (authz, endpoint, timeout, service) = if let Some(inbound) = &conn.inbound {
@@ -116,13 +169,13 @@ async fn route_and_forward(
     } else {
         let host = authority_host(authority);
         let Some(gateway_ref) = server_gateway(snapshot, conn, &host) else {
-            return (local(StatusCode::NOT_FOUND, ""), None, None);
+            return no_route();
         };
         let Some(route) = snapshot
             .routes
             .http(&gateway_ref, authority, path, conn.port)
         else {
-            return (local(StatusCode::NOT_FOUND, ""), None, None);
+            return no_route();
         };
         let endpoint = gateway.upstream.pick(&route.upstream).to_owned();
         (
@@ -131,6 +184,16 @@ async fn route_and_forward(
             route.timeout,
             route.upstream.service.as_str(),
         )
+    };
+    // Inbound requests report the workload's service as unknown, as Istio does without
+    // peer metadata.
+    let metric_service = conn.inbound.is_none().then_some(service);
+    let routed = |resp, decision, upstream, flags| Outcome {
+        resp,
+        decision: Some(decision),
+        upstream,
+        service: metric_service,
+        flags,
     };
     let decision = authz.evaluate(&RequestAttrs {
         principal: conn.principal.as_deref(),
@@ -150,20 +213,23 @@ async fn route_and_forward(
     });
     if !decision.is_allowed() {
         Stats::bump(&gateway.stats.denied);
-        return (
+        gateway.metrics.record_denied(&decision);
+        return routed(
             local(StatusCode::FORBIDDEN, RBAC_DENIED),
-            Some(decision),
+            decision,
             None,
+            flags::NONE,
         );
     }
     let outbound = match outbound_request(req, conn, authority, &endpoint) {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(error = %e, "cannot build the upstream request");
-            return (
+            return routed(
                 local(StatusCode::BAD_REQUEST, "bad request"),
-                Some(decision),
+                decision,
                 Some(endpoint),
+                flags::NONE,
             );
         }
     };
@@ -172,10 +238,11 @@ async fn route_and_forward(
         Some(t) => match tokio::time::timeout(t, call).await {
             Ok(r) => r,
             Err(_) => {
-                return (
+                return routed(
                     local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
-                    Some(decision),
+                    decision,
                     Some(endpoint),
+                    flags::UPSTREAM_TIMEOUT,
                 )
             }
         },
@@ -184,19 +251,27 @@ async fn route_and_forward(
     match result {
         Ok(mut resp) => {
             strip_hop_by_hop(resp.headers_mut());
-            (resp.map(BodyExt::boxed), Some(decision), Some(endpoint))
+            routed(
+                resp.map(BodyExt::boxed),
+                decision,
+                Some(endpoint),
+                flags::NONE,
+            )
         }
         Err(e) => {
             tracing::warn!(upstream = %endpoint, service = %service, error = %e, "upstream request failed");
-            let resp = if e.is_connect() {
-                local(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error or disconnect/reset before headers. reset reason: connection failure")
+            let (resp, flag) = if e.is_connect() {
+                (local(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error or disconnect/reset before headers. reset reason: connection failure"), flags::UPSTREAM_FAILURE)
             } else {
-                local(
-                    StatusCode::BAD_GATEWAY,
-                    "upstream reset before response headers",
+                (
+                    local(
+                        StatusCode::BAD_GATEWAY,
+                        "upstream reset before response headers",
+                    ),
+                    flags::UPSTREAM_RESET,
                 )
             };
-            (resp, Some(decision), Some(endpoint))
+            routed(resp, decision, Some(endpoint), flag)
         }
     }
 }

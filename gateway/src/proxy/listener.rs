@@ -19,6 +19,8 @@ use tracing::Instrument;
 use super::conn::ConnInfo;
 use super::io::Prefixed;
 use super::{Gateway, Stats};
+use crate::admin::access_log::AccessEntry;
+use crate::admin::metrics::{flags, HandshakeFailure, RequestProtocol};
 use crate::config::model::ServerTls;
 use crate::identity::PeerCertificate;
 use crate::tls::sniff::{classify, FirstBytes, MAX_HELLO};
@@ -182,8 +184,9 @@ async fn handle_connection(
     }
     let (prefix, hello) = match read_client_hello(&mut stream).await {
         Ok(h) => h,
-        Err(why) => {
+        Err((failure, why)) => {
             Stats::bump(&gateway.stats.tls_handshake_failures);
+            gateway.metrics.record_handshake_failure(failure);
             tracing::warn!(reason = why, "TLS handshake failed: no valid ClientHello");
             return;
         }
@@ -192,6 +195,9 @@ async fn handle_connection(
     tracing::Span::current().record("sni", sni.as_deref().unwrap_or("-"));
     let Some(server) = listener.server_for_sni(sni.as_deref()) else {
         Stats::bump(&gateway.stats.tls_handshake_failures);
+        gateway
+            .metrics
+            .record_handshake_failure(HandshakeFailure::no_sni_match);
         tracing::warn!(
             sni = sni.as_deref().unwrap_or("-"),
             "TLS handshake refused: no server on this port for this SNI"
@@ -203,7 +209,7 @@ async fn handle_connection(
     match &server.tls {
         None => {}
         Some(ServerTls::Passthrough) => {
-            passthrough(&snapshot, &server.gateway, port, conn, prefix, stream).await
+            passthrough(&gateway, &snapshot, &server.gateway, conn, prefix, stream).await
         }
         Some(ServerTls::Terminate { config, .. }) => {
             if let Some(tls) = terminate(&gateway, config, prefix, stream, &mut conn).await {
@@ -226,6 +232,9 @@ pub(super) async fn terminate(
         Ok(tls) => tls,
         Err(e) => {
             Stats::bump(&gateway.stats.tls_handshake_failures);
+            gateway
+                .metrics
+                .record_handshake_failure(HandshakeFailure::from_io_error(&e));
             tracing::warn!(reason = %e, "TLS handshake failed");
             return None;
         }
@@ -252,10 +261,14 @@ pub(super) async fn terminate(
 /// Reads until the first TLS record (the ClientHello) is complete.
 async fn read_client_hello(
     stream: &mut TcpStream,
-) -> Result<(Bytes, crate::tls::sniff::ClientHelloInfo), &'static str> {
-    match read_first_bytes(stream).await? {
-        (prefix, Some(hello)) => Ok((prefix, hello)),
-        (_, None) => Err("client spoke plaintext to a TLS port"),
+) -> Result<(Bytes, crate::tls::sniff::ClientHelloInfo), (HandshakeFailure, &'static str)> {
+    match read_first_bytes(stream).await {
+        Ok((prefix, Some(hello))) => Ok((prefix, hello)),
+        Ok((_, None)) => Err((
+            HandshakeFailure::not_tls,
+            "client spoke plaintext to a TLS port",
+        )),
+        Err(why) => Err((HandshakeFailure::other, why)),
     }
 }
 
@@ -312,35 +325,61 @@ pub(super) async fn serve_http<S>(
 
 /// Forwards a TLS connection, ClientHello included, to the upstream its SNI routes to.
 async fn passthrough(
+    gw: &Gateway,
     snapshot: &crate::config::Snapshot,
     gateway: &crate::config::model::GatewayRef,
-    port: u16,
     conn: ConnInfo,
     prefix: Bytes,
     mut stream: TcpStream,
 ) {
+    let started = std::time::Instant::now();
     let sni = conn.sni.clone().unwrap_or_default();
-    let Some(route) = snapshot.routes.tls(gateway, &sni, port) else {
+    let Some(route) = snapshot.routes.tls(gateway, &sni, conn.port) else {
         tracing::warn!(sni = %sni, "passthrough: no tls route for this SNI; closing");
         return;
     };
     let Some(endpoint) = route.upstream.endpoints.first() else {
         return;
     };
+    // One access line and one opened/closed pair per connection, failed or not.
+    let finish = |flags: &'static str, received: u64, sent: u64| {
+        let labels = gw.metrics.tcp_labels(
+            &conn,
+            Some(&route.upstream.service),
+            RequestProtocol::tcp,
+            flags,
+        );
+        gw.metrics.tcp_opened(&labels);
+        gw.metrics.tcp_closed(&labels, sent, received);
+        gw.access_log.write(&AccessEntry {
+            kind: "passthrough",
+            peer: Some(conn.peer),
+            sni: Some(&sni),
+            duration_ms: started.elapsed().as_millis() as u64,
+            bytes_received: received,
+            bytes_sent: sent,
+            upstream: Some(endpoint),
+            response_flags: flags,
+            ..AccessEntry::default()
+        });
+    };
     let mut upstream = match TcpStream::connect(endpoint.as_str()).await {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(upstream = %endpoint, error = %e, "passthrough: upstream connect failed");
+            finish(flags::UPSTREAM_FAILURE, 0, 0);
             return;
         }
     };
     if upstream.write_all(&prefix).await.is_err() {
+        finish(flags::UPSTREAM_RESET, 0, 0);
         return;
     }
     match tokio::io::copy_bidirectional(&mut stream, &mut upstream).await {
-        Ok((up, down)) => {
-            tracing::info!(target: "access", peer = %conn.peer, sni = %sni, upstream = %endpoint, bytes_sent = up + prefix.len() as u64, bytes_received = down, "passthrough")
+        Ok((up, down)) => finish(flags::NONE, up + prefix.len() as u64, down),
+        Err(e) => {
+            tracing::debug!(error = %e, "passthrough ended");
+            finish(flags::NONE, prefix.len() as u64, 0);
         }
-        Err(e) => tracing::debug!(error = %e, "passthrough ended"),
     }
 }

@@ -16,6 +16,8 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use crate::admin::access_log::AccessLog;
+use crate::admin::metrics::{Metrics, Workload};
 use crate::config::Snapshot;
 
 pub use listener::{bind_listeners, serve, BoundListener};
@@ -26,6 +28,9 @@ pub struct Gateway {
     upstream: upstream::UpstreamClient,
     /// Counters the admin endpoint and tests read.
     pub stats: Stats,
+    /// Istio's standard metrics and Portcullis' own, served on the admin listener.
+    pub metrics: Metrics,
+    pub access_log: AccessLog,
 }
 
 /// Process-wide counters (the Istio-standard metrics are separate, in `admin`).
@@ -44,11 +49,22 @@ impl Stats {
 }
 
 impl Gateway {
+    /// A gateway that writes its access log as text to stderr.
     pub fn new(snapshot: Snapshot) -> Arc<Self> {
+        Self::with_access_log(snapshot, AccessLog::default())
+    }
+
+    pub fn with_access_log(snapshot: Snapshot, access_log: AccessLog) -> Arc<Self> {
+        let metrics = Metrics::new(Workload {
+            name: "portcullis".to_owned(),
+            namespace: snapshot.settings.gateway_namespace.clone(),
+        });
         Arc::new(Self {
             config: ArcSwap::from_pointee(snapshot),
             upstream: upstream::UpstreamClient::new(),
             stats: Stats::default(),
+            metrics,
+            access_log,
         })
     }
 

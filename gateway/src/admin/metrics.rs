@@ -1,0 +1,560 @@
+//! Istio's standard metrics, and Portcullis' own, in one prometheus-client registry.
+//!
+//! The names, types and labels are Istio's (istio.io/latest/docs/reference/config/metrics), so
+//! a Prometheus that scrapes the gateway feeds Kiali and Istio dashboards unchanged. The
+//! gateway terminates the client's mutual TLS, which makes it the server side of that
+//! connection: it reports as `reporter="destination"`, the only reporter for which Istio sets
+//! `connection_security_policy` (`mutual_tls` when the client presented a verified
+//! certificate, `none` otherwise).
+//!
+//! Every label value comes from a bounded set: configuration names, status codes and fixed
+//! strings. Raw paths, client ports and client-sent hosts never become labels.
+
+use std::fmt;
+use std::io;
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use rustls::{AlertDescription, CertificateError};
+
+use crate::config::model::Credentials;
+use crate::policy::authz::{Decision, DenyReason, Verdict};
+use crate::proxy::conn::ConnInfo;
+
+/// What Istio writes for a label it cannot fill.
+const UNKNOWN: &str = "unknown";
+
+/// Istio's buckets for `istio_request_duration_milliseconds`.
+const DURATION_BUCKETS_MS: [f64; 19] = [
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+];
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(DURATION_BUCKETS_MS)
+}
+
+/// Istio's size buckets: powers of ten from 1 byte to 100 MB.
+fn bytes_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1.0, 10.0, 9))
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// The labels of Istio's HTTP metrics, in the order Istio's docs list them.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub reporter: &'static str,
+    pub source_workload: String,
+    pub source_workload_namespace: String,
+    pub source_principal: String,
+    pub source_app: String,
+    pub destination_workload: String,
+    pub destination_workload_namespace: String,
+    pub destination_principal: String,
+    pub destination_service: String,
+    pub destination_service_name: String,
+    pub destination_service_namespace: String,
+    pub request_protocol: RequestProtocol,
+    pub response_code: u16,
+    pub response_flags: &'static str,
+    pub connection_security_policy: &'static str,
+}
+
+/// The labels of Istio's TCP metrics: the HTTP set without `response_code`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TcpLabels {
+    pub reporter: &'static str,
+    pub source_workload: String,
+    pub source_workload_namespace: String,
+    pub source_principal: String,
+    pub source_app: String,
+    pub destination_workload: String,
+    pub destination_workload_namespace: String,
+    pub destination_principal: String,
+    pub destination_service: String,
+    pub destination_service_name: String,
+    pub destination_service_namespace: String,
+    pub request_protocol: RequestProtocol,
+    pub response_flags: &'static str,
+    pub connection_security_policy: &'static str,
+}
+
+/// `request_protocol`.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum RequestProtocol {
+    http,
+    grpc,
+    tcp,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyLabels {
+    policy: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: HandshakeFailure,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CredentialLabels {
+    credential: String,
+}
+
+/// Why a TLS handshake failed: the `reason` label of
+/// `portcullis_tls_handshake_failures_total`, a closed set.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum HandshakeFailure {
+    /// MUTUAL server, and the client sent no certificate.
+    no_client_cert,
+    /// The client's certificate does not chain to the credential's CA (or the client did not
+    /// trust ours).
+    unknown_ca,
+    /// A certificate is outside its validity period.
+    expired,
+    /// Any other certificate problem: bad signature, wrong usage, bad SAN, revoked.
+    bad_certificate,
+    /// No Gateway server on the port for the requested SNI.
+    no_sni_match,
+    /// The first bytes were not a TLS ClientHello.
+    not_tls,
+    other,
+}
+
+impl HandshakeFailure {
+    /// Classifies what `tokio_rustls::TlsAcceptor::accept` failed with: rustls errors come
+    /// wrapped in an `io::Error`.
+    pub fn from_io_error(e: &io::Error) -> Self {
+        e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .map_or(Self::other, Self::from_rustls)
+    }
+
+    pub fn from_rustls(e: &rustls::Error) -> Self {
+        use rustls::Error as E;
+        match e {
+            E::NoCertificatesPresented => Self::no_client_cert,
+            E::InvalidCertificate(c) => match c {
+                CertificateError::UnknownIssuer => Self::unknown_ca,
+                CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                    Self::expired
+                }
+                _ => Self::bad_certificate,
+            },
+            // The client refused our certificate and told us why.
+            E::AlertReceived(alert) => match alert {
+                AlertDescription::UnknownCA => Self::unknown_ca,
+                AlertDescription::CertificateExpired => Self::expired,
+                AlertDescription::BadCertificate
+                | AlertDescription::CertificateUnknown
+                | AlertDescription::UnsupportedCertificate
+                | AlertDescription::CertificateRevoked => Self::bad_certificate,
+                AlertDescription::CertificateRequired => Self::no_client_cert,
+                _ => Self::other,
+            },
+            _ => Self::other,
+        }
+    }
+}
+
+impl fmt::Display for HandshakeFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// Envoy's response flags that the gateway can produce.
+pub mod flags {
+    /// Nothing went wrong in the proxy.
+    pub const NONE: &str = "-";
+    /// No route for the request (`NR`).
+    pub const NO_ROUTE: &str = "NR";
+    /// The upstream could not be connected to (`UF`).
+    pub const UPSTREAM_FAILURE: &str = "UF";
+    /// The upstream reset the connection before responding (`UC`).
+    pub const UPSTREAM_RESET: &str = "UC";
+    /// The upstream did not answer within the route timeout (`UT`).
+    pub const UPSTREAM_TIMEOUT: &str = "UT";
+}
+
+/// One finished HTTP request, as the proxy knows it.
+pub struct RequestRecord<'a> {
+    pub conn: &'a ConnInfo,
+    /// The destination host of the route taken (`httpbin.default.svc.cluster.local`); `None`
+    /// when no route matched.
+    pub service: Option<&'a str>,
+    pub protocol: RequestProtocol,
+    pub status: u16,
+    pub flags: &'static str,
+    pub duration: Duration,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+}
+
+/// The gateway's own identity in the `destination_*` labels.
+#[derive(Clone, Debug)]
+pub struct Workload {
+    pub name: String,
+    pub namespace: String,
+}
+
+/// The process' metrics. Recording is lock-free once a label set has been seen.
+pub struct Metrics {
+    registry: Registry,
+    workload: Workload,
+    requests: Family<RequestLabels, Counter>,
+    request_duration: HistogramFamily<RequestLabels>,
+    request_bytes: HistogramFamily<RequestLabels>,
+    response_bytes: HistogramFamily<RequestLabels>,
+    tcp_opened: Family<TcpLabels, Counter>,
+    tcp_closed: Family<TcpLabels, Counter>,
+    tcp_sent: Family<TcpLabels, Counter>,
+    tcp_received: Family<TcpLabels, Counter>,
+    authz_denied: Family<PolicyLabels, Counter>,
+    tls_failures: Family<ReasonLabels, Counter>,
+    certificate_expiry: Family<CredentialLabels, Gauge>,
+}
+
+impl fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Metrics")
+            .field("workload", &self.workload)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    pub fn new(workload: Workload) -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::default();
+        let request_duration: HistogramFamily<_> = Family::new_with_constructor(duration_histogram);
+        let request_bytes: HistogramFamily<_> = Family::new_with_constructor(bytes_histogram);
+        let response_bytes: HistogramFamily<_> = Family::new_with_constructor(bytes_histogram);
+        let (tcp_opened, tcp_closed, tcp_sent, tcp_received) = Default::default();
+        let authz_denied = Family::default();
+        let tls_failures = Family::default();
+        let certificate_expiry = Family::default();
+        // Counters get their `_total` suffix from the encoder.
+        registry.register(
+            "istio_requests",
+            "Requests handled by the gateway",
+            requests.clone(),
+        );
+        registry.register(
+            "istio_request_duration_milliseconds",
+            "Request duration in milliseconds, until the response headers",
+            request_duration.clone(),
+        );
+        registry.register(
+            "istio_request_bytes",
+            "HTTP request body sizes",
+            request_bytes.clone(),
+        );
+        registry.register(
+            "istio_response_bytes",
+            "HTTP response body sizes",
+            response_bytes.clone(),
+        );
+        registry.register(
+            "istio_tcp_connections_opened",
+            "TCP (passthrough) connections opened",
+            Family::clone(&tcp_opened),
+        );
+        registry.register(
+            "istio_tcp_connections_closed",
+            "TCP (passthrough) connections closed",
+            Family::clone(&tcp_closed),
+        );
+        registry.register(
+            "istio_tcp_sent_bytes",
+            "Bytes sent to the client on TCP (passthrough) connections",
+            Family::clone(&tcp_sent),
+        );
+        registry.register(
+            "istio_tcp_received_bytes",
+            "Bytes received from the client on TCP (passthrough) connections",
+            Family::clone(&tcp_received),
+        );
+        registry.register(
+            "portcullis_authz_denied",
+            "Requests denied by AuthorizationPolicy, by the DENY policy that matched (\"-\": no ALLOW policy matched)",
+            Family::clone(&authz_denied),
+        );
+        registry.register(
+            "portcullis_tls_handshake_failures",
+            "TLS handshakes that failed, by reason",
+            Family::clone(&tls_failures),
+        );
+        registry.register(
+            "portcullis_certificate_expiry_seconds",
+            "Seconds until each credential's certificate expires (negative: expired)",
+            Family::clone(&certificate_expiry),
+        );
+        Self {
+            registry,
+            workload,
+            requests,
+            request_duration,
+            request_bytes,
+            response_bytes,
+            tcp_opened,
+            tcp_closed,
+            tcp_sent,
+            tcp_received,
+            authz_denied,
+            tls_failures,
+            certificate_expiry,
+        }
+    }
+
+    /// Counts one HTTP request in the four Istio request metrics.
+    pub fn record_request(&self, r: &RequestRecord<'_>) {
+        let t = self.tcp_labels(r.conn, r.service, r.protocol, r.flags);
+        let labels = RequestLabels {
+            reporter: t.reporter,
+            source_workload: t.source_workload,
+            source_workload_namespace: t.source_workload_namespace,
+            source_principal: t.source_principal,
+            source_app: t.source_app,
+            destination_workload: t.destination_workload,
+            destination_workload_namespace: t.destination_workload_namespace,
+            destination_principal: t.destination_principal,
+            destination_service: t.destination_service,
+            destination_service_name: t.destination_service_name,
+            destination_service_namespace: t.destination_service_namespace,
+            request_protocol: t.request_protocol,
+            response_code: r.status,
+            response_flags: t.response_flags,
+            connection_security_policy: t.connection_security_policy,
+        };
+        self.requests.get_or_create(&labels).inc();
+        self.request_duration
+            .get_or_create(&labels)
+            .observe(r.duration.as_secs_f64() * 1000.0);
+        self.request_bytes
+            .get_or_create(&labels)
+            .observe(r.request_bytes as f64);
+        self.response_bytes
+            .get_or_create(&labels)
+            .observe(r.response_bytes as f64);
+    }
+
+    /// The label set of a connection to `service` (None: no route).
+    pub fn tcp_labels(
+        &self,
+        conn: &ConnInfo,
+        service: Option<&str>,
+        protocol: RequestProtocol,
+        flags: &'static str,
+    ) -> TcpLabels {
+        let source_namespace = conn
+            .peer_cert
+            .as_ref()
+            .and_then(|c| c.identity.as_ref())
+            .and_then(|i| i.namespace());
+        let (service_name, service_namespace) = service.map_or((UNKNOWN, UNKNOWN), split_service);
+        TcpLabels {
+            reporter: "destination",
+            // Istio reads the workload and app from the peer's metadata exchange, which a
+            // client outside the mesh does not send.
+            source_workload: UNKNOWN.to_owned(),
+            source_workload_namespace: source_namespace.unwrap_or(UNKNOWN).to_owned(),
+            source_principal: conn
+                .principal
+                .as_ref()
+                .map_or_else(|| UNKNOWN.to_owned(), |p| format!("spiffe://{p}")),
+            source_app: UNKNOWN.to_owned(),
+            destination_workload: self.workload.name.clone(),
+            destination_workload_namespace: self.workload.namespace.clone(),
+            destination_principal: UNKNOWN.to_owned(),
+            destination_service: service.unwrap_or(UNKNOWN).to_owned(),
+            destination_service_name: service_name.to_owned(),
+            destination_service_namespace: service_namespace.to_owned(),
+            request_protocol: protocol,
+            response_flags: flags,
+            connection_security_policy: if conn.peer_cert.is_some() {
+                "mutual_tls"
+            } else {
+                "none"
+            },
+        }
+    }
+
+    pub fn tcp_opened(&self, labels: &TcpLabels) {
+        self.tcp_opened.get_or_create(labels).inc();
+    }
+
+    /// A TCP connection ended after `sent` bytes to the client and `received` from it.
+    pub fn tcp_closed(&self, labels: &TcpLabels, sent: u64, received: u64) {
+        self.tcp_closed.get_or_create(labels).inc();
+        self.tcp_sent.get_or_create(labels).inc_by(sent);
+        self.tcp_received.get_or_create(labels).inc_by(received);
+    }
+
+    /// Counts a denial under the DENY policy that matched, or `-` for "no ALLOW matched".
+    pub fn record_denied(&self, decision: &Decision) {
+        let policy = match &decision.verdict {
+            Verdict::Deny {
+                reason: DenyReason::DenyPolicyMatched(p),
+            } => format!("{}/{}", p.namespace, p.name),
+            Verdict::Deny { .. } => "-".to_owned(),
+            Verdict::Allow { .. } => return,
+        };
+        self.authz_denied
+            .get_or_create(&PolicyLabels { policy })
+            .inc();
+    }
+
+    pub fn record_handshake_failure(&self, reason: HandshakeFailure) {
+        self.tls_failures
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// Sets `portcullis_certificate_expiry_seconds` for every credential, as of `now` (unix
+    /// seconds). Called at scrape time, so the gauge is always current.
+    pub fn update_certificate_expiry(&self, credentials: &Credentials, now: i64) {
+        for (name, cred) in credentials {
+            self.certificate_expiry
+                .get_or_create(&CredentialLabels {
+                    credential: name.clone(),
+                })
+                .set(cred.not_after.saturating_sub(now));
+        }
+    }
+
+    /// The registry in the Prometheus/OpenMetrics text format.
+    pub fn encode(&self) -> Result<String, fmt::Error> {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+/// `httpbin.default.svc.cluster.local` → (`httpbin`, `default`); any other host is its own
+/// name in an unknown namespace.
+fn split_service(host: &str) -> (&str, &str) {
+    let mut parts = host.splitn(3, '.');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(name), Some(ns), Some(rest)) if rest.starts_with("svc") => (name, ns),
+        _ => (host, UNKNOWN),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(principal: Option<&str>) -> ConnInfo {
+        ConnInfo {
+            peer: "127.0.0.1:40000".parse().unwrap(),
+            local: "127.0.0.1:443".parse().unwrap(),
+            port: 443,
+            server: None,
+            sni: Some("test.com".to_owned()),
+            peer_cert: None,
+            tls: true,
+            principal: principal.map(str::to_owned),
+            inbound: None,
+        }
+    }
+
+    fn metrics() -> Metrics {
+        Metrics::new(Workload {
+            name: "portcullis".to_owned(),
+            namespace: "istio-system".to_owned(),
+        })
+    }
+
+    #[test]
+    fn request_metrics_carry_istio_labels_and_no_client_port() {
+        let m = metrics();
+        m.record_request(&RequestRecord {
+            conn: &conn(Some("test.client")),
+            service: Some("httpbin.default.svc.cluster.local"),
+            protocol: RequestProtocol::http,
+            status: 403,
+            flags: flags::NONE,
+            duration: Duration::from_millis(3),
+            request_bytes: 0,
+            response_bytes: 19,
+        });
+        let text = m.encode().unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("istio_requests_total{"))
+            .expect(&text);
+        for want in [
+            r#"reporter="destination""#,
+            r#"source_principal="spiffe://test.client""#,
+            r#"destination_service="httpbin.default.svc.cluster.local""#,
+            r#"destination_service_name="httpbin""#,
+            r#"destination_service_namespace="default""#,
+            r#"destination_workload_namespace="istio-system""#,
+            r#"request_protocol="http""#,
+            r#"response_code="403""#,
+            r#"response_flags="-""#,
+            r#"connection_security_policy="none""#,
+        ] {
+            assert!(line.contains(want), "{want} missing in {line}");
+        }
+        assert!(line.ends_with("} 1"), "{line}");
+        assert!(!text.contains("40000"), "client port leaked:\n{text}");
+        assert!(text.contains("# TYPE istio_request_duration_milliseconds histogram"));
+        assert!(text.contains("istio_response_bytes_bucket{"));
+    }
+
+    #[test]
+    fn handshake_failures_are_classified() {
+        use HandshakeFailure as H;
+        let cases = [
+            (rustls::Error::NoCertificatesPresented, H::no_client_cert),
+            (
+                rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer),
+                H::unknown_ca,
+            ),
+            (
+                rustls::Error::InvalidCertificate(CertificateError::Expired),
+                H::expired,
+            ),
+            (
+                rustls::Error::InvalidCertificate(CertificateError::NotValidForName),
+                H::bad_certificate,
+            ),
+            (
+                rustls::Error::AlertReceived(AlertDescription::UnknownCA),
+                H::unknown_ca,
+            ),
+            (rustls::Error::HandshakeNotComplete, H::other),
+        ];
+        for (err, want) in cases {
+            let wrapped = io::Error::new(io::ErrorKind::InvalidData, err.clone());
+            assert_eq!(HandshakeFailure::from_io_error(&wrapped), want, "{err}");
+        }
+        let m = metrics();
+        m.record_handshake_failure(H::no_client_cert);
+        let text = m.encode().unwrap();
+        assert!(
+            text.contains(r#"portcullis_tls_handshake_failures_total{reason="no_client_cert"} 1"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn service_hosts_split_into_name_and_namespace() {
+        assert_eq!(
+            split_service("httpbin.default.svc.cluster.local"),
+            ("httpbin", "default")
+        );
+        assert_eq!(split_service("example.com"), ("example.com", UNKNOWN));
+    }
+}

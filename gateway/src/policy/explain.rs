@@ -1,0 +1,261 @@
+//! `portcullis explain`: which AuthorizationPolicy decides a request, and why — what
+//! `istioctl x authz check` answers, for our config files.
+//!
+//! The request is described the way flags describe it; [`explain`] turns it into the same
+//! [`RequestAttrs`] the proxy builds and asks the same compiled [`Authorizer`], so the answer
+//! is the daemon's answer.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use super::authz::{
+    Authorizer, AuthzAction, Decision, DenyReason, PolicyRef, RequestAttrs, Verdict,
+};
+
+/// A request as `portcullis explain` flags describe it.
+#[derive(Clone, Debug)]
+pub struct ExplainRequest {
+    /// The client's SPIFFE id, with or without `spiffe://`; `None` for plaintext.
+    pub principal: Option<String>,
+    /// The client's namespace (from its SPIFFE id in the daemon).
+    pub source_namespace: Option<String>,
+    /// The direct peer.
+    pub source_ip: IpAddr,
+    /// The original client, when it differs from the peer.
+    pub remote_ip: Option<IpAddr>,
+    pub method: String,
+    /// The `:authority`, port included when the client sends one.
+    pub host: String,
+    /// The path; a query string is ignored, as policies never see it.
+    pub path: String,
+    /// The gateway port the request arrives on.
+    pub port: u16,
+    pub headers: Vec<(String, String)>,
+    pub sni: Option<String>,
+}
+
+/// A header the request cannot carry.
+#[derive(Debug, thiserror::Error)]
+#[error("header `{name}: {value}` is not a valid HTTP header: {reason}")]
+pub struct BadHeader {
+    pub name: String,
+    pub value: String,
+    pub reason: String,
+}
+
+impl ExplainRequest {
+    fn header_map(&self) -> Result<HeaderMap, BadHeader> {
+        let mut map = HeaderMap::new();
+        for (name, value) in &self.headers {
+            let bad = |reason: String| BadHeader {
+                name: name.clone(),
+                value: value.clone(),
+                reason,
+            };
+            let n = HeaderName::from_bytes(name.as_bytes()).map_err(|e| bad(e.to_string()))?;
+            let v = HeaderValue::from_str(value).map_err(|e| bad(e.to_string()))?;
+            map.append(n, v);
+        }
+        Ok(map)
+    }
+}
+
+/// The decision and the policies that were in play.
+#[derive(Clone, Debug)]
+pub struct Explanation {
+    pub decision: Decision,
+    /// Every policy that applies to the workload, in evaluation order.
+    pub applicable: Vec<(AuthzAction, PolicyRef)>,
+}
+
+/// Decides `req` with `authz`, exactly as the proxy would.
+pub fn explain(authz: &Authorizer, req: &ExplainRequest) -> Result<Explanation, BadHeader> {
+    let headers = req.header_map()?;
+    let principal = req
+        .principal
+        .as_deref()
+        .map(|p| p.strip_prefix("spiffe://").unwrap_or(p));
+    let path = req
+        .path
+        .split_once('?')
+        .map_or(req.path.as_str(), |(p, _)| p);
+    let decision = authz.evaluate(&RequestAttrs {
+        principal,
+        source_namespace: req.source_namespace.as_deref(),
+        source_ip: req.source_ip,
+        remote_ip: req.remote_ip.unwrap_or(req.source_ip),
+        host: &req.host,
+        port: req.port,
+        method: &req.method,
+        path,
+        headers: &headers,
+        sni: req.sni.as_deref(),
+    });
+    Ok(Explanation {
+        decision,
+        applicable: authz.policies().map(|(a, p)| (a, p.clone())).collect(),
+    })
+}
+
+fn rule(p: &PolicyRef) -> String {
+    p.rule.map_or_else(String::new, |r| format!(", rule {r}"))
+}
+
+impl fmt::Display for Explanation {
+    /// ```text
+    /// DENY
+    ///   decided by: DENY policy istio-system/test, rule 0
+    ///   policies that apply (in evaluation order):
+    ///     DENY  istio-system/test
+    /// ```
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.decision.verdict {
+            Verdict::Allow { by: Some(p) } => writeln!(
+                f,
+                "ALLOW\n  decided by: ALLOW policy {}/{}{}",
+                p.namespace,
+                p.name,
+                rule(p)
+            )?,
+            Verdict::Allow { by: None } => writeln!(
+                f,
+                "ALLOW\n  no DENY policy matched and no ALLOW policy applies to this workload"
+            )?,
+            Verdict::Deny {
+                reason: DenyReason::DenyPolicyMatched(p),
+            } => writeln!(
+                f,
+                "DENY\n  decided by: DENY policy {}/{}{}",
+                p.namespace,
+                p.name,
+                rule(p)
+            )?,
+            Verdict::Deny {
+                reason: DenyReason::NoAllowPolicyMatched { tried },
+            } => {
+                writeln!(f, "DENY\n  no ALLOW policy matched; ALLOW policies tried:")?;
+                for p in tried.iter() {
+                    writeln!(f, "    {p}")?;
+                }
+            }
+        }
+        if let Some(a) = &self.decision.audited {
+            writeln!(
+                f,
+                "  audited by: AUDIT policy {}/{}{}",
+                a.namespace,
+                a.name,
+                rule(a)
+            )?;
+        }
+        if self.applicable.is_empty() {
+            writeln!(f, "  no AuthorizationPolicy applies to this workload")?;
+        } else {
+            writeln!(f, "  policies that apply (in evaluation order):")?;
+            for (action, p) in &self.applicable {
+                writeln!(f, "    {:<5} {p}", action.as_str())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::load_paths;
+    use crate::policy::authz::cases::{Case, CASES};
+
+    /// The case's policies through the config loader, as `explain -c` reads them.
+    fn load(case: &Case, dir: &std::path::Path) -> Authorizer {
+        let file = dir.join(format!("{}.yaml", case.name.replace(['/', ' '], "_")));
+        std::fs::write(&file, case.policies).unwrap();
+        let resources = load_paths(&[file]).unwrap_or_else(|e| panic!("case {:?}: {e}", case.name));
+        Authorizer::compile(&resources.authorization_policies, &case.workload.scope())
+            .unwrap_or_else(|e| panic!("case {:?}: {e}", case.name))
+    }
+
+    /// The case's request as flags would give it (principals with `spiffe://`).
+    fn as_flags(case: &Case) -> ExplainRequest {
+        let r = &case.request;
+        ExplainRequest {
+            principal: r.principal.map(|p| format!("spiffe://{p}")),
+            source_namespace: r.namespace.map(str::to_owned),
+            source_ip: r.source_ip,
+            remote_ip: Some(r.remote_ip),
+            method: r.method.to_owned(),
+            host: r.host.to_owned(),
+            path: r.path.to_owned(),
+            port: r.port,
+            headers: r
+                .headers
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            sni: r.sni.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn explain_agrees_with_the_authorizer_on_every_case() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut failures = Vec::new();
+        for case in CASES {
+            let authz = load(case, dir.path());
+            let headers = case.request.header_map().unwrap();
+            let direct = authz.evaluate(&case.request.attrs(&headers));
+            let explained = explain(&authz, &as_flags(case)).unwrap();
+            if explained.decision != direct {
+                failures.push(format!(
+                    "case {:?}: explain says `{}`, evaluate says `{direct}`",
+                    case.name, explained.decision
+                ));
+            } else if let Err(e) = case.check(&explained.decision) {
+                failures.push(e);
+            }
+        }
+        assert!(
+            failures.is_empty(),
+            "{} of {} cases disagree:\n{}",
+            failures.len(),
+            CASES.len(),
+            failures.join("\n")
+        );
+    }
+
+    #[test]
+    fn the_walkthrough_denial_names_policy_and_rule() {
+        let case = CASES
+            .iter()
+            .find(|c| matches!(c.expect, crate::policy::authz::cases::Expect::Deny(..)))
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let out = explain(&load(case, dir.path()), &as_flags(case))
+            .unwrap()
+            .to_string();
+        assert!(out.starts_with("DENY\n  decided by: DENY policy "), "{out}");
+        assert!(out.contains(", rule "), "{out}");
+    }
+
+    #[test]
+    fn a_query_string_is_not_part_of_the_path() {
+        let case = &CASES[0];
+        let dir = tempfile::tempdir().unwrap();
+        let authz = load(case, dir.path());
+        let mut req = as_flags(case);
+        let plain = explain(&authz, &req).unwrap().decision;
+        req.path.push_str("?x=1");
+        assert_eq!(explain(&authz, &req).unwrap().decision, plain);
+    }
+
+    #[test]
+    fn bad_headers_are_reported() {
+        let mut req = as_flags(&CASES[0]);
+        req.headers.push(("bad header".to_owned(), "v".to_owned()));
+        let authz = load(&CASES[0], tempfile::tempdir().unwrap().path());
+        let err = explain(&authz, &req).unwrap_err();
+        assert!(err.to_string().contains("bad header"), "{err}");
+    }
+}
