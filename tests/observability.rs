@@ -140,6 +140,66 @@ fn value(exposition: &str, metric: &str, want: &[(&str, &str)]) -> Result<f64> {
     }
 }
 
+/// Debian's `prometheus`, on loopback, scraping the admin listener every second.
+struct Prometheus {
+    api: String,
+    daemon: Daemon,
+}
+
+impl Prometheus {
+    fn start(admin: &str, dir: &Path) -> Result<Self> {
+        if run(Command::new("prometheus").arg("--version")).is_err() {
+            bail!("`prometheus` is not installed (`apt-get install prometheus`; .ci/install-prereqs installs it)");
+        }
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
+                 scrape_configs:\n\
+                 - job_name: portcullis\n  \
+                   metrics_path: /stats/prometheus\n  \
+                   static_configs: [{{targets: ['{admin}']}}]\n"
+            ),
+        )?;
+        let api = format!("127.0.0.1:{}", free_port()?);
+        let mut cmd = Command::new("prometheus");
+        cmd.arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address={api}"));
+        let daemon = Daemon::spawn("prometheus", cmd, dir)?;
+        wait_for_port(api.parse()?, Duration::from_secs(30))
+            .with_context(|| format!("prometheus did not start:\n{}", daemon.log()))?;
+        Ok(Self { api, daemon })
+    }
+
+    /// Runs an instant query until its JSON result contains `want` (scrapes are 1s apart);
+    /// returns the result.
+    fn query_until(&self, promql: &str, want: &str) -> Result<String> {
+        let url = format!("http://{}/api/v1/query", self.api);
+        let mut last = String::new();
+        for _ in 0..60 {
+            let (code, body) = curl(
+                &url,
+                &["-G", "--data-urlencode", &format!("query={promql}")],
+            )?;
+            if code == "200" && body.contains(want) {
+                eprintln!("PromQL {promql}\n  => {body}");
+                return Ok(body);
+            }
+            last = body;
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        bail!(
+            "PromQL {promql} never returned {want}; last answer: {last}\nprometheus log:\n{}",
+            self.daemon.log()
+        )
+    }
+}
+
 fn write_credential_dir(certs: &OpensslCerts, dir: &Path) -> Result<()> {
     let cred = dir.join("test.com");
     std::fs::create_dir_all(&cred)?;
@@ -195,6 +255,8 @@ fn walkthrough_metrics_health_config_dump_access_log_and_explain() -> Result<()>
 
     let (code, body) = curl(&format!("http://{admin}/healthz/ready"), &[])?;
     assert_eq!(code, "200", "ready once the listeners are bound: {body}");
+    // Started now so it is up and scraping by the time the requests are done.
+    let prometheus = Prometheus::start(&admin, dir)?;
 
     // The walkthrough's requests.
     let resolve = format!("test.com:{https_port}:127.0.0.1");
@@ -351,6 +413,24 @@ fn walkthrough_metrics_health_config_dump_access_log_and_explain() -> Result<()>
     ] {
         assert!(denied.contains(want), "{want} missing: {denied}");
     }
+
+    // A real Prometheus scraped the same numbers: the PromQL Kiali's lock rests on.
+    let result = prometheus.query_until(
+        r#"istio_requests_total{connection_security_policy="mutual_tls",response_code="403"}"#,
+        r#","1"]"#,
+    )?;
+    assert!(
+        result.contains(r#""source_principal":"spiffe://test.client""#),
+        "{result}"
+    );
+    prometheus.query_until(
+        r#"sum(istio_requests_total{reporter="destination",response_code="200"})"#,
+        r#","2"]"#,
+    )?;
+    prometheus.query_until(
+        r#"sum(istio_requests_total{connection_security_policy="mutual_tls",response_code="200"})"#,
+        r#","1"]"#,
+    )?;
 
     // explain on the same files agrees with what the daemon did.
     let explain = |path: &str| -> Result<(i32, String)> {
