@@ -12,6 +12,7 @@ pub mod backend;
 pub mod config;
 pub mod identity;
 pub mod kernel;
+pub mod mesh;
 pub mod policy;
 pub mod proxy;
 pub mod tls;

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use portcullis::admin::access_log::{AccessLog, AccessLogFormat, AccessLogTarget};
 use portcullis::admin::Admin;
 use portcullis::config::{self, Settings};
+use portcullis::mesh::{self, MeshOptions};
 use portcullis::policy::explain::{explain, ExplainRequest};
 use portcullis::proxy::{self, Gateway};
 
@@ -76,6 +77,10 @@ struct ConfigArgs {
     /// Istio's root namespace: policies there apply to every workload.
     #[arg(long, default_value = "istio-system")]
     root_namespace: String,
+    /// Run the mesh terminator for this node's workload (described by a WorkloadEntry), with
+    /// the credential of this name as its identity and its `ca.crt` as the mesh CA.
+    #[arg(long, value_name = "NAME")]
+    mesh_credential: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -98,6 +103,31 @@ struct RunArgs {
     /// Access log line format.
     #[arg(long, value_enum, default_value_t = AccessLogFormat::Text)]
     access_log_format: AccessLogFormat,
+    #[command(flatten)]
+    mesh: MeshArgs,
+}
+
+/// The mesh side (with --mesh-credential): terminator and kernel programs.
+#[derive(clap::Args)]
+struct MeshArgs {
+    /// Where the terminator listens; the kernel steers workload ports to this socket. `[::]`
+    /// serves IPv4 and IPv6.
+    #[arg(long, default_value = "[::]:15006")]
+    terminator: SocketAddr,
+    /// Interface whose ingress gets the in-kernel STRICT reset (repeatable; add `lo` for local
+    /// clients).
+    #[arg(long = "iface", value_name = "NAME")]
+    interfaces: Vec<String>,
+    /// Do not load the kernel programs (no steering, no in-kernel reset): the terminator then
+    /// serves only clients that dial it directly.
+    #[arg(long)]
+    no_kernel: bool,
+    /// bpffs directory where programs, maps and links are pinned (one per network namespace).
+    #[arg(long, env = "PORTCULLIS_PIN_DIR", default_value = portcullis::kernel::bpffs::DEFAULT_PIN_DIR)]
+    pin_dir: PathBuf,
+    /// How often the configuration files are checked for changes, in milliseconds (0: never).
+    #[arg(long, default_value_t = 250)]
+    reload_ms: u64,
 }
 
 /// `--admin`: an address, or `None` for `off`.
@@ -173,6 +203,7 @@ fn load(args: &ConfigArgs) -> Result<config::Snapshot, config::ConfigErrors> {
         gateway_labels: args.labels.iter().cloned().collect(),
         gateway_namespace: args.namespace.clone(),
         credential_dirs: args.credentials.clone(),
+        mesh_credential: args.mesh_credential.clone(),
     };
     config::compile(config::load_paths(&args.config)?, settings)
 }
@@ -265,6 +296,18 @@ async fn run(args: RunArgs) -> Result<()> {
     let snapshot = load(&args.config)?;
     let access_log = AccessLog::open(&args.access_log, args.access_log_format)
         .with_context(|| format!("opening the access log {:?}", args.access_log))?;
+    let mesh_enabled = snapshot.mesh.is_some();
+    let mesh = if mesh_enabled {
+        let opts = MeshOptions {
+            terminator: args.mesh.terminator,
+            kernel: !args.mesh.no_kernel,
+            interfaces: args.mesh.interfaces.clone(),
+            pin_dir: args.mesh.pin_dir.clone(),
+        };
+        Some(mesh::start(&snapshot, &opts)?)
+    } else {
+        None
+    };
     let gateway = Gateway::with_access_log(snapshot, access_log);
     let admin = match args.admin.0 {
         Some(addr) => {
@@ -278,8 +321,31 @@ async fn run(args: RunArgs) -> Result<()> {
         None => None,
     };
     let listeners = proxy::bind_listeners(&gateway, args.bind, args.port_offset)?;
-    if listeners.is_empty() {
-        anyhow::bail!("the configuration declares no Gateway server for this gateway's labels: nothing to listen on");
+    if listeners.is_empty() && !mesh_enabled {
+        anyhow::bail!(
+            "nothing to serve: the configuration declares no Gateway server for this gateway's labels, and --mesh-credential is not set"
+        );
+    }
+    let maps = match mesh {
+        Some((listener, maps)) => {
+            tokio::spawn(proxy::inbound::serve_inbound(
+                gateway.clone(),
+                listener,
+                std::future::pending::<()>(),
+            ));
+            maps
+        }
+        None => None,
+    };
+    if args.mesh.reload_ms > 0 {
+        let config_args = args.config;
+        tokio::spawn(mesh::watch_and_reload(
+            gateway.clone(),
+            config_args.config.clone(),
+            move || load(&config_args),
+            maps,
+            std::time::Duration::from_millis(args.mesh.reload_ms),
+        ));
     }
     if let Some(admin) = &admin {
         admin.mark_ready();

@@ -9,8 +9,8 @@ use base64::Engine;
 
 use super::hosts::HostMatch;
 use super::model::{
-    Credentials, GatewayRef, GatewayServer, HttpRouteRule, Listener, Routes, ServerTls,
-    TlsRouteRule, Upstream, UriMatch, VirtualHost,
+    Credentials, GatewayRef, GatewayServer, HttpRouteRule, Listener, MeshInbound, Routes,
+    ServerTls, TlsRouteRule, Upstream, UriMatch, VirtualHost,
 };
 use super::resources::{Labels, RouteDestination, ServerTlsSettings, StringMatch};
 use super::{ConfigError, ConfigErrors, Doc, Resources};
@@ -28,6 +28,8 @@ pub struct Settings {
     pub gateway_namespace: String,
     /// Directories holding `<credentialName>/{tls.crt,tls.key,ca.crt}`.
     pub credential_dirs: Vec<PathBuf>,
+    /// The credential of this node's workload: set, it turns on the mesh terminator.
+    pub mesh_credential: Option<String>,
 }
 
 impl Default for Settings {
@@ -37,6 +39,7 @@ impl Default for Settings {
             gateway_labels: BTreeMap::from([("istio".to_owned(), "ingressgateway".to_owned())]),
             gateway_namespace: "istio-system".to_owned(),
             credential_dirs: Vec::new(),
+            mesh_credential: None,
         }
     }
 }
@@ -51,6 +54,8 @@ pub struct Snapshot {
     pub credentials: Credentials,
     /// The AuthorizationPolicies that apply to this gateway, compiled once.
     pub authz: Arc<Authorizer>,
+    /// The mesh terminator's configuration, when this node runs one.
+    pub mesh: Option<MeshInbound>,
     pub resources: Resources,
 }
 
@@ -68,6 +73,10 @@ pub fn compile(resources: Resources, settings: Settings) -> Result<Snapshot, Con
     let authz = Authorizer::compile(&resources.authorization_policies, &scope)
         .map_err(|ConfigErrors(mut e)| errors.append(&mut e))
         .ok();
+    let mesh = match &settings.mesh_credential {
+        Some(name) => mesh_inbound(name, &resources, &settings, &mut errors),
+        None => None,
+    };
     match authz {
         Some(authz) if errors.is_empty() => Ok(Snapshot {
             settings,
@@ -75,10 +84,78 @@ pub fn compile(resources: Resources, settings: Settings) -> Result<Snapshot, Con
             routes,
             credentials,
             authz: Arc::new(authz),
+            mesh,
             resources,
         }),
         _ => Err(ConfigErrors(errors)),
     }
+}
+
+/// Builds the terminator's config for the node's workload: its credential (named on the
+/// command line), the WorkloadEntry that describes it, its policies and port modes.
+fn mesh_inbound(
+    name: &str,
+    resources: &Resources,
+    settings: &Settings,
+    errors: &mut Vec<ConfigError>,
+) -> Option<MeshInbound> {
+    let flag_error = |msg: String| ConfigError::file("--mesh-credential", msg);
+    let cred = match load_credential(&flag_error, name, settings, resources) {
+        Ok(c) => c,
+        Err(e) => {
+            errors.push(e);
+            return None;
+        }
+    };
+    if cred.roots.is_none() {
+        errors.push(flag_error(format!(
+            "credential {name:?} has no ca.crt: mesh clients cannot be verified"
+        )));
+        return None;
+    }
+    let Some(workload) = resources.workload_entries.first() else {
+        errors.push(flag_error(
+            "the mesh terminator needs a WorkloadEntry describing this node's workload (address, ports, labels)".to_owned(),
+        ));
+        return None;
+    };
+    if let Some(other) = resources.workload_entries.get(1) {
+        tracing::warn!(
+            used = %workload.display_name(),
+            ignored = %other.display_name(),
+            "one workload per node for now: policies are compiled for the first WorkloadEntry"
+        );
+    }
+    let tls = match server_config(
+        &cred,
+        ServerTlsMode::Mutual,
+        TlsVersions::default(),
+        &[b"h2", b"http/1.1"],
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            errors.push(flag_error(format!("credential {name:?}: {e}")));
+            return None;
+        }
+    };
+    let scope = AuthzScope {
+        root_namespace: settings.root_namespace.clone(),
+        workload_namespace: workload.namespace().to_owned(),
+        workload_labels: workload.spec.labels.clone(),
+    };
+    let authz = Authorizer::compile(&resources.authorization_policies, &scope)
+        .map_err(|ConfigErrors(mut e)| errors.append(&mut e))
+        .ok()?;
+    let modes = crate::policy::peer_auth::port_modes(resources, &settings.root_namespace)
+        .map_err(|mut e| errors.append(&mut e))
+        .ok()?;
+    Some(MeshInbound {
+        credential_name: name.to_owned(),
+        tls,
+        authz: Arc::new(authz),
+        modes,
+        workload: format!("{}/{}", workload.namespace(), workload.metadata.name),
+    })
 }
 
 fn is_subset(selector: &Labels, labels: &Labels) -> bool {
@@ -250,7 +327,8 @@ fn server_tls(
     let cred = match credentials.get(&name) {
         Some(c) => c.clone(),
         None => {
-            let cred = Arc::new(load_credential(gw, field, &name, settings, resources)?);
+            let referrer = |msg: String| gw.error(&format!("{field}.credentialName"), &name, msg);
+            let cred = Arc::new(load_credential(&referrer, &name, settings, resources)?);
             credentials.insert(name.clone(), cred.clone());
             cred
         }
@@ -323,14 +401,14 @@ fn tls_versions(
 
 /// Finds `name` as a Secret (preferring the gateway's namespace, then the root namespace,
 /// then any) or as a directory `<dir>/<name>/`, and parses it.
+/// `referrer` makes the error at the place that named the credential (a Gateway server's
+/// `credentialName`, or the mesh credential flag).
 fn load_credential(
-    gw: &Doc<super::resources::GatewaySpec>,
-    field: &str,
+    referrer: &dyn Fn(String) -> ConfigError,
     name: &str,
     settings: &Settings,
     resources: &Resources,
 ) -> Result<Credential, ConfigError> {
-    let field = format!("{field}.credentialName");
     let rank = |ns: &str| {
         if ns == settings.gateway_namespace {
             0
@@ -406,38 +484,20 @@ fn load_credential(
             continue;
         }
         let read = |file: &str| std::fs::read(base.join(file));
-        let cert = read("tls.crt").map_err(|e| {
-            gw.error(
-                &field,
-                name,
-                format!("{}: {e}", base.join("tls.crt").display()),
-            )
-        })?;
-        let key = read("tls.key").map_err(|e| {
-            gw.error(
-                &field,
-                name,
-                format!("{}: {e}", base.join("tls.key").display()),
-            )
-        })?;
+        let cert = read("tls.crt")
+            .map_err(|e| referrer(format!("{}: {e}", base.join("tls.crt").display())))?;
+        let key = read("tls.key")
+            .map_err(|e| referrer(format!("{}: {e}", base.join("tls.key").display())))?;
         let ca = read("ca.crt").ok();
-        return Credential::from_pem(&cert, &key, ca.as_deref()).map_err(|e| {
-            gw.error(
-                &field,
-                name,
-                format!("credential {name:?} in {}: {e}", base.display()),
-            )
-        });
+        return Credential::from_pem(&cert, &key, ca.as_deref())
+            .map_err(|e| referrer(format!("credential {name:?} in {}: {e}", base.display())));
     }
     let dirs: Vec<String> = settings
         .credential_dirs
         .iter()
         .map(|d| d.display().to_string())
         .collect();
-    Err(gw.error(
-        &field,
-        name,
-        format!(
+    Err(referrer(format!(
             "credential {name:?} not found: no Secret named {name:?} in the configuration and no directory {name}/ under the credential dirs [{}]",
             dirs.join(", ")
         ),

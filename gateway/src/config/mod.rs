@@ -15,6 +15,7 @@ pub mod hosts;
 pub mod load;
 pub mod model;
 pub mod resources;
+pub mod watch;
 
 pub use compile::{compile, Settings, Snapshot};
 pub use error::{ConfigError, ConfigErrors};

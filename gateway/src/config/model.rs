@@ -177,3 +177,29 @@ impl Routes {
 
 /// Credentials by `credentialName`, parsed and checked.
 pub type Credentials = BTreeMap<String, Arc<Credential>>;
+
+/// The mesh terminator's side of the snapshot: what steered connections to this node's
+/// workload are checked against.
+#[derive(Clone, Debug)]
+pub struct MeshInbound {
+    /// The workload credential's name (its certificate is what mesh clients see).
+    pub credential_name: String,
+    /// MUTUAL: clients must present a certificate from the mesh CA (`ca.crt`).
+    pub tls: Arc<rustls::ServerConfig>,
+    /// AuthorizationPolicies compiled for this workload's namespace and labels.
+    pub authz: Arc<crate::policy::authz::Authorizer>,
+    /// PeerAuthentication mode of each workload port; the kernel maps get the same table.
+    pub modes: BTreeMap<u16, crate::policy::peer_auth::PeerAuthMode>,
+    /// `namespace/name` of the WorkloadEntry this node serves.
+    pub workload: String,
+}
+
+impl MeshInbound {
+    /// A port's mode; ports no workload declares are DISABLE (the mesh leaves them alone).
+    pub fn mode(&self, port: u16) -> crate::policy::peer_auth::PeerAuthMode {
+        self.modes
+            .get(&port)
+            .copied()
+            .unwrap_or(crate::policy::peer_auth::PeerAuthMode::Disable)
+    }
+}

@@ -248,29 +248,6 @@ fn desired_from_config(r: &RunArgs) -> Result<BTreeMap<u16, PortSetting>> {
     Ok(desired)
 }
 
-/// A cheap change detector: every config file's path, length and mtime.
-fn config_fingerprint(paths: &[PathBuf]) -> Vec<(PathBuf, u64, Option<std::time::SystemTime>)> {
-    let mut out = Vec::new();
-    for path in paths {
-        let mut files = vec![path.clone()];
-        if path.is_dir() {
-            files = std::fs::read_dir(path)
-                .map(|rd| rd.flatten().map(|e| e.path()).collect())
-                .unwrap_or_default();
-            files.sort();
-        }
-        for f in files {
-            let meta = std::fs::metadata(&f).ok();
-            out.push((
-                f,
-                meta.as_ref().map_or(0, |m| m.len()),
-                meta.and_then(|m| m.modified().ok()),
-            ));
-        }
-    }
-    out
-}
-
 fn run_daemon(r: &RunArgs) -> Result<()> {
     if r.config.is_empty() && r.attach.ports.is_empty() {
         bail!("`kernel run` needs --config (Istio YAML) or --port PORT=MODE");
@@ -280,7 +257,7 @@ fn run_daemon(r: &RunArgs) -> Result<()> {
     let mut last_print = Instant::now();
     let mut fingerprint = None;
     loop {
-        let now = config_fingerprint(&r.config);
+        let now = crate::config::watch::fingerprint(&r.config);
         if fingerprint.as_ref() != Some(&now) {
             match desired_from_config(r) {
                 Ok(desired) => {

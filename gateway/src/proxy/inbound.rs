@@ -9,7 +9,6 @@ use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::Instrument;
@@ -18,38 +17,18 @@ use super::conn::{ConnInfo, InboundTarget};
 use super::io::Prefixed;
 use super::listener::{read_first_bytes, serve_http, terminate};
 use super::{Gateway, Stats};
-use crate::policy::authz::Authorizer;
 use crate::policy::peer_auth::PeerAuthMode;
-
-/// What the terminator needs, swapped whole on reload like the snapshot.
-pub struct InboundConfig {
-    /// MUTUAL server config with the workload's credential and the mesh CA.
-    pub tls: Arc<rustls::ServerConfig>,
-    /// AuthorizationPolicies compiled for this workload.
-    pub authz: Arc<Authorizer>,
-    /// PeerAuthentication mode per workload port; ports not listed are DISABLE.
-    pub modes: std::collections::BTreeMap<u16, PeerAuthMode>,
-    /// Where the app listens (loopback; the steer program leaves loopback alone).
-    pub app_ip: IpAddr,
-}
-
-impl InboundConfig {
-    fn mode(&self, port: u16) -> PeerAuthMode {
-        self.modes
-            .get(&port)
-            .copied()
-            .unwrap_or(PeerAuthMode::Disable)
-    }
-}
 
 /// Default app address: the workload's own loopback.
 pub const APP_LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 /// Accepts steered connections until `shutdown` resolves.
+/// The mesh side of each connection comes from the snapshot current when it is accepted
+/// ([`crate::config::Snapshot::mesh`]), so a reload changes modes and policies for new
+/// connections at once.
 pub async fn serve_inbound(
     gateway: Arc<Gateway>,
     listener: TcpListener,
-    config: Arc<ArcSwap<InboundConfig>>,
     shutdown: impl Future<Output = ()>,
 ) {
     let (stop_tx, mut stop) = watch::channel(false);
@@ -74,8 +53,7 @@ pub async fn serve_inbound(
                 continue;
             };
             let span = tracing::info_span!("inbound", %peer, port = original.port(), principal = tracing::field::Empty);
-            let cfg = config.load_full();
-            tokio::spawn(handle(gateway.clone(), cfg, stream, peer, original).instrument(span));
+            tokio::spawn(handle(gateway.clone(), stream, peer, original).instrument(span));
         }
     };
     tokio::select! {
@@ -86,13 +64,20 @@ pub async fn serve_inbound(
 
 async fn handle(
     gateway: Arc<Gateway>,
-    cfg: Arc<InboundConfig>,
     mut stream: TcpStream,
     peer: SocketAddr,
     original: SocketAddr,
 ) {
+    let snapshot = gateway.snapshot();
+    let Some(mesh) = snapshot.mesh.as_ref() else {
+        tracing::warn!("the configuration no longer has a mesh section; closing");
+        return;
+    };
+    // IPv4 clients of a dual-stack listener show as ::ffff:a.b.c.d.
+    let original = SocketAddr::new(original.ip().to_canonical(), original.port());
+    let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
     let port = original.port();
-    let mode = cfg.mode(port);
+    let mode = mesh.mode(port);
     let (prefix, hello) = match read_first_bytes(&mut stream).await {
         Ok(r) => r,
         Err(why) => {
@@ -104,8 +89,8 @@ async fn handle(
         }
     };
     let target = Arc::new(InboundTarget {
-        app: SocketAddr::new(cfg.app_ip, port),
-        authz: cfg.authz.clone(),
+        app: SocketAddr::new(APP_LOOPBACK, port),
+        authz: mesh.authz.clone(),
     });
     let mut conn = ConnInfo {
         peer,
@@ -118,11 +103,10 @@ async fn handle(
         principal: None,
         inbound: Some(target),
     };
-    let snapshot = gateway.snapshot();
     match hello {
         Some(_) => {
-            if let Some(tls) = terminate(&gateway, &cfg.tls, prefix, stream, &mut conn).await {
-                serve_http(gateway, snapshot, conn, tls).await;
+            if let Some(tls) = terminate(&gateway, &mesh.tls, prefix, stream, &mut conn).await {
+                serve_http(gateway, snapshot.clone(), conn, tls).await;
             }
         }
         None if mode == PeerAuthMode::Strict => {
@@ -130,7 +114,15 @@ async fn handle(
             // for a window where the maps and this config disagree.
             tracing::warn!("plaintext on a STRICT port reached the terminator; closing");
         }
-        None => serve_http(gateway, snapshot, conn, Prefixed::new(prefix, stream)).await,
+        None => {
+            serve_http(
+                gateway,
+                snapshot.clone(),
+                conn,
+                Prefixed::new(prefix, stream),
+            )
+            .await
+        }
     }
 }
 
@@ -144,8 +136,10 @@ mod tests {
     use std::process::Command;
 
     use super::*;
+    use crate::config::model::MeshInbound;
     use crate::config::{compile, load_paths, Resources, Settings};
     use crate::identity::certs::{issue_workload_cert, Ca, KeyType};
+    use crate::policy::authz::Authorizer;
     use crate::policy::authz::AuthzScope;
     use crate::tls::{server_config, Credential, ServerTlsMode, TlsVersions};
 
@@ -222,16 +216,17 @@ mod tests {
         tokio::spawn(crate::backend::httpbin::serve(app, async move {
             let _ = app_rx.await;
         }));
-        let gateway = Gateway::new(
-            compile(Resources::default(), Settings::default()).expect("empty snapshot"),
-        );
-        let config = Arc::new(ArcSwap::from_pointee(InboundConfig {
+        let mut snapshot =
+            compile(Resources::default(), Settings::default()).expect("empty snapshot");
+        snapshot.mesh = Some(MeshInbound {
+            credential_name: "server".into(),
             tls,
             authz,
             modes: BTreeMap::from([(port, mode)]),
-            app_ip: APP_LOOPBACK,
-        }));
-        tokio::spawn(serve_inbound(gateway, listener, config, async move {
+            workload: "default/server".into(),
+        });
+        let gateway = Gateway::new(snapshot);
+        tokio::spawn(serve_inbound(gateway, listener, async move {
             let _ = rx.await;
             let _ = app_tx.send(());
         }));

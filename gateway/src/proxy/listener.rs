@@ -25,6 +25,9 @@ use crate::config::model::ServerTls;
 use crate::identity::PeerCertificate;
 use crate::tls::sniff::{classify, FirstBytes, MAX_HELLO};
 
+/// What [`read_first_bytes`] says when the peer closed without sending anything.
+pub(super) const CLOSED_BEFORE_HELLO: &str = "client closed before sending anything";
+
 /// How long a client may take to send its ClientHello before we hang up.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long open connections may finish after shutdown starts.
@@ -184,6 +187,12 @@ async fn handle_connection(
     }
     let (prefix, hello) = match read_client_hello(&mut stream).await {
         Ok(h) => h,
+        // A client that connects and leaves without a byte is a TCP health check, not a
+        // failed handshake.
+        Err((_, CLOSED_BEFORE_HELLO)) => {
+            tracing::debug!("connection closed before a ClientHello");
+            return;
+        }
         Err((failure, why)) => {
             Stats::bump(&gateway.stats.tls_handshake_failures);
             gateway.metrics.record_handshake_failure(failure);
@@ -289,7 +298,8 @@ pub(super) async fn read_first_bytes(
                 FirstBytes::NeedMore => {}
             }
             match stream.read_buf(&mut buf).await {
-                Ok(0) => return Err("client closed before sending a ClientHello"),
+                Ok(0) if buf.is_empty() => return Err(CLOSED_BEFORE_HELLO),
+                Ok(0) => return Err("client closed in the middle of its ClientHello"),
                 Ok(_) => {}
                 Err(_) => return Err("connection error before the ClientHello"),
             }

@@ -1,0 +1,175 @@
+//! The mesh side of a node: the terminator's listener that the kernel steers workload ports
+//! to, the kernel programs kept in step with the configuration, and configuration reloads.
+//!
+//! The same [`Snapshot`](crate::config::Snapshot) drives both halves: its
+//! [`MeshInbound::modes`] go to the terminator and, as [`PortSetting`]s, to the kernel maps, so
+//! user space and the kernel never disagree for longer than one reload.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::config::model::MeshInbound;
+use crate::config::{ConfigErrors, Snapshot};
+use crate::kernel::{install, InstallOptions, KernelMaps, PortSetting};
+use crate::policy::peer_auth::PeerAuthMode;
+use crate::proxy::Gateway;
+
+/// How the node's mesh side runs.
+#[derive(Clone, Debug)]
+pub struct MeshOptions {
+    /// The terminator's listening address; `[::]:15006` serves IPv4 and IPv6 (the steering
+    /// program needs a socket of the connection's family, and a dual-stack one is both).
+    pub terminator: SocketAddr,
+    /// Load the kernel programs (root). Without them the terminator only serves clients that
+    /// dial it directly.
+    pub kernel: bool,
+    /// Interfaces whose ingress gets the STRICT reset (`lo` too for local clients).
+    pub interfaces: Vec<String>,
+    /// The bpffs pin directory.
+    pub pin_dir: PathBuf,
+}
+
+/// Errors starting the mesh side.
+#[derive(Debug, thiserror::Error)]
+pub enum MeshError {
+    #[error("cannot listen on the terminator address {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the configuration has no mesh section: pass --mesh-credential NAME")]
+    NotConfigured,
+    #[error(transparent)]
+    Kernel(#[from] crate::kernel::KernelError),
+}
+
+/// The kernel settings a mesh config asks for: every workload port with its mode, steered to
+/// the terminator unless DISABLE.
+pub fn kernel_ports(mesh: &MeshInbound) -> BTreeMap<u16, PortSetting> {
+    mesh.modes
+        .iter()
+        .map(|(&port, &mode)| {
+            (
+                port,
+                PortSetting {
+                    mode,
+                    steer: mode != PeerAuthMode::Disable,
+                },
+            )
+        })
+        .collect()
+}
+
+/// Binds the terminator's listener (dual-stack for `[::]`).
+pub fn bind_terminator(addr: SocketAddr) -> Result<std::net::TcpListener, MeshError> {
+    let bind = || -> std::io::Result<std::net::TcpListener> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(false)?;
+        }
+        socket.set_reuse_address(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        socket.set_nonblocking(true)?;
+        Ok(socket.into())
+    };
+    bind().map_err(|source| MeshError::Bind { addr, source })
+}
+
+/// Starts the mesh side: binds the terminator, loads (or adopts) the kernel programs, puts
+/// the listener in the steering map and writes the port modes. Returns the listener and the
+/// maps for later reloads.
+pub fn start(
+    snapshot: &Snapshot,
+    opts: &MeshOptions,
+) -> Result<(tokio::net::TcpListener, Option<KernelMaps>), MeshError> {
+    let mesh = snapshot.mesh.as_ref().ok_or(MeshError::NotConfigured)?;
+    let listener = bind_terminator(opts.terminator)?;
+    let maps = if opts.kernel {
+        let installed = install(&InstallOptions {
+            pin_dir: opts.pin_dir.clone(),
+            interfaces: opts.interfaces.clone(),
+            kernel_log: false,
+        })?;
+        tracing::info!(
+            origin = ?installed.origin,
+            pins = %installed.pins.root().display(),
+            attached = ?installed.newly_attached,
+            "kernel programs ready"
+        );
+        let mut maps = installed.maps;
+        maps.set_terminator(&listener)?;
+        maps.sync_ports(&kernel_ports(mesh))?;
+        Some(maps)
+    } else {
+        None
+    };
+    tracing::info!(
+        terminator = %opts.terminator,
+        workload = %mesh.workload,
+        modes = ?mesh.modes,
+        kernel = opts.kernel,
+        "mesh terminator listening"
+    );
+    let listener =
+        tokio::net::TcpListener::from_std(listener).map_err(|source| MeshError::Bind {
+            addr: opts.terminator,
+            source,
+        })?;
+    Ok((listener, maps))
+}
+
+/// Watches the configuration files and, when they change, compiles a new snapshot and swaps
+/// it in whole, then brings the kernel maps in line. A configuration that does not compile is
+/// reported and the last good one keeps running.
+pub async fn watch_and_reload(
+    gateway: Arc<Gateway>,
+    paths: Vec<PathBuf>,
+    load: impl Fn() -> Result<Snapshot, ConfigErrors>,
+    mut maps: Option<KernelMaps>,
+    every: Duration,
+) {
+    let mut last = crate::config::watch::fingerprint(&paths);
+    loop {
+        tokio::time::sleep(every).await;
+        let now = crate::config::watch::fingerprint(&paths);
+        if now == last {
+            continue;
+        }
+        last = now;
+        let snapshot = match load() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("configuration not applied, the last good one stays in force: {e}");
+                continue;
+            }
+        };
+        let old_ports: Vec<u16> = gateway
+            .snapshot()
+            .listeners
+            .iter()
+            .map(|l| l.port)
+            .collect();
+        let new_ports: Vec<u16> = snapshot.listeners.iter().map(|l| l.port).collect();
+        if old_ports != new_ports {
+            tracing::warn!(
+                ?old_ports,
+                ?new_ports,
+                "Gateway ports changed: listeners are bound at start, restart to apply"
+            );
+        }
+        if let (Some(maps), Some(mesh)) = (maps.as_mut(), snapshot.mesh.as_ref()) {
+            if let Err(e) = maps.sync_ports(&kernel_ports(mesh)) {
+                tracing::error!(error = %e, "kernel maps not updated");
+            }
+        }
+        tracing::info!("configuration reloaded");
+        gateway.replace_snapshot(snapshot);
+    }
+}
