@@ -227,7 +227,7 @@ fn walkthrough(backend: Backend, credential_as_secret: bool) -> Result<()> {
         "no HTTP response expected, got {:?}",
         out.stdout
     );
-    let log = wait_for_log(&gateway, "TLS handshake failed")?;
+    let log = wait_for_log(&gateway, "TLS handshake failed reason=")?;
     assert!(
         log.contains("peer sent no certificates")
             || log.contains("NoCertificatesPresented")

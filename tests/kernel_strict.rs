@@ -5,16 +5,13 @@
 //! Pins go to a per-test directory under /sys/fs/bpf (tests run in parallel); the daemon's
 //! default is /sys/fs/bpf/portcullis.
 
-use std::io::{ErrorKind, Read, Write};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Result};
+use e2e::hello::HelloApp;
 use e2e::netns::{Topology, SERVER_IF};
 use e2e::process::{run, Daemon};
 use e2e::{is_root, portcullis_bin, skip_not_root};
@@ -34,120 +31,6 @@ fn mesh_wide(mode: &str) -> String {
         "apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\n\
          metadata: {{name: default, namespace: istio-system}}\nspec: {{mtls: {{mode: {mode}}}}}\n"
     )
-}
-
-// ---------------------------------------------------------------------------------------------
-// The plaintext app: answers `Hello World!`, counts what it accepted and read.
-
-#[derive(Default)]
-struct AppStats {
-    accepted: AtomicU64,
-    bytes_read: AtomicU64,
-    read_resets: AtomicU64,
-    served: AtomicU64,
-    first_bytes: Mutex<Vec<Vec<u8>>>,
-}
-
-struct App {
-    stats: Arc<AppStats>,
-    stop: Arc<AtomicBool>,
-    handle: Option<JoinHandle<Option<()>>>,
-}
-
-impl App {
-    fn start(ns: &str) -> Result<Self> {
-        let stats = Arc::new(AppStats::default());
-        let stop = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let (s, st) = (stats.clone(), stop.clone());
-        let handle = Topology::spawn_in(ns, move || {
-            // [::]:80 takes IPv4 too (bindv6only=0 in a fresh namespace).
-            let listener = match TcpListener::bind("[::]:80") {
-                Ok(l) => l,
-                Err(e) => {
-                    let _ = tx.send(Err(e.to_string()));
-                    return;
-                }
-            };
-            let _ = tx.send(listener.set_nonblocking(true).map_err(|e| e.to_string()));
-            serve(&listener, &s, &st);
-        })?;
-        match rx.recv_timeout(Duration::from_secs(5)) {
-            Ok(Ok(())) => {}
-            other => bail!("the app did not start: {other:?}"),
-        }
-        Ok(Self {
-            stats,
-            stop,
-            handle: Some(handle),
-        })
-    }
-
-    fn bytes_read(&self) -> u64 {
-        self.stats.bytes_read.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for App {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-    }
-}
-
-fn serve(listener: &TcpListener, stats: &AppStats, stop: &AtomicBool) {
-    while !stop.load(Ordering::SeqCst) {
-        let mut conn = match listener.accept() {
-            Ok((c, _)) => c,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(5));
-                continue;
-            }
-            Err(_) => continue,
-        };
-        stats.accepted.fetch_add(1, Ordering::SeqCst);
-        let _ = conn.set_nonblocking(false);
-        let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
-        let mut got = Vec::new();
-        let mut buf = [0u8; 4096];
-        loop {
-            match conn.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    stats.bytes_read.fetch_add(n as u64, Ordering::SeqCst);
-                    got.extend_from_slice(&buf[..n]);
-                    // A TLS ClientHello never ends in a blank line: answer at once.
-                    if got.windows(4).any(|w| w == b"\r\n\r\n")
-                        || got[0] == 0x16
-                        || got.len() > 65536
-                    {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    if e.kind() == ErrorKind::ConnectionReset {
-                        stats.read_resets.fetch_add(1, Ordering::SeqCst);
-                    }
-                    break;
-                }
-            }
-        }
-        if let Ok(mut first) = stats.first_bytes.lock() {
-            first.push(got.iter().take(3).copied().collect());
-        }
-        if !got.is_empty() {
-            let body = "Hello World!";
-            let resp = format!(
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            if conn.write_all(resp.as_bytes()).is_ok() {
-                stats.served.fetch_add(1, Ordering::SeqCst);
-            }
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -347,7 +230,7 @@ fn strict_resets_plaintext_in_the_kernel() -> Result<()> {
     // Software checksums end to end: the resets must carry correct ones to be accepted.
     topo.checksum_offload_off()?;
     let kernel = KernelPath::new(&topo.server)?;
-    let app = App::start(&topo.server)?;
+    let app = HelloApp::start(&topo.server)?;
     let out = topo.outside.as_str();
 
     // 1. No PeerAuthentication: Istio's default PERMISSIVE, plaintext passes.
@@ -486,7 +369,7 @@ fn strict_lets_tls_handshakes_through() -> Result<()> {
     let logs = tempfile::tempdir()?;
     let topo = Topology::create("tls")?;
     let kernel = KernelPath::new(&topo.server)?;
-    let app = App::start(&topo.server)?;
+    let app = HelloApp::start(&topo.server)?;
     kernel.set_peer_auth(Some("STRICT"))?;
     let _daemon = kernel.start_daemon(logs.path(), "daemon")?;
     kernel.wait_mode("STRICT", Duration::from_secs(10))?;

@@ -2,6 +2,7 @@
 //! `curl`, child processes that are killed when the test ends, and (as root) network namespaces.
 
 pub mod certs;
+pub mod hello;
 pub mod netns;
 pub mod process;
 
