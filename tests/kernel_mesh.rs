@@ -209,7 +209,7 @@ fn mesh_clients_are_steered_to_the_terminator_and_plaintext_follows_peer_authent
             "--iface",
             SERVER_IF,
             "--admin",
-            "off",
+            "127.0.0.1:15000",
             "--reload-ms",
             "100",
         ])
@@ -262,6 +262,25 @@ fn mesh_clients_are_steered_to_the_terminator_and_plaintext_follows_peer_authent
         "the app read plaintext under STRICT"
     );
     ensure!(pins.port80("reset")? >= 2, "the kernel counted the resets");
+    // The daemon's own view: the kernel attached and counting, and the terminator served no
+    // plaintext (it accepted the steered handshakes, then saw only the resets).
+    let out = run(Topology::exec(&topo.server, "curl").args([
+        "-sS",
+        "-m",
+        "5",
+        "http://127.0.0.1:15000/kernel",
+    ]))?;
+    let kernel = String::from_utf8_lossy(&out.stdout);
+    eprintln!("/kernel after STRICT plaintext:\n{kernel}");
+    ensure!(kernel.contains(r#""attached": true"#), "{kernel}");
+    ensure!(
+        kernel.contains(r#""inbound_plaintext": 0"#),
+        "the terminator served plaintext under STRICT: {kernel}"
+    );
+    ensure!(
+        kernel.contains(r#""inbound_tls": 3"#),
+        "three mTLS connections so far: {kernel}"
+    );
 
     // PERMISSIVE: the edit reaches the kernel and the terminator together; plaintext is
     // steered to the terminator and served with no principal, mTLS still works.

@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use portcullis::admin::access_log::{AccessLog, AccessLogFormat, AccessLogTarget};
+use portcullis::admin::graph::prometheus::PrometheusUrl;
 use portcullis::admin::Admin;
 use portcullis::config::{self, Settings};
 use portcullis::mesh::{self, MeshOptions};
@@ -47,6 +48,9 @@ enum Command {
     Httpbin(portcullis::backend::httpbin::cli::HttpbinArgs),
     /// The kernel path: eBPF steering and the STRICT plaintext reset (attach, run, set-mode, status, uninstall).
     Kernel(portcullis::kernel::cli::KernelArgs),
+    /// Remove the kernel programs: detach every link and delete every pin (same as
+    /// `portcullis kernel uninstall`). STRICT ports are open to plaintext afterwards.
+    Uninstall(portcullis::kernel::cli::PinDirArg),
     /// Show which AuthorizationPolicy allows or denies a request, and why.
     ///
     /// Compiles the configuration exactly as `run` does and evaluates the described request
@@ -103,6 +107,11 @@ struct RunArgs {
     /// Access log line format.
     #[arg(long, value_enum, default_value_t = AccessLogFormat::Text)]
     access_log_format: AccessLogFormat,
+    /// A Prometheus that scrapes every node (`http://HOST:PORT`): the admin listener's
+    /// `/graph` then shows the whole mesh from it, as Kiali does, instead of this daemon's
+    /// own traffic.
+    #[arg(long, value_name = "URL")]
+    prometheus: Option<PrometheusUrl>,
     #[command(flatten)]
     mesh: MeshArgs,
 }
@@ -222,6 +231,11 @@ fn main() -> Result<()> {
             Command::Certs(args) => portcullis::identity::certs::cli::run(args).await,
             Command::Httpbin(args) => portcullis::backend::httpbin::cli::run(args).await,
             Command::Kernel(args) => portcullis::kernel::cli::run(args),
+            Command::Uninstall(pin) => {
+                portcullis::kernel::cli::run(portcullis::kernel::cli::KernelArgs {
+                    command: portcullis::kernel::cli::KernelCommand::Uninstall(pin),
+                })
+            }
             // Exit status 1 means "denied", so errors take 2, like usage errors.
             Command::Explain(args) => explain_cmd(args).or_else(|e| {
                 eprintln!("Error: {e:?}");
@@ -309,9 +323,12 @@ async fn run(args: RunArgs) -> Result<()> {
         None
     };
     let gateway = Gateway::with_access_log(snapshot, access_log);
+    if mesh.as_ref().is_some_and(|(_, maps)| maps.is_some()) {
+        let _ = gateway.kernel_pins.set(args.mesh.pin_dir.clone());
+    }
     let admin = match args.admin.0 {
         Some(addr) => {
-            let admin = Admin::new(gateway.clone());
+            let admin = Admin::new(gateway.clone(), args.prometheus.clone());
             let local = admin.clone().serve(addr).await.with_context(|| {
                 format!("cannot listen on the admin address {addr} (--admin off disables it)")
             })?;

@@ -8,10 +8,12 @@
 //! | `/stats/prometheus` | Istio's standard metrics and `portcullis_*`, Prometheus text format |
 //! | `/healthz/ready` | 200 once the listeners are bound, 503 before |
 //! | `/config_dump` | the compiled configuration as JSON, without key material |
-//! | `/kernel` | the eBPF programs' counters (`{"attached": false}` until the kernel path reports) |
+//! | `/kernel` | the eBPF programs' state and counters, and the terminator's own counters |
+//! | `/graph` | the mesh graph page ([`graph`]); `/graph/data` is its JSON |
 
 pub mod access_log;
 pub mod config_dump;
+pub mod graph;
 pub mod metrics;
 
 use std::convert::Infallible;
@@ -29,18 +31,24 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::proxy::Gateway;
+use graph::prometheus::{Prometheus, PrometheusUrl};
 
-/// What the admin endpoints read: the gateway and whether it is ready.
+/// What the admin endpoints read: the gateway, whether it is ready, and the Prometheus the
+/// graph reads from.
 pub struct Admin {
     gateway: Arc<Gateway>,
     ready: AtomicBool,
+    prometheus: Option<Prometheus>,
 }
 
 impl Admin {
-    pub fn new(gateway: Arc<Gateway>) -> Arc<Self> {
+    /// `prometheus`: where `/graph` reads every node's traffic (`--prometheus`); without it
+    /// the graph shows this daemon's own.
+    pub fn new(gateway: Arc<Gateway>, prometheus: Option<PrometheusUrl>) -> Arc<Self> {
         Arc::new(Self {
             gateway,
             ready: AtomicBool::new(false),
+            prometheus: prometheus.map(Prometheus::new),
         })
     }
 
@@ -72,7 +80,7 @@ impl Admin {
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {
                         let admin = admin.clone();
-                        async move { Ok::<_, Infallible>(admin.handle(&req)) }
+                        async move { Ok::<_, Infallible>(admin.handle(&req).await) }
                     });
                     if let Err(e) = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -86,7 +94,7 @@ impl Admin {
         Ok(local)
     }
 
-    fn handle(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn handle(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".to_owned());
         }
@@ -104,13 +112,50 @@ impl Admin {
                     Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
                 }
             }
-            // The kernel path does not report counters to the daemon yet.
-            "/kernel" => json(r#"{"attached": false}"#.to_owned()),
+            "/kernel" => self.kernel(),
+            "/graph" | "/graph/" => asset(graph::PAGE_HTML, "text/html; charset=utf-8"),
+            "/graph/graph.js" => asset(graph::PAGE_JS, "text/javascript; charset=utf-8"),
+            "/graph/graph.css" => asset(graph::PAGE_CSS, "text/css; charset=utf-8"),
+            "/graph/data" => {
+                let prometheus = self.prometheus.as_ref();
+                let metrics = &self.gateway.metrics;
+                let (status, body) = graph::data(metrics, prometheus, req.uri().query()).await;
+                let mut resp = json(body);
+                *resp.status_mut() = status;
+                resp
+            }
             "/" => text(
                 StatusCode::OK,
-                "/stats/prometheus\n/healthz/ready\n/config_dump\n/kernel\n".to_owned(),
+                "/stats/prometheus\n/healthz/ready\n/config_dump\n/kernel\n/graph\n".to_owned(),
             ),
             _ => text(StatusCode::NOT_FOUND, "not found\n".to_owned()),
+        }
+    }
+
+    /// The kernel programs' state and counters (read from the pins this process installed or
+    /// adopted), beside the terminator's own counters: together they show that a reset
+    /// connection was never read by user space.
+    fn kernel(&self) -> Response<Full<Bytes>> {
+        let kernel = self
+            .gateway
+            .kernel_pins
+            .get()
+            .map(|pins| crate::kernel::status(pins).map_err(|e| e.to_string()));
+        let body = serde_json::json!({
+            "attached": matches!(kernel, Some(Ok(_))),
+            "status": match &kernel {
+                Some(Ok(st)) => serde_json::to_value(st).unwrap_or_default(),
+                _ => serde_json::Value::Null,
+            },
+            "error": match &kernel {
+                Some(Err(e)) => serde_json::Value::String(e.clone()),
+                _ => serde_json::Value::Null,
+            },
+            "terminator": serde_json::to_value(&self.gateway.stats).unwrap_or_default(),
+        });
+        match serde_json::to_string_pretty(&body) {
+            Ok(b) => json(b),
+            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
         }
     }
 
@@ -134,6 +179,15 @@ impl Admin {
             Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
         }
     }
+}
+
+fn asset(body: &'static str, content_type: &'static str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    resp
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {

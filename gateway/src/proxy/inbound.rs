@@ -15,7 +15,9 @@ use tracing::Instrument;
 
 use super::conn::{ConnInfo, InboundTarget};
 use super::io::Prefixed;
-use super::listener::{read_first_bytes, serve_http, terminate};
+use super::listener::{
+    read_first_bytes, serve_http, terminate, CLOSED_BEFORE_HELLO, RESET_BEFORE_HELLO,
+};
 use super::{Gateway, Stats};
 use crate::policy::peer_auth::PeerAuthMode;
 
@@ -46,7 +48,7 @@ pub async fn serve_inbound(
                     continue;
                 }
             };
-            Stats::bump(&gateway.stats.connections_accepted);
+            Stats::bump(&gateway.stats.inbound_accepted);
             let _ = stream.set_nodelay(true);
             // The steered socket's local address is the client's original destination.
             let Ok(original) = stream.local_addr() else {
@@ -81,10 +83,19 @@ async fn handle(
     let (prefix, hello) = match read_first_bytes(&mut stream).await {
         Ok(r) => r,
         Err(why) => {
-            tracing::warn!(
-                reason = why,
-                "inbound connection closed before its first request"
-            );
+            if why == CLOSED_BEFORE_HELLO || why == RESET_BEFORE_HELLO {
+                // Under STRICT this is the kernel's reset of a plaintext client: expected.
+                Stats::bump(&gateway.stats.inbound_no_data);
+                tracing::debug!(
+                    reason = why,
+                    "inbound connection ended before its first byte"
+                );
+            } else {
+                tracing::warn!(
+                    reason = why,
+                    "inbound connection closed before its first request"
+                );
+            }
             return;
         }
     };
@@ -105,6 +116,7 @@ async fn handle(
     };
     match hello {
         Some(_) => {
+            Stats::bump(&gateway.stats.inbound_tls);
             if let Some(tls) = terminate(&gateway, &mesh.tls, prefix, stream, &mut conn).await {
                 serve_http(gateway, snapshot.clone(), conn, tls).await;
             }
@@ -115,6 +127,7 @@ async fn handle(
             tracing::warn!("plaintext on a STRICT port reached the terminator; closing");
         }
         None => {
+            Stats::bump(&gateway.stats.inbound_plaintext);
             serve_http(
                 gateway,
                 snapshot.clone(),

@@ -27,6 +27,9 @@ use crate::tls::sniff::{classify, FirstBytes, MAX_HELLO};
 
 /// What [`read_first_bytes`] says when the peer closed without sending anything.
 pub(super) const CLOSED_BEFORE_HELLO: &str = "client closed before sending anything";
+/// What [`read_first_bytes`] says when the connection was reset before any byte arrived
+/// (under STRICT: the kernel's reset of a plaintext client).
+pub(super) const RESET_BEFORE_HELLO: &str = "connection reset before any byte arrived";
 
 /// How long a client may take to send its ClientHello before we hang up.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -301,6 +304,9 @@ pub(super) async fn read_first_bytes(
                 Ok(0) if buf.is_empty() => return Err(CLOSED_BEFORE_HELLO),
                 Ok(0) => return Err("client closed in the middle of its ClientHello"),
                 Ok(_) => {}
+                Err(e) if buf.is_empty() && e.kind() == std::io::ErrorKind::ConnectionReset => {
+                    return Err(RESET_BEFORE_HELLO)
+                }
                 Err(_) => return Err("connection error before the ClientHello"),
             }
         }

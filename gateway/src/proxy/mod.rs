@@ -31,13 +31,25 @@ pub struct Gateway {
     /// Istio's standard metrics and Portcullis' own, served on the admin listener.
     pub metrics: Metrics,
     pub access_log: AccessLog,
+    /// The bpffs pin directory, once this process has loaded or adopted the kernel programs
+    /// (the admin endpoint reads their counters from it).
+    pub kernel_pins: std::sync::OnceLock<std::path::PathBuf>,
 }
 
 /// Process-wide counters (the Istio-standard metrics are separate, in `admin`).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize)]
 pub struct Stats {
     pub connections_accepted: AtomicU64,
     pub tls_handshake_failures: AtomicU64,
+    /// Connections the mesh terminator accepted (steered by the kernel or dialed directly).
+    pub inbound_accepted: AtomicU64,
+    /// ...of which started with a TLS ClientHello.
+    pub inbound_tls: AtomicU64,
+    /// ...of which were plaintext and served (PERMISSIVE).
+    pub inbound_plaintext: AtomicU64,
+    /// ...of which ended before their first byte: under STRICT, the kernel's reset of a
+    /// plaintext client. The terminator read nothing from these.
+    pub inbound_no_data: AtomicU64,
     pub requests: AtomicU64,
     pub denied: AtomicU64,
 }
@@ -65,6 +77,7 @@ impl Gateway {
             stats: Stats::default(),
             metrics,
             access_log,
+            kernel_pins: std::sync::OnceLock::new(),
         })
     }
 
