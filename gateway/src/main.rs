@@ -66,8 +66,11 @@ enum Command {
 #[derive(clap::Args)]
 struct ConfigArgs {
     /// A YAML file or a directory of them (repeatable). Multi-document files are fine.
-    #[arg(short = 'c', long = "config", required = true, value_name = "FILE|DIR")]
+    #[arg(short = 'c', long = "config", value_name = "FILE|DIR", required_unless_present = "files")]
     config: Vec<PathBuf>,
+    /// More configuration files or directories, as plain arguments (`portcullis check policies/`).
+    #[arg(value_name = "FILE|DIR")]
+    files: Vec<PathBuf>,
     /// Directory holding credentials as `<credentialName>/{tls.crt,tls.key,ca.crt}` (repeatable).
     /// Secrets in the configuration are looked up first.
     #[arg(long = "credentials", value_name = "DIR")]
@@ -186,6 +189,13 @@ struct ExplainArgs {
     sni: Option<String>,
 }
 
+impl ConfigArgs {
+    /// Every configuration path, `-c` ones first.
+    fn paths(&self) -> Vec<PathBuf> {
+        self.config.iter().chain(&self.files).cloned().collect()
+    }
+}
+
 fn parse_label(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -214,7 +224,7 @@ fn load(args: &ConfigArgs) -> Result<config::Snapshot, config::ConfigErrors> {
         credential_dirs: args.credentials.clone(),
         mesh_credential: args.mesh_credential.clone(),
     };
-    config::compile(config::load_paths(&args.config)?, settings)
+    config::compile(config::load_paths(&args.paths())?, settings)
 }
 
 fn main() -> Result<()> {
@@ -358,7 +368,7 @@ async fn run(args: RunArgs) -> Result<()> {
         let config_args = args.config;
         tokio::spawn(mesh::watch_and_reload(
             gateway.clone(),
-            config_args.config.clone(),
+            config_args.paths(),
             move || load(&config_args),
             maps,
             std::time::Duration::from_millis(args.mesh.reload_ms),
