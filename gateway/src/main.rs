@@ -66,7 +66,12 @@ enum Command {
 #[derive(clap::Args)]
 struct ConfigArgs {
     /// A YAML file or a directory of them (repeatable). Multi-document files are fine.
-    #[arg(short = 'c', long = "config", value_name = "FILE|DIR", required_unless_present = "files")]
+    #[arg(
+        short = 'c',
+        long = "config",
+        value_name = "FILE|DIR",
+        required_unless_present = "files"
+    )]
     config: Vec<PathBuf>,
     /// More configuration files or directories, as plain arguments (`portcullis check policies/`).
     #[arg(value_name = "FILE|DIR")]
