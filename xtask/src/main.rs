@@ -1,4 +1,6 @@
-//! Developer workflows for Portcullis: `cargo xtask build|run|test`.
+//! Developer workflows for Portcullis: `cargo xtask build|run|test|bench`.
+
+mod bench;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
@@ -38,6 +40,8 @@ enum Cmd {
         #[arg(last = true)]
         cargo_test_args: Vec<String>,
     },
+    /// Benchmarks against nginx, HAProxy and no proxy, written to BENCHMARKS.md.
+    Bench(bench::BenchArgs),
 }
 
 fn workspace() -> PathBuf {
@@ -181,5 +185,6 @@ fn main() -> Result<()> {
             no_lint,
             cargo_test_args,
         } => test(no_lint, &cargo_test_args),
+        Cmd::Bench(args) => bench::run(args, &workspace(), &target_dir()),
     }
 }

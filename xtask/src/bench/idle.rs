@@ -1,0 +1,153 @@
+//! Scenario 5: memory per idle mTLS connection. oha cannot hold connections open, so this is
+//! a small holder written with tokio-rustls: it opens N mTLS connections to a proxy, completes
+//! one request on each (so the proxy has set up everything a live connection needs, including
+//! its upstream side), keeps them all open, and reads the proxy's RSS growth.
+
+use std::io::BufReader;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use rustls::pki_types::ServerName;
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+use super::peers::{Certs, Lab, Target, SMALL_BYTES, SMALL_PATH};
+use super::sys;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct IdleRecord {
+    pub target: Target,
+    pub held: usize,
+    pub rss_before_kb: u64,
+    pub rss_after_kb: u64,
+}
+
+impl IdleRecord {
+    pub fn kb_per_conn(&self) -> f64 {
+        if self.held == 0 {
+            return f64::NAN;
+        }
+        (self.rss_after_kb as f64 - self.rss_before_kb as f64) / self.held as f64
+    }
+}
+
+fn client_config(certs: &Certs) -> Result<Arc<rustls::ClientConfig>> {
+    let read = |p: std::path::PathBuf| -> Result<Vec<u8>> {
+        std::fs::read(&p).with_context(|| format!("reading {p:?}"))
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut BufReader::new(&read(certs.ca())?[..])) {
+        roots.add(c?)?;
+    }
+    let chain = rustls_pemfile::certs(&mut BufReader::new(&read(certs.client_cert())?[..]))
+        .collect::<Result<Vec<_>, _>>()?;
+    let key = rustls_pemfile::private_key(&mut BufReader::new(&read(certs.client_key())?[..]))?
+        .context("no private key in the client key file")?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)?;
+    Ok(Arc::new(config))
+}
+
+/// One connection: handshake, one request, read the whole 1 KB response, keep it open.
+async fn open(connector: TlsConnector, port: u16) -> Result<TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await?;
+    let name = ServerName::try_from("test.com")?;
+    let mut tls = connector.connect(name, tcp).await?;
+    tls.write_all(format!("GET {SMALL_PATH} HTTP/1.1\r\nHost: test.com\r\n\r\n").as_bytes())
+        .await?;
+    let mut buf = Vec::with_capacity(2048);
+    let mut chunk = [0u8; 2048];
+    // Bounded: a response bigger than 64 KB or a closed stream ends the loop.
+    while buf.len() < 64 * 1024 {
+        let n = tls.read(&mut chunk).await?;
+        if n == 0 {
+            bail!("the proxy closed the connection before the response ended");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            if buf.len() >= end + 4 + SMALL_BYTES {
+                if !buf.starts_with(b"HTTP/1.1 200") {
+                    bail!("not a 200: {}", String::from_utf8_lossy(&buf[..end]));
+                }
+                return Ok(tls);
+            }
+        }
+    }
+    bail!("response too long")
+}
+
+/// Holds `n` connections open against `port` and returns them (dropping closes them).
+async fn hold(certs: &Certs, port: u16, n: usize) -> Result<Vec<TlsStream<TcpStream>>> {
+    let connector = TlsConnector::from(client_config(certs)?);
+    let mut held = Vec::with_capacity(n);
+    // Batches of 64 concurrent handshakes: fast, and no accept-queue overflow at the proxy.
+    while held.len() < n {
+        let batch = (n - held.len()).min(64);
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..batch {
+            let c = connector.clone();
+            set.spawn(tokio::time::timeout(Duration::from_secs(10), open(c, port)));
+        }
+        while let Some(r) = set.join_next().await {
+            let stream = r?
+                .map_err(|_| anyhow::anyhow!("connection {} timed out", held.len()))?
+                .with_context(|| format!("connection {}", held.len()))?;
+            held.push(stream);
+        }
+    }
+    Ok(held)
+}
+
+/// How many connections to hold: 10,000 (1,000 with `--quick`), fewer when the open-file
+/// limit cannot fit them. A proxy needs a descriptor for the client side of each connection
+/// and HAProxy reserves one more for its server side, so half the limit, less a margin, is the
+/// most every peer can hold.
+pub fn connections(quick: bool, nofile: u64) -> usize {
+    let want = if quick { 1_000 } else { 10_000 };
+    let fits = (nofile.saturating_sub(1_000) / 2) as usize;
+    want.min(fits / 1_000 * 1_000).max(100)
+}
+
+/// Measures every proxy with `n` idle connections.
+pub fn measure(lab: &Lab, certs: &Certs, n: usize) -> Result<Vec<IdleRecord>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut out = Vec::new();
+    eprintln!("bench: scenario 5: RSS per idle mTLS connection, {n} connections");
+    for target in Target::PROXIES {
+        let running = lab.start(target, certs)?;
+        let pid = running.pid().context("a proxy has a pid")?;
+        let start = Instant::now();
+        // One connection first, so lazily built state (TLS config, upstream pool) is in `before`.
+        let warm = rt.block_on(hold(certs, running.port, 1))?;
+        std::thread::sleep(Duration::from_millis(300));
+        let before = sys::status_kb(pid, "VmRSS")?;
+        let conns = rt.block_on(hold(certs, running.port, n))?;
+        std::thread::sleep(Duration::from_millis(500));
+        let after = sys::status_kb(pid, "VmRSS")?;
+        drop(conns);
+        drop(warm);
+        drop(running);
+        let rec = IdleRecord {
+            target,
+            held: n,
+            rss_before_kb: before,
+            rss_after_kb: after,
+        };
+        eprintln!(
+            "bench:   {target:<10} {:.1} KB/connection ({before} kB -> {after} kB, {:.1} s)",
+            rec.kb_per_conn(),
+            start.elapsed().as_secs_f64()
+        );
+        out.push(rec);
+    }
+    Ok(out)
+}

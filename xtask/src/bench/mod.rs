@@ -1,0 +1,187 @@
+//! `cargo xtask bench`: Portcullis against nginx, HAProxy and no proxy, measured in one run by
+//! a load generator nobody here wrote (oha), written up as BENCHMARKS.md with SVG charts.
+//!
+//! One module per job: `sys` (machine, tools, pinning, /proc), `peers` (the targets and their
+//! configurations), `oha` (the load generator), `idle` (the idle-connection holder),
+//! `scenarios` (what runs), `report` (BENCHMARKS.md), `charts` (its SVG charts).
+
+mod charts;
+mod idle;
+mod oha;
+mod peers;
+mod report;
+mod scenarios;
+mod sys;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use self::peers::{Certs, KeyType, Lab};
+use self::scenarios::{Plan, Suite};
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Short runs (the whole suite in under three minutes) and 1,000 idle connections.
+    #[arg(long)]
+    pub quick: bool,
+    /// Scenarios to run (1 keep-alive, 2 handshakes, 3 fixed rate, 4 bulk, 5 idle, 6 authz).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6")]
+    pub scenarios: Vec<u8>,
+    /// Use this portcullis binary instead of building `--release` from the workspace.
+    #[arg(long, value_name = "PATH")]
+    pub portcullis_bin: Option<PathBuf>,
+}
+
+pub fn run(args: BenchArgs, workspace: &Path, target_dir: &Path) -> Result<()> {
+    let started = Instant::now();
+    sys::ensure_tools()?;
+    let portcullis = match &args.portcullis_bin {
+        Some(p) => p.clone(),
+        None => super::build(true)?,
+    };
+    let raw_dir = sys::out_dir(target_dir);
+    let work = raw_dir.join("work");
+    if work.exists() {
+        std::fs::remove_dir_all(&work).with_context(|| format!("clearing {work:?}"))?;
+    }
+    std::fs::create_dir_all(&work)?;
+    let plan = Plan::new(args.quick);
+    let nofile = sys::raise_nofile()?;
+    let ecdsa = Certs::make(&portcullis, work.join("certs-ecdsa"), KeyType::EcdsaP256)?;
+    let rsa = Certs::make(&portcullis, work.join("certs-rsa"), KeyType::Rsa2048)?;
+    let lab = Lab {
+        work: work.clone(),
+        nofile,
+        portcullis,
+        upstream_port: sys::free_port()?,
+    };
+    let machine = sys::Machine::probe();
+    eprintln!(
+        "bench: {} on {} ({} cores), proxy on core {}, oha and upstream on core {}",
+        if args.quick { "quick run" } else { "full run" },
+        machine.cpu_model,
+        machine.cores,
+        sys::PROXY_CORE,
+        sys::LOAD_CORE
+    );
+    let upstream = lab.start_upstream()?;
+
+    let mut suite = Suite {
+        plan,
+        lab,
+        ecdsa,
+        rsa,
+        raw_dir: raw_dir.clone(),
+        records: Vec::new(),
+    };
+    let wants = |n: u8| args.scenarios.contains(&n);
+    if wants(1) {
+        scenarios::timed("scenario 1", || suite.keepalive_rps())?;
+    }
+    if wants(2) {
+        scenarios::timed("scenario 2", || suite.handshakes())?;
+    }
+    if wants(3) {
+        scenarios::timed("scenario 3", || suite.fixed_rate())?;
+    }
+    if wants(4) {
+        scenarios::timed("scenario 4", || suite.bulk())?;
+    }
+    let idle = if wants(5) {
+        let n = idle::connections(args.quick, nofile);
+        scenarios::timed("scenario 5", || idle::measure(&suite.lab, &suite.ecdsa, n))?
+    } else {
+        Vec::new()
+    };
+    drop(upstream);
+    let authz = if wants(6) {
+        scenarios::timed("scenario 6", || authz_bench(args.quick, target_dir))?
+    } else {
+        Vec::new()
+    };
+
+    let results = serde_json::json!({
+        "plan": suite.plan,
+        "machine": machine,
+        "records": suite.records,
+        "idle": idle,
+        "authz": authz,
+    });
+    std::fs::write(
+        raw_dir.join("results.json"),
+        serde_json::to_vec_pretty(&results)?,
+    )?;
+
+    let command_line = format!(
+        "cargo xtask bench{}{}",
+        if args.quick { " --quick" } else { "" },
+        if args.scenarios.len() < 6 {
+            format!(
+                " --scenarios {}",
+                args.scenarios
+                    .iter()
+                    .map(u8::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )
+        } else {
+            String::new()
+        }
+    );
+    let sample = |name: &str, file: &str| {
+        std::fs::read_to_string(work.join(name).join(file)).unwrap_or_default()
+    };
+    let closing = report::write(
+        workspace,
+        &report::Inputs {
+            suite: &suite,
+            machine: &machine,
+            command_line: &command_line,
+            authz: &authz,
+            idle: &idle,
+            upstream_conf: &sample("upstream", "nginx.conf"),
+            nginx_conf: &sample("nginx", "nginx.conf"),
+            haproxy_conf: &sample("haproxy", "haproxy.cfg"),
+        },
+    )?;
+    eprintln!(
+        "\nbench: done in {:.0} s: BENCHMARKS.md and BENCHMARKS/*.svg written, raw JSON in {}\n\n{closing}",
+        started.elapsed().as_secs_f64(),
+        raw_dir.display()
+    );
+    Ok(())
+}
+
+/// Rule counts of scenario 6, the same as `gateway/benches/authz.rs`.
+const AUTHZ_RULES: [usize; 3] = [1, 100, 10_000];
+
+/// Runs the criterion bench and reads each case's median.
+fn authz_bench(quick: bool, target_dir: &Path) -> Result<Vec<report::AuthzRow>> {
+    eprintln!("bench: scenario 6: AuthorizationPolicy decision cost, criterion");
+    let mut cmd = super::cargo();
+    cmd.args(["bench", "-p", "gateway", "--bench", "authz", "--"]);
+    if quick {
+        cmd.args(["--warm-up-time", "0.5", "--measurement-time", "1"]);
+    }
+    super::status(&mut cmd)?;
+    let median = |case: &str, n: usize| -> Option<f64> {
+        let p = target_dir
+            .join("criterion/authz")
+            .join(case)
+            .join(n.to_string())
+            .join("new/estimates.json");
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(p).ok()?).ok()?;
+        v.get("median")?.get("point_estimate")?.as_f64()
+    };
+    let rows: Vec<report::AuthzRow> = AUTHZ_RULES
+        .iter()
+        .map(|&n| (n, median("match", n), median("nomatch", n)))
+        .collect();
+    for (n, m, nm) in &rows {
+        eprintln!("bench:   {n:>6} rules: matching {m:?} ns, non-matching {nm:?} ns");
+    }
+    Ok(rows)
+}

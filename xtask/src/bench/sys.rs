@@ -1,0 +1,301 @@
+//! The machine and the processes under test: what the CPU is, which tools are installed
+//! (installing the missing ones), pinning to a core with `taskset`, and a process's CPU
+//! seconds and resident memory read from `/proc`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+/// The core the proxy under test runs on.
+pub const PROXY_CORE: u32 = 0;
+/// The core the load generator and the upstream share.
+pub const LOAD_CORE: u32 = 1;
+
+/// What the report says about the machine.
+#[derive(Clone, Debug, Serialize)]
+pub struct Machine {
+    pub cpu_model: String,
+    pub cores: usize,
+    pub kernel: String,
+    pub date: String,
+    pub nginx: String,
+    pub haproxy: String,
+    pub oha: String,
+}
+
+impl Machine {
+    pub fn probe() -> Self {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu_model = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map_or_else(|| "unknown".to_owned(), |(_, m)| m.trim().to_owned());
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self {
+            cpu_model,
+            cores,
+            kernel: first_line("uname", &["-srm"]),
+            date: first_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+            nginx: first_line("nginx", &["-v"]),
+            haproxy: first_line("haproxy", &["-v"]),
+            oha: first_line("oha", &["--version"]),
+        }
+    }
+}
+
+/// The first line a command prints (on stdout, else stderr: `nginx -v` writes to stderr).
+fn first_line(cmd: &str, args: &[&str]) -> String {
+    let Ok(out) = Command::new(cmd).args(args).output() else {
+        return "not installed".to_owned();
+    };
+    let text = if out.stdout.is_empty() {
+        out.stderr
+    } else {
+        out.stdout
+    };
+    String::from_utf8_lossy(&text)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_owned()
+}
+
+fn on_path(bin: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {bin}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Installs nginx, HAProxy (Debian packages) and oha (crates.io) when they are missing, so the
+/// suite runs from a fresh clone.
+pub fn ensure_tools() -> Result<()> {
+    for tool in ["taskset", "openssl"] {
+        if !on_path(tool) {
+            bail!("{tool} is required (util-linux / openssl)");
+        }
+    }
+    let missing: Vec<&str> = ["nginx", "haproxy"]
+        .into_iter()
+        .filter(|b| !on_path(b))
+        .collect();
+    if !missing.is_empty() {
+        eprintln!("bench: installing {missing:?} with apt-get");
+        run_ok(Command::new("apt-get").arg("update"))?;
+        run_ok(
+            Command::new("apt-get")
+                .args(["install", "-y", "--no-install-recommends"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
+    }
+    if !on_path("oha") {
+        eprintln!("bench: installing oha with `cargo install oha --locked` (a few minutes)");
+        run_ok(
+            Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .args(["install", "oha", "--locked"]),
+        )?;
+    }
+    Ok(())
+}
+
+pub fn run_ok(cmd: &mut Command) -> Result<()> {
+    let st = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !st.success() {
+        bail!("{cmd:?} failed with {st}");
+    }
+    Ok(())
+}
+
+/// `taskset -c CORE program`: the process and every thread it starts stay on that core.
+pub fn pinned(core: u32, program: impl AsRef<Path>) -> Command {
+    let mut cmd = Command::new("taskset");
+    cmd.arg("-c").arg(core.to_string()).arg(program.as_ref());
+    cmd
+}
+
+/// A process started by the suite; killed and reaped when dropped, also on an error path.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command, log: &Path) -> Result<Self> {
+        let out = std::fs::File::create(log).with_context(|| format!("creating {log:?}"))?;
+        let err = out.try_clone()?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("starting {name}: {cmd:?}"))?;
+        Ok(Self {
+            name: name.to_owned(),
+            child,
+        })
+    }
+
+    /// The pid of the program itself: `taskset` execs it, so it is the child's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Fails when the process has already exited (a bad config, a port in use).
+    pub fn check_alive(&mut self, log: &Path) -> Result<()> {
+        if let Some(st) = self.child.try_wait()? {
+            let tail = std::fs::read_to_string(log).unwrap_or_default();
+            bail!("{} exited with {st}:\n{tail}", self.name);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until something accepts TCP connections on `127.0.0.1:port`.
+pub fn wait_for_port(proc: &mut Proc, log: &Path, port: u16) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        proc.check_alive(log)?;
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    bail!(
+        "{} did not listen on 127.0.0.1:{port} within 10 s",
+        proc.name
+    )
+}
+
+/// A free loopback port (the kernel's choice; released before use, so a race is possible but
+/// harmless on a machine where nothing else binds ephemeral ports on purpose).
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY-free: sysconf is not exposed without libc; USER_HZ is 100 on every Linux ABI the
+    // suite runs on (it is fixed by the kernel ABI, not by CONFIG_HZ).
+    100.0
+}
+
+/// user+system CPU seconds of a process and all its threads.
+pub fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // The command name may hold spaces; the fields after its closing parenthesis do not.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("malformed /proc/pid/stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
+    let utime: f64 = fields.get(11).context("no utime")?.parse()?;
+    let stime: f64 = fields.get(12).context("no stime")?.parse()?;
+    Ok((utime + stime) / clock_ticks())
+}
+
+/// A `/proc/PID/status` field in kB (`VmRSS`, `VmHWM`).
+pub fn status_kb(pid: u32, field: &str) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("no {field} in /proc/{pid}/status"))
+}
+
+/// Samples a process's resident set every 20 ms on a thread until stopped: the peak over a
+/// window, which `VmHWM` (the peak since start) cannot give.
+pub struct RssSampler {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<u64>>,
+}
+
+impl RssSampler {
+    pub fn start(pid: u32) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut peak = 0;
+            // Bounded: at most 30 minutes of samples even if never stopped.
+            for _ in 0..90_000 {
+                if let Ok(kb) = status_kb(pid, "VmRSS") {
+                    peak = peak.max(kb);
+                }
+                if flag.load(Ordering::Relaxed) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            peak
+        });
+        Self {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    /// The peak RSS in kB seen since `start`.
+    pub fn finish(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.take().and_then(|h| h.join().ok()).unwrap_or(0)
+    }
+}
+
+impl Drop for RssSampler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Raises the soft open-file limit (`ulimit -n`) of this process, and so of every process it
+/// starts, to the hard limit, and returns it. Raising the hard limit needs CAP_SYS_RESOURCE,
+/// which a container often lacks, so the hard limit is what the suite works within.
+pub fn raise_nofile() -> Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed by pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            bail!("getrlimit: {}", std::io::Error::last_os_error());
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                bail!(
+                    "cannot raise the open-file limit to {} (ulimit -n): {}",
+                    lim.rlim_max,
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+    }
+    Ok(lim.rlim_cur)
+}
+
+/// `target/bench`, where raw results go.
+pub fn out_dir(target: &Path) -> PathBuf {
+    target.join("bench")
+}
