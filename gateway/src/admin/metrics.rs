@@ -316,6 +316,11 @@ impl Metrics {
         }
     }
 
+    /// The workload this process reports as (`destination_workload`).
+    pub fn workload(&self) -> &Workload {
+        &self.workload
+    }
+
     /// Counts one HTTP request in the four Istio request metrics.
     pub fn record_request(&self, r: &RequestRecord<'_>) {
         let t = self.tcp_labels(r.conn, r.service, r.protocol, r.flags);
