@@ -2,9 +2,12 @@
 //! `curl`, child processes that are killed when the test ends, and (as root) network namespaces.
 
 pub mod certs;
+pub mod chromium;
 pub mod hello;
 pub mod netns;
 pub mod process;
+pub mod prometheus;
+pub mod walkthrough;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -18,11 +21,7 @@ pub fn portcullis_bin() -> Result<PathBuf> {
     if let Some(path) = std::env::var_os("PORTCULLIS_BIN") {
         return Ok(PathBuf::from(path));
     }
-    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace.join("target"));
-    let path = target.join("debug").join("portcullis");
+    let path = target_dir().join("debug").join("portcullis");
     if !path.exists() {
         bail!(
             "{} does not exist: build it first (`cargo build -p gateway`), or run the suite with `cargo xtask test`",
@@ -30,6 +29,14 @@ pub fn portcullis_bin() -> Result<PathBuf> {
         );
     }
     Ok(path)
+}
+
+/// The workspace's target directory: `$CARGO_TARGET_DIR`, or `target/`.
+pub fn target_dir() -> PathBuf {
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace.join("target"))
 }
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.

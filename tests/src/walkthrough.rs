@@ -1,0 +1,215 @@
+//! The ingress walkthrough, set up for a test: openssl certificates, the built-in httpbin,
+//! the Gateway/AuthorizationPolicy/VirtualService files and `portcullis run` on loopback, plus
+//! the walkthrough's curl requests.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::certs::{make_openssl_certs, OpensslCerts};
+use crate::process::{run, Daemon};
+use crate::{free_port, portcullis_bin, wait_for_port};
+
+/// The walkthrough's Gateway and AuthorizationPolicy (as in `ingress.rs`).
+pub const WALKTHROUGH: &str = r#"apiVersion: networking.istio.io/v1beta1
+kind: Gateway
+metadata: {name: httpbin, namespace: default}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - hosts: ['*']
+    port: {name: test, number: 80, protocol: HTTP}
+  - hosts: [test.com]
+    port: {number: 443, name: https, protocol: HTTPS}
+    tls: {mode: MUTUAL, credentialName: test.com}
+---
+apiVersion: security.istio.io/v1beta1
+kind: AuthorizationPolicy
+metadata: {name: test, namespace: istio-system}
+spec:
+  action: DENY
+  rules:
+  - from: [{source: {principals: [test.client]}}]
+    to: [{operation: {paths: [/status/418]}}]
+  selector: {matchLabels: {istio: ingressgateway}}
+"#;
+
+/// The VirtualService and ServiceEntry that send everything to httpbin on `backend_port`.
+pub fn routing(backend_port: u16) -> String {
+    format!(
+        r#"apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {{name: httpbin, namespace: default}}
+spec:
+  hosts: ['*']
+  gateways: [httpbin]
+  http:
+  - route:
+    - destination: {{host: httpbin.default.svc.cluster.local, port: {{number: 8000}}}}
+---
+apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata: {{name: httpbin, namespace: default}}
+spec:
+  hosts: [httpbin.default.svc.cluster.local]
+  ports: [{{number: 8000, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {backend_port}}}}}]
+"#
+    )
+}
+
+/// Two free ports whose distance is the 80/443 distance, for `--port-offset`.
+pub fn port_offset() -> Result<u16> {
+    for _ in 0..50 {
+        let http = free_port()?;
+        if !(1100..=65000 - 363).contains(&http) {
+            continue;
+        }
+        let offset = http - 80;
+        if std::net::TcpListener::bind(("127.0.0.1", 443 + offset)).is_ok() {
+            return Ok(offset);
+        }
+    }
+    bail!("no free pair of ports for the gateway")
+}
+
+/// `curl -sS` to `url`, returning (status code, body). Extra args go before the URL.
+pub fn curl(url: &str, extra: &[&str]) -> Result<(String, String)> {
+    let out = run(Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-w", "\n%{http_code}"])
+        .args(extra)
+        .arg(url))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    Ok((code.to_owned(), body.to_owned()))
+}
+
+/// `dir/test.com/{tls.crt,tls.key,ca.crt}`: the credential the MUTUAL server names.
+pub fn write_credential_dir(certs: &OpensslCerts, dir: &Path) -> Result<()> {
+    let cred = dir.join("test.com");
+    std::fs::create_dir_all(&cred)?;
+    std::fs::copy(certs.server_cert(), cred.join("tls.crt"))?;
+    std::fs::copy(certs.server_key(), cred.join("tls.key"))?;
+    std::fs::copy(certs.ca_cert(), cred.join("ca.crt"))?;
+    Ok(())
+}
+
+/// Which certificate a walkthrough request presents.
+#[derive(Clone, Copy, Debug)]
+pub enum Identity {
+    /// No client certificate: the MUTUAL handshake fails.
+    Anonymous,
+    /// `spiffe://test.client`.
+    Client,
+    /// The server's certificate: verified, but no SPIFFE id.
+    Server,
+}
+
+/// The walkthrough's backend and configuration, ready for `portcullis run`.
+pub struct Walkthrough {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub credentials: PathBuf,
+    pub certs: OpensslCerts,
+    _backend: Daemon,
+}
+
+impl Walkthrough {
+    /// Makes the certificates with openssl, starts the built-in httpbin and writes the
+    /// configuration, all under `dir`.
+    pub fn prepare(dir: &Path) -> Result<Self> {
+        let certs_dir = dir.join("certs");
+        std::fs::create_dir_all(&certs_dir)?;
+        let certs = make_openssl_certs(&certs_dir)?;
+        let backend_port = free_port()?;
+        let backend_addr = format!("127.0.0.1:{backend_port}");
+        let mut cmd = Command::new(portcullis_bin()?);
+        cmd.args(["httpbin", "--listen", &backend_addr]);
+        let backend = Daemon::spawn("httpbin", cmd, dir)?;
+        wait_for_port(backend_addr.parse()?, Duration::from_secs(20))?;
+        let config = dir.join("config");
+        std::fs::create_dir_all(&config)?;
+        std::fs::write(config.join("gateway.yaml"), WALKTHROUGH)?;
+        std::fs::write(config.join("routing.yaml"), routing(backend_port))?;
+        let credentials = dir.join("credentials");
+        write_credential_dir(&certs, &credentials)?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            config,
+            credentials,
+            certs,
+            _backend: backend,
+        })
+    }
+
+    /// `portcullis run` on the walkthrough, bound to 127.0.0.1 with a free port offset, with
+    /// `extra` arguments; returns once the HTTPS port accepts connections.
+    pub fn start_gateway(&self, extra: &[&str]) -> Result<Gateway> {
+        let offset = port_offset()?;
+        let mut cmd = Command::new(portcullis_bin()?);
+        cmd.arg("run")
+            .arg("-c")
+            .arg(&self.config)
+            .arg("--credentials")
+            .arg(&self.credentials)
+            .args(["--bind", "127.0.0.1", "--port-offset", &offset.to_string()])
+            .args(extra);
+        let daemon = Daemon::spawn("portcullis", cmd, &self.dir)?;
+        wait_for_port(
+            SocketAddr::from(([127, 0, 0, 1], 443 + offset)),
+            Duration::from_secs(20),
+        )
+        .with_context(|| format!("gateway did not start:\n{}", daemon.log()))?;
+        Ok(Gateway {
+            https_port: 443 + offset,
+            http_port: 80 + offset,
+            ca: self.certs.ca_cert(),
+            client: (self.certs.client_cert(), self.certs.client_key()),
+            server: (self.certs.server_cert(), self.certs.server_key()),
+            daemon,
+        })
+    }
+}
+
+/// A running walkthrough gateway and the requests to send it.
+pub struct Gateway {
+    pub https_port: u16,
+    pub http_port: u16,
+    ca: PathBuf,
+    client: (PathBuf, PathBuf),
+    server: (PathBuf, PathBuf),
+    pub daemon: Daemon,
+}
+
+impl Gateway {
+    /// `https://test.com/<path>` with `identity`; returns the status code (`000`: no HTTP).
+    pub fn https(&self, path: &str, identity: Identity) -> Result<String> {
+        let resolve = format!("test.com:{}:127.0.0.1", self.https_port);
+        let mut args: Vec<&str> = vec!["--resolve", &resolve, "--cacert"];
+        args.push(self.ca.to_str().context("ca path")?);
+        let pair = match identity {
+            Identity::Anonymous => None,
+            Identity::Client => Some(&self.client),
+            Identity::Server => Some(&self.server),
+        };
+        if let Some((cert, key)) = pair {
+            args.extend([
+                "--cert",
+                cert.to_str().context("cert path")?,
+                "--key",
+                key.to_str().context("key path")?,
+            ]);
+        }
+        let url = format!("https://test.com:{}{path}", self.https_port);
+        Ok(curl(&url, &args)?.0)
+    }
+
+    /// Plain HTTP on the port-80 server; returns the status code.
+    pub fn http(&self, path: &str) -> Result<String> {
+        Ok(curl(&format!("http://127.0.0.1:{}{path}", self.http_port), &[])?.0)
+    }
+}
