@@ -1,6 +1,7 @@
 //! rustls server configurations built from credentials, and a look at the ClientHello before
 //! the handshake (SNI for routing and passthrough, TLS-or-plaintext for PERMISSIVE).
 
+pub mod client;
 pub mod credential;
 pub mod server;
 pub mod sniff;
