@@ -166,7 +166,7 @@
       d = `M${a.x},${a.y} Q${c.x},${c.y} ${b.x},${b.y}`;
       label = { x: 0.25 * a.x + 0.5 * c.x + 0.25 * b.x, y: 0.25 * a.y + 0.5 * c.y + 0.25 * b.y };
     }
-    svg("path", { class: "wire", d, "marker-end": "url(#arrow)" }, g);
+    svg("path", { class: "wire", d, "marker-end": `url(#arrow-${health(m.errorRate)})` }, g);
     const security = { mutual_tls: "mutual TLS", none: "plaintext" }[e.security] || "security unknown";
     svg("title", {}, g).textContent =
       `${e.source} → ${e.target}: ${security}` + (e.services.length ? `, ${e.services.join(", ")}` : "");
@@ -186,12 +186,12 @@
     } catch (_) {
       textW = 7 * Math.max(line1.textContent.length, line2.textContent.length);
     }
-    const w = textW + 38;
+    const w = textW + 42;
     bg.setAttribute("x", -w / 2);
     bg.setAttribute("width", w);
-    icon.setAttribute("transform", `translate(${-w / 2 + 15},-4)`);
-    line1.setAttribute("x", -w / 2 + 28);
-    line2.setAttribute("x", -w / 2 + 28);
+    icon.setAttribute("transform", `translate(${-w / 2 + 16},-4) scale(1.25)`);
+    line1.setAttribute("x", -w / 2 + 31);
+    line2.setAttribute("x", -w / 2 + 31);
   }
 
   function drawNode(layer, node, p) {
