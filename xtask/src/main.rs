@@ -1,4 +1,4 @@
-//! Developer workflows for Portcullis: `cargo xtask build|run|test|bench`.
+//! Developer workflows for Portcullis: `cargo xtask build|run|demo|test|bench`.
 
 mod bench;
 
@@ -39,6 +39,22 @@ enum Cmd {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(last = true)]
         cargo_test_args: Vec<String>,
+    },
+    /// `run`, plus the admin listener, and the address of its mesh graph page at the end.
+    ///
+    /// For now this is the ingress walkthrough on one node: the graph shows the unknown
+    /// clients and the gateway, with a closed lock on the mutual-TLS edge and an open one on
+    /// plain HTTP. The two-node auto-mTLS demo (client and server workloads, both reporters)
+    /// comes in a later round.
+    Demo {
+        #[arg(long)]
+        release: bool,
+        /// Added to the Gateway ports 80/443 (default: 0 as root, 8000 otherwise).
+        #[arg(long)]
+        port_offset: Option<u16>,
+        /// The admin listener (metrics, health, /graph). Keep it on loopback.
+        #[arg(long, default_value = "127.0.0.1:15000")]
+        admin: std::net::SocketAddr,
     },
     /// Benchmarks against nginx, HAProxy and no proxy, written to BENCHMARKS.md.
     Bench(bench::BenchArgs),
@@ -99,7 +115,8 @@ impl Drop for Children {
     }
 }
 
-fn run(release: bool, port_offset: Option<u16>) -> Result<()> {
+/// `admin`: the admin listener's address, passed on and its graph page announced (`demo`).
+fn run(release: bool, port_offset: Option<u16>, admin: Option<std::net::SocketAddr>) -> Result<()> {
     let bin = build(release)?;
     let ws = workspace();
     let certs = ws.join("demo/certs");
@@ -122,6 +139,9 @@ fn run(release: bool, port_offset: Option<u16>) -> Result<()> {
         .arg("--credentials")
         .arg(&certs)
         .args(["--port-offset", &offset.to_string()]);
+    if let Some(admin) = admin {
+        gateway.arg("--admin").arg(admin.to_string());
+    }
     children
         .0
         .push(gateway.spawn().context("starting the gateway")?);
@@ -140,6 +160,9 @@ fn run(release: bool, port_offset: Option<u16>) -> Result<()> {
          # 5. plain HTTP on the port-80 server\n\
          curl http://127.0.0.1:{http}/status/200 -i\n"
     );
+    if let Some(admin) = admin {
+        println!("Mesh graph (locks on the mutual-TLS edges): http://{admin}/graph\n");
+    }
     // The gateway is the main process: when it exits (Ctrl-C reaches the whole process
     // group), stop the backend too.
     let st = children.0[1].wait()?;
@@ -180,7 +203,12 @@ fn main() -> Result<()> {
         Cmd::Run {
             release,
             port_offset,
-        } => run(release, port_offset),
+        } => run(release, port_offset, None),
+        Cmd::Demo {
+            release,
+            port_offset,
+            admin,
+        } => run(release, port_offset, Some(admin)),
         Cmd::Test {
             no_lint,
             cargo_test_args,
