@@ -373,7 +373,12 @@ async fn run(args: RunArgs) -> Result<()> {
         let config_args = args.config;
         tokio::spawn(mesh::watch_and_reload(
             gateway.clone(),
-            config_args.paths(),
+            // Credentials are part of the snapshot: a renewed certificate is a reload too.
+            config_args
+                .paths()
+                .into_iter()
+                .chain(config_args.credentials.clone())
+                .collect(),
             move || load(&config_args),
             maps,
             std::time::Duration::from_millis(args.mesh.reload_ms),

@@ -8,25 +8,39 @@ use std::time::SystemTime;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Fingerprint(Vec<(PathBuf, u64, Option<SystemTime>)>);
 
-/// Fingerprints the files named, and the files directly inside named directories.
+/// Fingerprints the files named, and the files inside named directories down to `DEPTH`
+/// levels (a credential directory holds one directory per credential).
 pub fn fingerprint(paths: &[PathBuf]) -> Fingerprint {
+    const DEPTH: usize = 2;
     let mut out = Vec::new();
     for path in paths {
-        let mut files = vec![path.clone()];
-        if path.is_dir() {
-            files = std::fs::read_dir(path)
-                .map(|rd| rd.flatten().map(|e| e.path()).collect())
-                .unwrap_or_default();
-            files.sort();
-        }
-        for f in files {
-            let meta = std::fs::metadata(&f).ok();
-            let len = meta.as_ref().map_or(0, |m| m.len());
-            let modified = meta.and_then(|m| m.modified().ok());
-            out.push((f, len, modified));
-        }
+        collect(path, DEPTH, &mut out);
     }
     Fingerprint(out)
+}
+
+fn collect(
+    path: &std::path::Path,
+    depth: usize,
+    out: &mut Vec<(PathBuf, u64, Option<SystemTime>)>,
+) {
+    if path.is_dir() {
+        if depth == 0 {
+            return;
+        }
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+            .map(|rd| rd.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        entries.sort();
+        for e in entries {
+            collect(&e, depth - 1, out);
+        }
+        return;
+    }
+    let meta = std::fs::metadata(path).ok();
+    let len = meta.as_ref().map_or(0, |m| m.len());
+    let modified = meta.and_then(|m| m.modified().ok());
+    out.push((path.to_owned(), len, modified));
 }
 
 #[cfg(test)]
@@ -44,6 +58,14 @@ mod tests {
         let second = fingerprint(&paths);
         assert_ne!(first, second);
         std::fs::write(dir.path().join("b.yaml"), "b").expect("write");
-        assert_ne!(second, fingerprint(&paths));
+        let third = fingerprint(&paths);
+        assert_ne!(second, third);
+        std::fs::create_dir(dir.path().join("test.com")).expect("mkdir");
+        std::fs::write(dir.path().join("test.com/tls.key"), "k").expect("write");
+        assert_ne!(
+            third,
+            fingerprint(&paths),
+            "credential directories one level down count"
+        );
     }
 }
