@@ -10,83 +10,11 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use e2e::certs::{make_openssl_certs, OpensslCerts};
+use e2e::certs::make_openssl_certs;
 use e2e::process::{run, Daemon};
+use e2e::prometheus::Prometheus;
+use e2e::walkthrough::{curl, port_offset, routing, write_credential_dir, WALKTHROUGH};
 use e2e::{free_port, portcullis_bin, wait_for_port};
-
-/// The walkthrough's Gateway and AuthorizationPolicy (as in `ingress.rs`).
-const WALKTHROUGH: &str = r#"apiVersion: networking.istio.io/v1beta1
-kind: Gateway
-metadata: {name: httpbin, namespace: default}
-spec:
-  selector: {istio: ingressgateway}
-  servers:
-  - hosts: ['*']
-    port: {name: test, number: 80, protocol: HTTP}
-  - hosts: [test.com]
-    port: {number: 443, name: https, protocol: HTTPS}
-    tls: {mode: MUTUAL, credentialName: test.com}
----
-apiVersion: security.istio.io/v1beta1
-kind: AuthorizationPolicy
-metadata: {name: test, namespace: istio-system}
-spec:
-  action: DENY
-  rules:
-  - from: [{source: {principals: [test.client]}}]
-    to: [{operation: {paths: [/status/418]}}]
-  selector: {matchLabels: {istio: ingressgateway}}
-"#;
-
-fn routing(backend_port: u16) -> String {
-    format!(
-        r#"apiVersion: networking.istio.io/v1beta1
-kind: VirtualService
-metadata: {{name: httpbin, namespace: default}}
-spec:
-  hosts: ['*']
-  gateways: [httpbin]
-  http:
-  - route:
-    - destination: {{host: httpbin.default.svc.cluster.local, port: {{number: 8000}}}}
----
-apiVersion: networking.istio.io/v1beta1
-kind: ServiceEntry
-metadata: {{name: httpbin, namespace: default}}
-spec:
-  hosts: [httpbin.default.svc.cluster.local]
-  ports: [{{number: 8000, name: http, protocol: HTTP}}]
-  resolution: STATIC
-  endpoints: [{{address: 127.0.0.1, ports: {{http: {backend_port}}}}}]
-"#
-    )
-}
-
-/// Two free ports whose distance is the 80/443 distance, for `--port-offset`.
-fn port_offset() -> Result<u16> {
-    for _ in 0..50 {
-        let http = free_port()?;
-        if !(1100..=65000 - 363).contains(&http) {
-            continue;
-        }
-        let offset = http - 80;
-        if std::net::TcpListener::bind(("127.0.0.1", 443 + offset)).is_ok() {
-            return Ok(offset);
-        }
-    }
-    bail!("no free pair of ports for the gateway")
-}
-
-/// `curl -sS` to `url`, returning (status code, body). Extra args go before the URL.
-fn curl(url: &str, extra: &[&str]) -> Result<(String, String)> {
-    let out = run(Command::new("curl")
-        .args(["-sS", "--max-time", "10", "-w", "\n%{http_code}"])
-        .args(extra)
-        .arg(url))?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-    Ok((code.to_owned(), body.to_owned()))
-}
 
 /// The samples of one metric in a Prometheus text exposition: labels and value.
 fn samples(exposition: &str, metric: &str) -> Vec<(BTreeMap<String, String>, f64)> {
@@ -138,75 +66,6 @@ fn value(exposition: &str, metric: &str, want: &[(&str, &str)]) -> Result<f64> {
             matching.len()
         ),
     }
-}
-
-/// Debian's `prometheus`, on loopback, scraping the admin listener every second.
-struct Prometheus {
-    api: String,
-    daemon: Daemon,
-}
-
-impl Prometheus {
-    fn start(admin: &str, dir: &Path) -> Result<Self> {
-        if run(Command::new("prometheus").arg("--version")).is_err() {
-            bail!("`prometheus` is not installed (`apt-get install prometheus`; .ci/install-prereqs installs it)");
-        }
-        let config = dir.join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
-                 scrape_configs:\n\
-                 - job_name: portcullis\n  \
-                   metrics_path: /stats/prometheus\n  \
-                   static_configs: [{{targets: ['{admin}']}}]\n"
-            ),
-        )?;
-        let api = format!("127.0.0.1:{}", free_port()?);
-        let mut cmd = Command::new("prometheus");
-        cmd.arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("tsdb").display()
-            ))
-            .arg(format!("--web.listen-address={api}"));
-        let daemon = Daemon::spawn("prometheus", cmd, dir)?;
-        wait_for_port(api.parse()?, Duration::from_secs(30))
-            .with_context(|| format!("prometheus did not start:\n{}", daemon.log()))?;
-        Ok(Self { api, daemon })
-    }
-
-    /// Runs an instant query until its JSON result contains `want` (scrapes are 1s apart);
-    /// returns the result.
-    fn query_until(&self, promql: &str, want: &str) -> Result<String> {
-        let url = format!("http://{}/api/v1/query", self.api);
-        let mut last = String::new();
-        for _ in 0..60 {
-            let (code, body) = curl(
-                &url,
-                &["-G", "--data-urlencode", &format!("query={promql}")],
-            )?;
-            if code == "200" && body.contains(want) {
-                eprintln!("PromQL {promql}\n  => {body}");
-                return Ok(body);
-            }
-            last = body;
-            std::thread::sleep(Duration::from_millis(500));
-        }
-        bail!(
-            "PromQL {promql} never returned {want}; last answer: {last}\nprometheus log:\n{}",
-            self.daemon.log()
-        )
-    }
-}
-
-fn write_credential_dir(certs: &OpensslCerts, dir: &Path) -> Result<()> {
-    let cred = dir.join("test.com");
-    std::fs::create_dir_all(&cred)?;
-    std::fs::copy(certs.server_cert(), cred.join("tls.crt"))?;
-    std::fs::copy(certs.server_key(), cred.join("tls.key"))?;
-    std::fs::copy(certs.ca_cert(), cred.join("ca.crt"))?;
-    Ok(())
 }
 
 #[test]
