@@ -10,70 +10,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use e2e::certs::{make_openssl_certs, OpensslCerts};
 use e2e::process::{run, Daemon};
+use e2e::walkthrough::{port_offset, routing, write_credential_dir, WALKTHROUGH};
 use e2e::{free_port, portcullis_bin, wait_for_port};
-
-/// The issue's Gateway and AuthorizationPolicy, unchanged.
-const WALKTHROUGH: &str = r#"apiVersion: networking.istio.io/v1beta1
-kind: Gateway
-metadata: {name: httpbin, namespace: default}
-spec:
-  selector: {istio: ingressgateway}
-  servers:
-  - hosts: ['*']
-    port: {name: test, number: 80, protocol: HTTP}
-  - hosts: [test.com]
-    port: {number: 443, name: https, protocol: HTTPS}
-    tls: {mode: MUTUAL, credentialName: test.com}
----
-apiVersion: security.istio.io/v1beta1
-kind: AuthorizationPolicy
-metadata: {name: test, namespace: istio-system}
-spec:
-  action: DENY
-  rules:
-  - from: [{source: {principals: [test.client]}}]
-    to: [{operation: {paths: [/status/418]}}]
-  selector: {matchLabels: {istio: ingressgateway}}
-"#;
-
-fn routing(backend_port: u16) -> String {
-    format!(
-        r#"apiVersion: networking.istio.io/v1beta1
-kind: VirtualService
-metadata: {{name: httpbin, namespace: default}}
-spec:
-  hosts: ['*']
-  gateways: [httpbin]
-  http:
-  - route:
-    - destination: {{host: httpbin.default.svc.cluster.local, port: {{number: 8000}}}}
----
-apiVersion: networking.istio.io/v1beta1
-kind: ServiceEntry
-metadata: {{name: httpbin, namespace: default}}
-spec:
-  hosts: [httpbin.default.svc.cluster.local]
-  ports: [{{number: 8000, name: http, protocol: HTTP}}]
-  resolution: STATIC
-  endpoints: [{{address: 127.0.0.1, ports: {{http: {backend_port}}}}}]
-"#
-    )
-}
-
-/// Two free ports whose distance is the 80/443 distance, for `--port-offset`.
-fn port_offset() -> Result<u16> {
-    for _ in 0..50 {
-        let http = free_port()?;
-        if !(1100..=65000 - 363).contains(&http) {
-            continue;
-        }
-        let offset = http - 80;
-        if std::net::TcpListener::bind(("127.0.0.1", 443 + offset)).is_ok() {
-            return Ok(offset);
-        }
-    }
-    bail!("no free pair of ports for the gateway")
-}
 
 struct Curl<'a> {
     certs: &'a OpensslCerts,
@@ -116,15 +54,6 @@ impl Curl<'_> {
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         })
     }
-}
-
-fn write_credential_dir(certs: &OpensslCerts, dir: &Path) -> Result<()> {
-    let cred = dir.join("test.com");
-    std::fs::create_dir_all(&cred)?;
-    std::fs::copy(certs.server_cert(), cred.join("tls.crt"))?;
-    std::fs::copy(certs.server_key(), cred.join("tls.key"))?;
-    std::fs::copy(certs.ca_cert(), cred.join("ca.crt"))?;
-    Ok(())
 }
 
 /// The Kubernetes way: `kubectl create secret generic test.com --from-file=tls.key=…` gives a
