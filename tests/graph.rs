@@ -225,5 +225,19 @@ fn the_graph_page_shows_the_lock_on_the_mutual_tls_edge() -> Result<()> {
     );
     eprintln!("screenshot: {}", png.display());
 
+    // Prometheus gone: the page says so instead of drawing an empty mesh.
+    drop(prometheus);
+    let dom = chromium::dump_dom(&url, dir)?;
+    assert_eq!(
+        body_attrs(&dom).get("data-state").map(String::as_str),
+        Some("error"),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("Cannot load the graph: cannot reach Prometheus at http://"),
+        "{dom}"
+    );
+    assert!(edges(&dom).is_empty(), "{dom}");
+
     Ok(())
 }

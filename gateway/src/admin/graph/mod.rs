@@ -424,6 +424,42 @@ mod tests {
         assert!(g.nodes.iter().all(|n| !n.local));
     }
 
+    #[tokio::test]
+    async fn data_reads_the_local_registry_unless_a_prometheus_is_configured() {
+        use crate::admin::metrics::Workload;
+        let metrics = Metrics::new(Workload {
+            name: "portcullis".to_owned(),
+            namespace: "istio-system".to_owned(),
+        });
+        let (status, body) = data(&metrics, None, None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(body.contains(r#""source":"local""#), "{body}");
+        assert!(
+            body.contains(r#""local":true"#),
+            "the gateway is a node before any traffic: {body}"
+        );
+        let (status, body) = data(&metrics, None, Some("source=prometheus")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body.contains("--prometheus URL"), "{body}");
+        let (status, body) = data(&metrics, None, Some("x=1&source=kiali")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body.contains(r#"unknown source \"kiali\""#), "{body}");
+
+        // A configured but absent Prometheus is the default source, and a 502 that names it;
+        // ?source=local still answers from the registry.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let prometheus = Prometheus::new(format!("http://127.0.0.1:{port}").parse().unwrap());
+        let (status, body) = data(&metrics, Some(&prometheus), None).await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+        assert!(body.contains(&format!("127.0.0.1:{port}")), "{body}");
+        let (status, body) = data(&metrics, Some(&prometheus), Some("source=local")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+
     #[test]
     fn the_document_uses_istio_spellings() {
         let gw = w("portcullis", "istio-system");
