@@ -5,6 +5,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -254,13 +255,32 @@ impl Lab {
                 .arg(dir.join("nginx.conf")),
             &log,
         )?;
-        sys::wait_for_port(&mut proc, &log, self.upstream_port)?;
+        sys::wait_for_port(&mut proc, &log, self.upstream_port, Duration::from_secs(10))?;
         Ok(proc)
     }
 
     /// Starts `target` with `certs` on a fresh port, pinned to the proxy core, and waits until
     /// it accepts connections. Direct starts nothing.
     pub fn start(&self, target: Target, certs: &Certs) -> Result<Running> {
+        self.start_wrapped(target, certs, &[], Duration::from_secs(10))
+    }
+
+    /// [`Lab::start`] with the proxy run under `wrapper` (e.g. valgrind), which may start
+    /// slowly: `startup` bounds the wait for its port.
+    pub fn start_wrapped(
+        &self,
+        target: Target,
+        certs: &Certs,
+        wrapper: &[String],
+        startup: Duration,
+    ) -> Result<Running> {
+        let proxy = |program: &Path| {
+            let mut cmd = pinned(PROXY_CORE, wrapper.first().map_or(program, Path::new));
+            if !wrapper.is_empty() {
+                cmd.args(&wrapper[1..]).arg(program);
+            }
+            cmd
+        };
         if target == Target::Direct {
             return Ok(Running {
                 target,
@@ -279,7 +299,7 @@ impl Lab {
                     &conf,
                     nginx_conf(&dir, self.nofile, certs, port, self.upstream_port),
                 )?;
-                let mut cmd = pinned(PROXY_CORE, "nginx");
+                let mut cmd = proxy(Path::new("nginx"));
                 cmd.arg("-e")
                     .arg(dir.join("error.log"))
                     .arg("-p")
@@ -292,7 +312,7 @@ impl Lab {
                 let port = sys::free_port()?;
                 let conf = dir.join("haproxy.cfg");
                 std::fs::write(&conf, haproxy_conf(certs, port, self.upstream_port))?;
-                let mut cmd = pinned(PROXY_CORE, "haproxy");
+                let mut cmd = proxy(Path::new("haproxy"));
                 // -db: foreground, one process.
                 cmd.arg("-db").arg("-f").arg(conf);
                 (port, cmd)
@@ -301,7 +321,7 @@ impl Lab {
                 let port = portcullis_port()?;
                 let conf = dir.join("config.yaml");
                 std::fs::write(&conf, portcullis_conf(self.upstream_port))?;
-                let mut cmd = pinned(PROXY_CORE, &self.portcullis);
+                let mut cmd = proxy(&self.portcullis);
                 cmd.arg("run")
                     .arg("-c")
                     .arg(conf)
@@ -317,7 +337,7 @@ impl Lab {
         };
         let mut proc = Proc::spawn(target.name(), &mut cmd, &log)
             .with_context(|| format!("starting {target}"))?;
-        sys::wait_for_port(&mut proc, &log, port)?;
+        sys::wait_for_port(&mut proc, &log, port, startup)?;
         Ok(Running {
             target,
             port,

@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 
 use super::charts::{bars, grouped_bars};
 use super::idle::IdleRecord;
+use super::instr::InstrRecord;
 use super::peers::Target;
 use super::scenarios::{Record, Suite};
 use super::sys::Machine;
@@ -27,9 +28,12 @@ pub struct Inputs<'a> {
     pub command_line: &'a str,
     pub authz: &'a [AuthzRow],
     pub idle: &'a [IdleRecord],
+    pub instr: &'a [InstrRecord],
     pub upstream_conf: &'a str,
     pub nginx_conf: &'a str,
     pub haproxy_conf: &'a str,
+    /// Hand-written analysis (`BENCHMARKS/NOTES.md`), kept across runs.
+    pub notes: &'a str,
 }
 
 /// A target met or missed, for the closing list.
@@ -269,12 +273,12 @@ pub fn write(root: &Path, inputs: &Inputs<'_>) -> Result<String> {
     // Scenario 6.
     authz_section(&mut md, inputs.authz, &mut verdicts, &charts)?;
 
+    instr_section(&mut md, inputs.instr)?;
     writeln!(
         md,
-        "## 7. STRICT rejection and instructions per request\n\n\
-         Not measured yet: the kernel path needs a network namespace of its own for the STRICT \
-         rejection rate, and `perf stat -e instructions` reports `<not supported>` on this \
-         virtual machine (no PMU); a callgrind count is the planned replacement.\n"
+        "## 7. STRICT rejection\n\n\
+         Not measured yet: the kernel path's rejection rate needs the suite to set up a network \
+         namespace and attach `portcullis kernel` there, and a plaintext-connection driver.\n"
     )?;
 
     writeln!(
@@ -286,6 +290,14 @@ pub fn write(root: &Path, inputs: &Inputs<'_>) -> Result<String> {
     }
     writeln!(md)?;
 
+    if !inputs.notes.trim().is_empty() {
+        writeln!(
+            md,
+            "## Analysis\n\n_Hand-written in `BENCHMARKS/NOTES.md` and copied here by every run; \
+             its figures are from the run it names._\n\n{}\n",
+            inputs.notes.trim()
+        )?;
+    }
     writeln!(md, "## Reproduce\n\n```sh\n{}\n```\n", inputs.command_line)?;
     writeln!(
         md,
@@ -532,6 +544,41 @@ fn idle_section(md: &mut String, idle: &[IdleRecord], verdicts: &mut Vec<Verdict
             ),
         });
     }
+    Ok(())
+}
+
+fn instr_section(md: &mut String, instr: &[InstrRecord]) -> Result<()> {
+    writeln!(
+        md,
+        "## Instructions per request (callgrind)\n\n\
+         `perf stat -e instructions` reports `<not supported>` on this virtual machine (no PMU), \
+         so each proxy runs under `valgrind --tool=callgrind`; after 200 warm-up requests its \
+         counters are zeroed and oha sends a fixed number of keep-alive HTTP/1.1 requests for \
+         the 1 KB file on one mTLS connection (its one handshake is in the count). The count \
+         does not depend on the machine's other load, so a regression shows here first.\n"
+    )?;
+    if instr.is_empty() {
+        writeln!(md, "Not run.\n")?;
+        return Ok(());
+    }
+    let best = instr
+        .iter()
+        .filter(|r| r.target != Target::Portcullis)
+        .map(InstrRecord::per_request)
+        .reduce(f64::min);
+    writeln!(md, "| target | requests | instructions | per request | × best peer |\n|---|---:|---:|---:|---:|")?;
+    for r in instr {
+        writeln!(
+            md,
+            "| {} | {} | {} | {:.0} | {} |",
+            r.target,
+            r.requests,
+            r.instructions,
+            r.per_request(),
+            best.map_or("–".into(), |b| ratio(r.per_request(), b))
+        )?;
+    }
+    writeln!(md)?;
     Ok(())
 }
 

@@ -168,8 +168,8 @@ impl Drop for Proc {
 }
 
 /// Waits until something accepts TCP connections on `127.0.0.1:port`.
-pub fn wait_for_port(proc: &mut Proc, log: &Path, port: u16) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
+pub fn wait_for_port(proc: &mut Proc, log: &Path, port: u16, within: Duration) -> Result<()> {
+    let deadline = Instant::now() + within;
     while Instant::now() < deadline {
         proc.check_alive(log)?;
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -191,10 +191,15 @@ pub fn free_port() -> Result<u16> {
         .port())
 }
 
+/// USER_HZ, the unit of the times in `/proc/PID/stat`.
 fn clock_ticks() -> f64 {
-    // SAFETY-free: sysconf is not exposed without libc; USER_HZ is 100 on every Linux ABI the
-    // suite runs on (it is fixed by the kernel ABI, not by CONFIG_HZ).
-    100.0
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz > 0 {
+        hz as f64
+    } else {
+        100.0
+    }
 }
 
 /// user+system CPU seconds of a process and all its threads.

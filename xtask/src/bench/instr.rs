@@ -1,0 +1,140 @@
+//! Instructions per request: a figure that does not drift with the machine's other load.
+//! Hardware counters (`perf stat -e instructions`) are often missing on virtual machines, so
+//! each proxy runs under `valgrind --tool=callgrind`; after a warm-up its counters are zeroed
+//! (`callgrind_control --zero`), oha sends a fixed number of keep-alive requests, and the
+//! dump (`callgrind_control --dump`) holds the instructions those requests cost.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use super::oha::{self, Load};
+use super::peers::{Certs, Lab, Target, SMALL_PATH};
+
+#[derive(Clone, Debug, Serialize)]
+pub struct InstrRecord {
+    pub target: Target,
+    pub requests: u64,
+    pub instructions: u64,
+}
+
+impl InstrRecord {
+    pub fn per_request(&self) -> f64 {
+        self.instructions as f64 / self.requests.max(1) as f64
+    }
+}
+
+fn callgrind_control(arg: &str, pid: u32) -> Result<()> {
+    let out = Command::new("callgrind_control")
+        .arg(arg)
+        .arg(pid.to_string())
+        .stdin(Stdio::null())
+        .output()
+        .context("running callgrind_control")?;
+    if !out.status.success() {
+        bail!(
+            "callgrind_control {arg} {pid}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// The `summary:`/`totals:` instruction count of the newest dump file in `dir`.
+fn dumped_instructions(dir: &Path) -> Result<u64> {
+    let newest = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("callgrind.out") && n.ends_with(".1"))
+        })
+        .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok())
+        .with_context(|| format!("no callgrind dump in {dir:?}"))?;
+    let text = std::fs::read_to_string(&newest)?;
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("summary:")
+                .or_else(|| l.strip_prefix("totals:"))
+        })
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .with_context(|| format!("no instruction total in {newest:?}"))
+}
+
+/// Waits (bounded) until a dump file appears: callgrind writes it when it next schedules.
+fn wait_for_dump(dir: &Path) -> Result<u64> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match dumped_instructions(dir) {
+            Ok(n) => return Ok(n),
+            Err(e) if Instant::now() > deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// Measures every proxy with `requests` keep-alive HTTP/1.1 requests on one connection (its
+/// one handshake is in the count, amortized over the requests).
+pub fn measure(
+    lab: &Lab,
+    certs: &Certs,
+    raw_dir: &Path,
+    requests: u64,
+) -> Result<Vec<InstrRecord>> {
+    eprintln!("bench: instructions per request under callgrind, {requests} keep-alive requests");
+    let mut out = Vec::new();
+    for target in Target::PROXIES {
+        let dir: PathBuf = lab.work.join(format!("callgrind-{target}"));
+        std::fs::create_dir_all(&dir)?;
+        let wrapper = vec![
+            "valgrind".to_owned(),
+            "--tool=callgrind".to_owned(),
+            format!("--callgrind-out-file={}/callgrind.out.%p", dir.display()),
+        ];
+        let running = lab.start_wrapped(target, certs, &wrapper, Duration::from_secs(120))?;
+        let pid = running.pid().context("a proxy has a pid")?;
+        let load = |n: u64| Load {
+            path: SMALL_PATH,
+            connections: 1,
+            duration: Duration::from_secs(300),
+            requests: Some(n),
+            http2: false,
+            disable_keepalive: false,
+            rate: None,
+        };
+        // Warm-up: connections set up, pools filled, lazy state built.
+        oha::run(
+            &load(200),
+            &running,
+            certs,
+            &raw_dir.join("instr-warmup.json"),
+        )?;
+        callgrind_control("--zero", pid)?;
+        let raw = raw_dir.join(format!("instr-{target}.json"));
+        let s = oha::run(&load(requests), &running, certs, &raw)?;
+        if s.count("200") != requests {
+            bail!(
+                "{target}: {} of {requests} requests got a 200",
+                s.count("200")
+            );
+        }
+        callgrind_control("--dump", pid)?;
+        let instructions = wait_for_dump(&dir)?;
+        drop(running);
+        let rec = InstrRecord {
+            target,
+            requests,
+            instructions,
+        };
+        eprintln!(
+            "bench:   {target:<10} {:.0} instructions/request",
+            rec.per_request()
+        );
+        out.push(rec);
+    }
+    Ok(out)
+}
