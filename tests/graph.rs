@@ -5,6 +5,7 @@
 //! an open one on the plaintext edge. A screenshot is left in `target/graph.png`.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use e2e::chromium;
@@ -96,7 +97,7 @@ fn body_attrs(dom: &str) -> BTreeMap<String, String> {
 
 /// Loads `url` in Chromium and checks the two edges into the gateway: a closed lock on the
 /// mutual-TLS one, an open lock on the plaintext one, and nothing else. Returns them.
-fn check_page(url: &str, source: &str, scratch: &std::path::Path) -> Result<Vec<DomEdge>> {
+fn check_page(url: &str, source: &str, scratch: &Path) -> Result<Vec<DomEdge>> {
     let dom = chromium::dump_dom(url, scratch)?;
     let body = body_attrs(&dom);
     assert_eq!(
@@ -125,6 +126,35 @@ fn check_page(url: &str, source: &str, scratch: &std::path::Path) -> Result<Vec<
         "{url}: the gateway and unknown nodes are missing:\n{dom}"
     );
     Ok(all)
+}
+
+/// `png` is a PNG of `width`×`height` with more in it than a blank page.
+fn check_png(png: &Path, (width, height): (u32, u32)) -> Result<()> {
+    let bytes = std::fs::read(png).with_context(|| format!("reading {}", png.display()))?;
+    assert!(
+        bytes.starts_with(b"\x89PNG\r\n\x1a\n"),
+        "{} is not a PNG",
+        png.display()
+    );
+    // IHDR: width and height, big-endian, right after the signature and the chunk header.
+    let size = |at: usize| {
+        bytes
+            .get(at..at + 4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    assert_eq!(
+        (size(16), size(20)),
+        (Some(width), Some(height)),
+        "{}",
+        png.display()
+    );
+    assert!(
+        bytes.len() > 20_000,
+        "{} is {} bytes: a blank page?",
+        png.display(),
+        bytes.len()
+    );
+    Ok(())
 }
 
 #[test]
@@ -200,30 +230,16 @@ fn the_graph_page_shows_the_lock_on_the_mutual_tls_edge() -> Result<()> {
         "one request in two is a 403: {locked:#?}"
     );
 
-    // What an operator sees.
-    let png = target_dir().join("graph.png");
+    // What an operator sees: the mesh from Prometheus, and this gateway's own totals.
     std::fs::create_dir_all(target_dir())?;
+    let png = target_dir().join("graph.png");
     chromium::screenshot(&url, &png, (1200, 800), dir)?;
-    let bytes = std::fs::read(&png).with_context(|| format!("reading {}", png.display()))?;
-    assert!(
-        bytes.starts_with(b"\x89PNG\r\n\x1a\n"),
-        "{} is not a PNG",
-        png.display()
-    );
-    // IHDR: width and height, big-endian, right after the signature and the chunk header.
-    let size = |at: usize| {
-        bytes
-            .get(at..at + 4)
-            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-    };
-    assert_eq!((size(16), size(20)), (Some(1200), Some(800)));
-    assert!(
-        bytes.len() > 20_000,
-        "{} is {} bytes: a blank page?",
-        png.display(),
-        bytes.len()
-    );
-    eprintln!("screenshot: {}", png.display());
+    check_png(&png, (1200, 800))?;
+    let local_png = target_dir().join("graph-local.png");
+    let local_url = format!("http://{admin}/graph?source=local");
+    chromium::screenshot(&local_url, &local_png, (1200, 800), dir)?;
+    check_png(&local_png, (1200, 800))?;
+    eprintln!("screenshots: {} {}", png.display(), local_png.display());
 
     // Prometheus gone: the page says so instead of drawing an empty mesh.
     drop(prometheus);
