@@ -232,9 +232,21 @@ fn load(args: &ConfigArgs) -> Result<config::Snapshot, config::ConfigErrors> {
     config::compile(config::load_paths(&args.paths())?, settings)
 }
 
-fn main() -> Result<()> {
+/// Errors are printed as a cause chain (`error: …: …`), never as a backtrace: what an operator
+/// needs is the file, line and field, which the messages carry.
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    match run_command(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_command(cli: Cli) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -253,7 +265,7 @@ fn main() -> Result<()> {
             }
             // Exit status 1 means "denied", so errors take 2, like usage errors.
             Command::Explain(args) => explain_cmd(args).or_else(|e| {
-                eprintln!("Error: {e:?}");
+                eprintln!("error: {e:#}");
                 std::process::exit(2)
             }),
         }

@@ -278,6 +278,11 @@ fn yaml_error(origin: &Origin, kind: Option<&'static str>, e: &serde_norway::Err
         Some(at) => message[..at].to_owned(),
         None => message,
     };
+    // It also starts the message with the field path, which the error prints on its own.
+    let message = match message.split_once(": ") {
+        Some((path, rest)) if !path.contains(' ') && path.contains('.') => rest.to_owned(),
+        _ => message,
+    };
     ConfigError {
         line: line.or(Some(origin.first_line)),
         ..located(origin, kind, message)
