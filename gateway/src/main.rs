@@ -93,6 +93,13 @@ struct ConfigArgs {
     /// the credential of this name as its identity and its `ca.crt` as the mesh CA.
     #[arg(long, value_name = "NAME")]
     mesh_credential: Option<String>,
+    /// This node's own WorkloadEntry (`name` or `namespace/name`) when the configuration
+    /// describes several workloads; the others are mesh destinations.
+    #[arg(long, value_name = "NAME")]
+    workload: Option<String>,
+    /// SPIFFE trust domain of workload identities.
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
 }
 
 #[derive(clap::Args)]
@@ -228,6 +235,8 @@ fn load(args: &ConfigArgs) -> Result<config::Snapshot, config::ConfigErrors> {
         gateway_namespace: args.namespace.clone(),
         credential_dirs: args.credentials.clone(),
         mesh_credential: args.mesh_credential.clone(),
+        local_workload: args.workload.clone(),
+        trust_domain: args.trust_domain.clone(),
     };
     config::compile(config::load_paths(&args.paths())?, settings)
 }

@@ -66,6 +66,29 @@ pub struct RequestLabels {
     pub connection_security_policy: &'static str,
 }
 
+impl TcpLabels {
+    /// The request label set: these labels plus the response code.
+    pub fn with_response_code(self, response_code: u16) -> RequestLabels {
+        RequestLabels {
+            reporter: self.reporter,
+            source_workload: self.source_workload,
+            source_workload_namespace: self.source_workload_namespace,
+            source_principal: self.source_principal,
+            source_app: self.source_app,
+            destination_workload: self.destination_workload,
+            destination_workload_namespace: self.destination_workload_namespace,
+            destination_principal: self.destination_principal,
+            destination_service: self.destination_service,
+            destination_service_name: self.destination_service_name,
+            destination_service_namespace: self.destination_service_namespace,
+            request_protocol: self.request_protocol,
+            response_code,
+            response_flags: self.response_flags,
+            connection_security_policy: self.connection_security_policy,
+        }
+    }
+}
+
 /// The labels of Istio's TCP metrics: the HTTP set without `response_code`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TcpLabels {
@@ -324,33 +347,29 @@ impl Metrics {
     /// Counts one HTTP request in the four Istio request metrics.
     pub fn record_request(&self, r: &RequestRecord<'_>) {
         let t = self.tcp_labels(r.conn, r.service, r.protocol, r.flags);
-        let labels = RequestLabels {
-            reporter: t.reporter,
-            source_workload: t.source_workload,
-            source_workload_namespace: t.source_workload_namespace,
-            source_principal: t.source_principal,
-            source_app: t.source_app,
-            destination_workload: t.destination_workload,
-            destination_workload_namespace: t.destination_workload_namespace,
-            destination_principal: t.destination_principal,
-            destination_service: t.destination_service,
-            destination_service_name: t.destination_service_name,
-            destination_service_namespace: t.destination_service_namespace,
-            request_protocol: t.request_protocol,
-            response_code: r.status,
-            response_flags: t.response_flags,
-            connection_security_policy: t.connection_security_policy,
-        };
-        self.requests.get_or_create(&labels).inc();
+        let labels = t.with_response_code(r.status);
+        self.record_request_labels(&labels, r.duration, r.request_bytes, r.response_bytes);
+    }
+
+    /// Counts one HTTP request under labels the caller built: the outbound side reports as
+    /// `reporter="source"` about a destination it verified.
+    pub fn record_request_labels(
+        &self,
+        labels: &RequestLabels,
+        duration: Duration,
+        request_bytes: u64,
+        response_bytes: u64,
+    ) {
+        self.requests.get_or_create(labels).inc();
         self.request_duration
-            .get_or_create(&labels)
-            .observe(r.duration.as_secs_f64() * 1000.0);
+            .get_or_create(labels)
+            .observe(duration.as_secs_f64() * 1000.0);
         self.request_bytes
-            .get_or_create(&labels)
-            .observe(r.request_bytes as f64);
+            .get_or_create(labels)
+            .observe(request_bytes as f64);
         self.response_bytes
-            .get_or_create(&labels)
-            .observe(r.response_bytes as f64);
+            .get_or_create(labels)
+            .observe(response_bytes as f64);
     }
 
     /// The label set of a connection to `service` (None: no route).
@@ -367,19 +386,36 @@ impl Metrics {
             .and_then(|c| c.identity.as_ref())
             .and_then(|i| i.namespace());
         let (service_name, service_namespace) = service.map_or((UNKNOWN, UNKNOWN), split_service);
+        // On the mesh terminator, the destination is this node's workload, and a mesh client's
+        // service account stands in for its workload name (Istio learns it from a metadata
+        // exchange Portcullis does not do; the SPIFFE id is what was verified).
+        let (destination_workload, destination_namespace) = match &conn.inbound {
+            Some(t) => (t.workload_name.clone(), t.workload_namespace.clone()),
+            None => (self.workload.name.clone(), self.workload.namespace.clone()),
+        };
+        let source_workload = match (
+            &conn.inbound,
+            conn.peer_cert.as_ref().and_then(|c| c.identity.as_ref()),
+        ) {
+            (
+                Some(_),
+                Some(crate::identity::Identity::Workload {
+                    service_account, ..
+                }),
+            ) => service_account.clone(),
+            _ => UNKNOWN.to_owned(),
+        };
         TcpLabels {
             reporter: "destination",
-            // Istio reads the workload and app from the peer's metadata exchange, which a
-            // client outside the mesh does not send.
-            source_workload: UNKNOWN.to_owned(),
+            source_workload,
             source_workload_namespace: source_namespace.unwrap_or(UNKNOWN).to_owned(),
             source_principal: conn
                 .principal
                 .as_ref()
                 .map_or_else(|| UNKNOWN.to_owned(), |p| format!("spiffe://{p}")),
             source_app: UNKNOWN.to_owned(),
-            destination_workload: self.workload.name.clone(),
-            destination_workload_namespace: self.workload.namespace.clone(),
+            destination_workload,
+            destination_workload_namespace: destination_namespace,
             destination_principal: UNKNOWN.to_owned(),
             destination_service: service.unwrap_or(UNKNOWN).to_owned(),
             destination_service_name: service_name.to_owned(),
@@ -447,7 +483,7 @@ impl Metrics {
 
 /// `httpbin.default.svc.cluster.local` → (`httpbin`, `default`); any other host is its own
 /// name in an unknown namespace.
-fn split_service(host: &str) -> (&str, &str) {
+pub fn split_service(host: &str) -> (&str, &str) {
     let mut parts = host.splitn(3, '.');
     match (parts.next(), parts.next(), parts.next()) {
         (Some(name), Some(ns), Some(rest)) if rest.starts_with("svc") => (name, ns),

@@ -28,8 +28,13 @@ pub struct Settings {
     pub gateway_namespace: String,
     /// Directories holding `<credentialName>/{tls.crt,tls.key,ca.crt}`.
     pub credential_dirs: Vec<PathBuf>,
-    /// The credential of this node's workload: set, it turns on the mesh terminator.
+    /// The credential of this node's workload: set, it turns on the mesh side.
     pub mesh_credential: Option<String>,
+    /// Which WorkloadEntry is this node's own (`name` or `namespace/name`); the others are
+    /// mesh destinations. Needed only when the configuration has several.
+    pub local_workload: Option<String>,
+    /// The SPIFFE trust domain of workload identities.
+    pub trust_domain: String,
 }
 
 impl Default for Settings {
@@ -40,6 +45,8 @@ impl Default for Settings {
             gateway_namespace: "istio-system".to_owned(),
             credential_dirs: Vec::new(),
             mesh_credential: None,
+            local_workload: None,
+            trust_domain: "cluster.local".to_owned(),
         }
     }
 }
@@ -74,7 +81,7 @@ pub fn compile(resources: Resources, settings: Settings) -> Result<Snapshot, Con
         .map_err(|ConfigErrors(mut e)| errors.append(&mut e))
         .ok();
     let mesh = match &settings.mesh_credential {
-        Some(name) => mesh_inbound(name, &resources, &settings, &mut errors),
+        Some(name) => super::mesh::compile_mesh(name, &resources, &settings, &mut errors),
         None => None,
     };
     match authz {
@@ -89,73 +96,6 @@ pub fn compile(resources: Resources, settings: Settings) -> Result<Snapshot, Con
         }),
         _ => Err(ConfigErrors(errors)),
     }
-}
-
-/// Builds the terminator's config for the node's workload: its credential (named on the
-/// command line), the WorkloadEntry that describes it, its policies and port modes.
-fn mesh_inbound(
-    name: &str,
-    resources: &Resources,
-    settings: &Settings,
-    errors: &mut Vec<ConfigError>,
-) -> Option<MeshInbound> {
-    let flag_error = |msg: String| ConfigError::file("--mesh-credential", msg);
-    let cred = match load_credential(&flag_error, name, settings, resources) {
-        Ok(c) => c,
-        Err(e) => {
-            errors.push(e);
-            return None;
-        }
-    };
-    if cred.roots.is_none() {
-        errors.push(flag_error(format!(
-            "credential {name:?} has no ca.crt: mesh clients cannot be verified"
-        )));
-        return None;
-    }
-    let Some(workload) = resources.workload_entries.first() else {
-        errors.push(flag_error(
-            "the mesh terminator needs a WorkloadEntry describing this node's workload (address, ports, labels)".to_owned(),
-        ));
-        return None;
-    };
-    if let Some(other) = resources.workload_entries.get(1) {
-        tracing::warn!(
-            used = %workload.display_name(),
-            ignored = %other.display_name(),
-            "one workload per node for now: policies are compiled for the first WorkloadEntry"
-        );
-    }
-    let tls = match server_config(
-        &cred,
-        ServerTlsMode::Mutual,
-        TlsVersions::default(),
-        &[b"h2", b"http/1.1"],
-    ) {
-        Ok(t) => t,
-        Err(e) => {
-            errors.push(flag_error(format!("credential {name:?}: {e}")));
-            return None;
-        }
-    };
-    let scope = AuthzScope {
-        root_namespace: settings.root_namespace.clone(),
-        workload_namespace: workload.namespace().to_owned(),
-        workload_labels: workload.spec.labels.clone(),
-    };
-    let authz = Authorizer::compile(&resources.authorization_policies, &scope)
-        .map_err(|ConfigErrors(mut e)| errors.append(&mut e))
-        .ok()?;
-    let modes = crate::policy::peer_auth::port_modes(resources, &settings.root_namespace)
-        .map_err(|mut e| errors.append(&mut e))
-        .ok()?;
-    Some(MeshInbound {
-        credential_name: name.to_owned(),
-        tls,
-        authz: Arc::new(authz),
-        modes,
-        workload: format!("{}/{}", workload.namespace(), workload.metadata.name),
-    })
 }
 
 fn is_subset(selector: &Labels, labels: &Labels) -> bool {
@@ -403,7 +343,7 @@ fn tls_versions(
 /// then any) or as a directory `<dir>/<name>/`, and parses it.
 /// `referrer` makes the error at the place that named the credential (a Gateway server's
 /// `credentialName`, or the mesh credential flag).
-fn load_credential(
+pub(super) fn load_credential(
     referrer: &dyn Fn(String) -> ConfigError,
     name: &str,
     settings: &Settings,

@@ -13,6 +13,7 @@ pub mod compile;
 pub mod error;
 pub mod hosts;
 pub mod load;
+pub mod mesh;
 pub mod model;
 pub mod resources;
 pub mod watch;

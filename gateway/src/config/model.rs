@@ -178,20 +178,38 @@ impl Routes {
 /// Credentials by `credentialName`, parsed and checked.
 pub type Credentials = BTreeMap<String, Arc<Credential>>;
 
-/// The mesh terminator's side of the snapshot: what steered connections to this node's
-/// workload are checked against.
+/// This node's side of the mesh: its workload, its identity, what steered connections to it
+/// are checked against, and the mesh destinations its clients' connections are upgraded for.
 #[derive(Clone, Debug)]
 pub struct MeshInbound {
-    /// The workload credential's name (its certificate is what mesh clients see).
+    /// The workload credential's name (its certificate is what mesh peers see).
     pub credential_name: String,
+    /// The workload's credential: presented to servers by the outbound side.
+    pub credential: Arc<Credential>,
     /// MUTUAL: clients must present a certificate from the mesh CA (`ca.crt`).
     pub tls: Arc<rustls::ServerConfig>,
     /// AuthorizationPolicies compiled for this workload's namespace and labels.
     pub authz: Arc<crate::policy::authz::Authorizer>,
     /// PeerAuthentication mode of each workload port; the kernel maps get the same table.
     pub modes: BTreeMap<u16, crate::policy::peer_auth::PeerAuthMode>,
-    /// `namespace/name` of the WorkloadEntry this node serves.
+    /// This node's WorkloadEntry: `namespace/name`.
     pub workload: String,
+    /// The workload's name and namespace, for metrics.
+    pub workload_name: String,
+    pub workload_namespace: String,
+    /// Mesh destinations by address: other WorkloadEntries and ServiceEntry endpoints.
+    pub destinations: BTreeMap<std::net::SocketAddr, MeshDestination>,
+}
+
+/// A mesh workload this node's clients may call, and who it must prove to be.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MeshDestination {
+    pub workload: String,
+    pub namespace: String,
+    /// The service host that names it (a ServiceEntry selecting it), else the workload name.
+    pub service: String,
+    /// Secure naming: the SPIFFE ids the server may present.
+    pub identities: Vec<crate::identity::Identity>,
 }
 
 impl MeshInbound {

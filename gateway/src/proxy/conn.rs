@@ -32,6 +32,9 @@ pub struct InboundTarget {
     pub app: SocketAddr,
     /// AuthorizationPolicies compiled for this workload.
     pub authz: Arc<crate::policy::authz::Authorizer>,
+    /// This node's workload, reported as the destination in metrics.
+    pub workload_name: String,
+    pub workload_namespace: String,
 }
 
 impl ConnInfo {

@@ -102,6 +102,8 @@ async fn handle(
     let target = Arc::new(InboundTarget {
         app: SocketAddr::new(APP_LOOPBACK, port),
         authz: mesh.authz.clone(),
+        workload_name: mesh.workload_name.clone(),
+        workload_namespace: mesh.workload_namespace.clone(),
     });
     let mut conn = ConnInfo {
         peer,
@@ -233,10 +235,14 @@ mod tests {
             compile(Resources::default(), Settings::default()).expect("empty snapshot");
         snapshot.mesh = Some(MeshInbound {
             credential_name: "server".into(),
+            credential: Arc::new(cred),
             tls,
             authz,
             modes: BTreeMap::from([(port, mode)]),
             workload: "default/server".into(),
+            workload_name: "server".into(),
+            workload_namespace: "default".into(),
+            destinations: BTreeMap::new(),
         });
         let gateway = Gateway::new(snapshot);
         tokio::spawn(serve_inbound(gateway, listener, async move {

@@ -9,6 +9,7 @@ pub mod http;
 pub mod inbound;
 pub mod io;
 pub mod listener;
+pub mod outbound;
 pub mod upstream;
 
 use std::sync::atomic::{AtomicU64, Ordering};

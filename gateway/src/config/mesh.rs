@@ -1,0 +1,249 @@
+//! The mesh part of a snapshot: this node's workload (its credential, policies and port
+//! modes) and the mesh destinations its clients call (with the identities secure naming
+//! expects of them).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use super::compile::{load_credential, Settings};
+use super::model::{MeshDestination, MeshInbound};
+use super::resources::WorkloadEntrySpec;
+use super::{ConfigError, ConfigErrors, Doc, Resources};
+use crate::identity::Identity;
+use crate::policy::authz::{Authorizer, AuthzScope};
+use crate::tls::{server_config, ServerTlsMode, TlsVersions};
+
+/// Builds the mesh section for the credential `name` (the `--mesh-credential` flag).
+pub fn compile_mesh(
+    name: &str,
+    resources: &Resources,
+    settings: &Settings,
+    errors: &mut Vec<ConfigError>,
+) -> Option<MeshInbound> {
+    let flag_error = |msg: String| ConfigError::file("--mesh-credential", msg);
+    let cred = match load_credential(&flag_error, name, settings, resources) {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            errors.push(e);
+            return None;
+        }
+    };
+    if cred.roots.is_none() {
+        errors.push(flag_error(format!(
+            "credential {name:?} has no ca.crt: mesh peers cannot be verified"
+        )));
+        return None;
+    }
+    let local = match local_workload(resources, settings) {
+        Ok(w) => w,
+        Err(e) => {
+            errors.push(e);
+            return None;
+        }
+    };
+    let tls = match server_config(
+        &cred,
+        ServerTlsMode::Mutual,
+        TlsVersions::default(),
+        &[b"h2", b"http/1.1"],
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            errors.push(flag_error(format!("credential {name:?}: {e}")));
+            return None;
+        }
+    };
+    let scope = AuthzScope {
+        root_namespace: settings.root_namespace.clone(),
+        workload_namespace: local.namespace().to_owned(),
+        workload_labels: local.spec.labels.clone(),
+    };
+    let authz = Authorizer::compile(&resources.authorization_policies, &scope)
+        .map_err(|ConfigErrors(mut e)| errors.append(&mut e))
+        .ok()?;
+    // Port modes are this node's business only: the other WorkloadEntries are destinations.
+    let own = Resources {
+        workload_entries: vec![local.clone()],
+        ..resources.clone()
+    };
+    let modes = crate::policy::peer_auth::port_modes(&own, &settings.root_namespace)
+        .map_err(|mut e| errors.append(&mut e))
+        .ok()?;
+    let destinations = destinations(resources, local, settings, errors);
+    Some(MeshInbound {
+        credential_name: name.to_owned(),
+        credential: cred,
+        tls,
+        authz: Arc::new(authz),
+        modes,
+        workload: format!("{}/{}", local.namespace(), local.metadata.name),
+        workload_name: local.metadata.name.clone(),
+        workload_namespace: local.namespace().to_owned(),
+        destinations,
+    })
+}
+
+/// This node's WorkloadEntry: the one `--workload` names, or the only one.
+fn local_workload<'a>(
+    resources: &'a Resources,
+    settings: &Settings,
+) -> Result<&'a Doc<WorkloadEntrySpec>, ConfigError> {
+    let flag = |msg: String| ConfigError::file("--workload", msg);
+    let entries = &resources.workload_entries;
+    match (&settings.local_workload, entries.as_slice()) {
+        (_, []) => Err(flag(
+            "the mesh side needs a WorkloadEntry describing this node's workload (address, ports, labels)".to_owned(),
+        )),
+        (None, [only]) => Ok(only),
+        (None, _) => Err(flag(format!(
+            "{} WorkloadEntries in the configuration: name this node's own with --workload NAME",
+            entries.len()
+        ))),
+        (Some(want), _) => entries
+            .iter()
+            .find(|w| {
+                *want == w.metadata.name || *want == format!("{}/{}", w.namespace(), w.metadata.name)
+            })
+            .ok_or_else(|| flag(format!("no WorkloadEntry named {want:?}"))),
+    }
+}
+
+/// Every other WorkloadEntry's address and ports, with the identity it must present.
+fn destinations(
+    resources: &Resources,
+    local: &Doc<WorkloadEntrySpec>,
+    settings: &Settings,
+    errors: &mut Vec<ConfigError>,
+) -> BTreeMap<SocketAddr, MeshDestination> {
+    let mut out = BTreeMap::new();
+    for we in resources
+        .workload_entries
+        .iter()
+        .filter(|w| !std::ptr::eq(*w, local))
+    {
+        let Some(address) = &we.spec.address else {
+            continue;
+        };
+        let Ok(ip) = address.parse::<IpAddr>() else {
+            errors.push(we.error(
+                "spec.address",
+                address,
+                format!(
+                    "{address:?} is not an IP address (mesh destinations are dialed by address)"
+                ),
+            ));
+            continue;
+        };
+        let sa = we.spec.service_account.as_deref().unwrap_or("default");
+        let uri = format!(
+            "spiffe://{}/ns/{}/sa/{sa}",
+            settings.trust_domain,
+            we.namespace()
+        );
+        let Some(identity) = Identity::from_uri(&uri) else {
+            errors.push(we.error(
+                "spec.serviceAccount",
+                sa,
+                format!("{uri:?} is not a valid SPIFFE id"),
+            ));
+            continue;
+        };
+        // The service that selects this workload names it in metrics; else the workload.
+        let service = resources
+            .service_entries
+            .iter()
+            .find(|se| {
+                se.namespace() == we.namespace()
+                    && se.spec.workload_selector.as_ref().is_some_and(|sel| {
+                        !sel.labels.is_empty()
+                            && sel
+                                .labels
+                                .iter()
+                                .all(|(k, v)| we.spec.labels.get(k) == Some(v))
+                    })
+            })
+            .and_then(|se| se.spec.hosts.first().cloned())
+            .unwrap_or_else(|| we.metadata.name.clone());
+        for &port in we.spec.ports.values() {
+            let Ok(port) = u16::try_from(port) else {
+                continue;
+            };
+            out.insert(
+                SocketAddr::new(ip, port),
+                MeshDestination {
+                    workload: we.metadata.name.clone(),
+                    namespace: we.namespace().to_owned(),
+                    service: service.clone(),
+                    identities: vec![identity.clone()],
+                },
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{compile, load_paths};
+    use crate::identity::certs::{issue_demo_set, IssueRequest};
+
+    const TWO_WORKLOADS: &str = "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: sleep, namespace: default}\nspec: {address: 10.0.0.2, labels: {app: sleep}, serviceAccount: sleep, ports: {http: 8080}}\n---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: hello, namespace: shop}\nspec: {address: 10.0.0.1, labels: {app: hello}, serviceAccount: hello, ports: {http: 80}}\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: hello, namespace: shop}\nspec: {hosts: [hello.shop.svc.cluster.local], ports: [{number: 80, name: http}], workloadSelector: {labels: {app: hello}}}\n---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: STRICT}}\n";
+
+    fn compile_mesh_for(workload: Option<&str>) -> Result<MeshInbound, ConfigErrors> {
+        let dir = tempfile::tempdir().expect("tmp");
+        issue_demo_set(&IssueRequest {
+            out_dir: dir.path().join("certs"),
+            server_hosts: vec!["sleep".into()],
+            ..IssueRequest::default()
+        })
+        .expect("certs");
+        let file = dir.path().join("mesh.yaml");
+        std::fs::write(&file, TWO_WORKLOADS).expect("write");
+        let settings = Settings {
+            credential_dirs: vec![dir.path().join("certs")],
+            mesh_credential: Some("sleep".into()),
+            local_workload: workload.map(str::to_owned),
+            ..Settings::default()
+        };
+        compile(load_paths(&[file])?, settings).map(|s| s.mesh.expect("mesh section"))
+    }
+
+    #[test]
+    fn the_named_workload_is_local_and_the_others_are_destinations() {
+        let mesh = compile_mesh_for(Some("sleep")).expect("compiles");
+        assert_eq!(mesh.workload, "default/sleep");
+        assert_eq!(
+            mesh.modes.keys().copied().collect::<Vec<_>>(),
+            vec![8080],
+            "only this node's ports get modes"
+        );
+        let dest = &mesh.destinations[&"10.0.0.1:80".parse().expect("addr")];
+        assert_eq!(dest.service, "hello.shop.svc.cluster.local");
+        assert_eq!(
+            dest.identities[0].uri(),
+            "spiffe://cluster.local/ns/shop/sa/hello"
+        );
+        assert_eq!(mesh.destinations.len(), 1);
+        assert!(
+            compile_mesh_for(Some("shop/hello")).is_ok(),
+            "namespace/name works too"
+        );
+    }
+
+    #[test]
+    fn several_workloads_need_the_local_one_named() {
+        let err = compile_mesh_for(None).expect_err("ambiguous");
+        assert!(
+            err.to_string()
+                .contains("name this node's own with --workload"),
+            "{err}"
+        );
+        let err = compile_mesh_for(Some("nope")).expect_err("unknown");
+        assert!(
+            err.to_string().contains("no WorkloadEntry named \"nope\""),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,401 @@
+//! The mesh originator: the listener the kernel's `capture` program redirects a local
+//! workload's plaintext connections to. For each one it learns where the client was going,
+//! opens mutual TLS to that destination presenting this node's workload certificate, checks
+//! the server's identity by secure naming, and carries the client's HTTP requests over it.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Mutex;
+use tracing::Instrument;
+
+use super::http::Body;
+use super::{Gateway, Stats};
+use crate::admin::metrics::{split_service, RequestLabels, RequestProtocol};
+use crate::config::model::{MeshDestination, MeshInbound};
+use crate::identity::PeerCertificate;
+use crate::tls::client::mesh_client_config;
+
+/// Where a redirected connection was originally going (the kernel's capture map, or a fixed
+/// answer in tests).
+pub trait OriginalDestination: Send + Sync + 'static {
+    fn original_destination(&self, client: SocketAddr) -> Option<SocketAddr>;
+}
+
+impl<F> OriginalDestination for F
+where
+    F: Fn(SocketAddr) -> Option<SocketAddr> + Send + Sync + 'static,
+{
+    fn original_destination(&self, client: SocketAddr) -> Option<SocketAddr> {
+        self(client)
+    }
+}
+
+/// Accepts redirected connections until `shutdown` resolves.
+pub async fn serve_outbound(
+    gateway: Arc<Gateway>,
+    listener: TcpListener,
+    lookup: Arc<dyn OriginalDestination>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let accept = async move {
+        loop {
+            let (stream, client) = match listener.accept().await {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "outbound accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let Some(original) = lookup.original_destination(client) else {
+                tracing::warn!(%client, "outbound: no original destination recorded for this connection; closing");
+                continue;
+            };
+            let span = tracing::info_span!("outbound", %client, destination = %original);
+            tokio::spawn(handle(gateway.clone(), stream, original).instrument(span));
+        }
+    };
+    tokio::select! {
+        _ = accept => {},
+        _ = shutdown => {},
+    }
+}
+
+async fn handle(gateway: Arc<Gateway>, client: TcpStream, original: SocketAddr) {
+    let snapshot = gateway.snapshot();
+    let Some(mesh) = snapshot.mesh.as_ref() else {
+        tracing::warn!("the configuration has no mesh section; closing");
+        return;
+    };
+    let Some(dest) = mesh.destinations.get(&original) else {
+        // Capture is only installed for mesh destinations; a miss means the config changed.
+        tracing::warn!("not a mesh destination any more; closing");
+        return;
+    };
+    let upstream = match connect(mesh, dest, original).await {
+        Ok(u) => u,
+        Err(why) => {
+            Stats::bump(&gateway.stats.tls_handshake_failures);
+            tracing::warn!(reason = %why, "outbound mTLS to the destination failed");
+            return;
+        }
+    };
+    let (tls, server_identity) = upstream;
+    let (sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(tls)).await {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::warn!(error = %e, "outbound HTTP/1.1 handshake failed");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "outbound upstream connection ended");
+        }
+    });
+    let base = labels(mesh, dest, &server_identity);
+    let sender = Arc::new(Mutex::new(sender));
+    let service = service_fn(move |req: Request<Incoming>| {
+        let (gateway, sender, base) = (gateway.clone(), sender.clone(), base.clone());
+        async move { Ok::<_, std::convert::Infallible>(forward(&gateway, &sender, base, req).await) }
+    });
+    if let Err(e) = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(client), service)
+        .await
+    {
+        tracing::debug!(error = %e, "outbound client connection ended");
+    }
+}
+
+/// Opens mutual TLS to `original`, requiring one of the destination's identities.
+async fn connect(
+    mesh: &MeshInbound,
+    dest: &MeshDestination,
+    original: SocketAddr,
+) -> Result<(tokio_rustls::client::TlsStream<TcpStream>, String), String> {
+    let config = mesh_client_config(&mesh.credential, dest.identities.clone(), &[b"http/1.1"])
+        .map_err(|e| e.to_string())?;
+    let tcp = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        TcpStream::connect(original),
+    )
+    .await
+    .map_err(|_| "connect timed out".to_owned())?
+    .map_err(|e| format!("connect: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    // Secure naming checks the SPIFFE id, not this name; the address is what was dialed.
+    let name = ServerName::IpAddress(original.ip().into());
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS: {e}"))?;
+    let server = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|leaf| PeerCertificate::from_der(leaf).ok())
+        .and_then(|p| p.identity)
+        .map_or_else(|| "unknown".to_owned(), |i| i.uri());
+    tracing::debug!(server = %server, "outbound mTLS established");
+    Ok((tls, server))
+}
+
+/// The `reporter="source"` labels for requests to `dest` (the response code is set per request).
+fn labels(mesh: &MeshInbound, dest: &MeshDestination, server: &str) -> RequestLabels {
+    let own = mesh
+        .credential
+        .certified_key
+        .cert
+        .first()
+        .and_then(|leaf| PeerCertificate::from_der(leaf).ok())
+        .and_then(|p| p.identity)
+        .map_or_else(|| "unknown".to_owned(), |i| i.uri());
+    let (service_name, service_namespace) = split_service(&dest.service);
+    RequestLabels {
+        reporter: "source",
+        source_workload: mesh.workload_name.clone(),
+        source_workload_namespace: mesh.workload_namespace.clone(),
+        source_principal: own,
+        source_app: "unknown".to_owned(),
+        destination_workload: dest.workload.clone(),
+        destination_workload_namespace: dest.namespace.clone(),
+        destination_principal: server.to_owned(),
+        destination_service: dest.service.clone(),
+        destination_service_name: service_name.to_owned(),
+        destination_service_namespace: if service_namespace == "unknown" {
+            dest.namespace.clone()
+        } else {
+            service_namespace.to_owned()
+        },
+        request_protocol: RequestProtocol::http,
+        response_code: 0,
+        response_flags: "-",
+        connection_security_policy: "mutual_tls",
+    }
+}
+
+async fn forward(
+    gateway: &Gateway,
+    sender: &Mutex<hyper::client::conn::http1::SendRequest<Incoming>>,
+    mut labels: RequestLabels,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let started = Instant::now();
+    let (method, path) = (req.method().clone(), req.uri().to_string());
+    let result = {
+        let mut sender = sender.lock().await;
+        match sender.ready().await {
+            Ok(()) => sender.send_request(req).await,
+            Err(e) => Err(e),
+        }
+    };
+    let resp = match result {
+        Ok(resp) => resp.map(BodyExt::boxed),
+        Err(e) => {
+            tracing::warn!(error = %e, "outbound request failed");
+            labels.response_flags = "UC";
+            let mut resp = Response::new(
+                Full::new(bytes::Bytes::from_static(
+                    b"upstream reset before response headers",
+                ))
+                .map_err(|never| match never {})
+                .boxed(),
+            );
+            *resp.status_mut() = StatusCode::BAD_GATEWAY;
+            resp
+        }
+    };
+    labels.response_code = resp.status().as_u16();
+    gateway
+        .metrics
+        .record_request_labels(&labels, started.elapsed(), 0, 0);
+    tracing::info!(
+        target: "access",
+        direction = "outbound",
+        method = %method,
+        path = %path,
+        status = labels.response_code,
+        destination = %labels.destination_workload,
+        destination_principal = %labels.destination_principal,
+        "request"
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    //! Both mesh halves in process: this originator dials a terminator (`inbound`) in front of
+    //! a real httpbin, with real curl as the plaintext client. The kernel's capture is
+    //! replaced by a fixed original destination (tested with the kernel in `tests/`).
+
+    use std::collections::BTreeMap;
+    use std::process::Command;
+
+    use super::*;
+    use crate::config::{compile, Resources, Settings};
+    use crate::identity::certs::{issue_workload_cert, Ca, KeyType};
+    use crate::identity::Identity;
+    use crate::policy::authz::{Authorizer, AuthzScope};
+    use crate::policy::peer_auth::PeerAuthMode;
+    use crate::tls::{server_config, Credential, ServerTlsMode, TlsVersions};
+
+    fn mesh(
+        ca: &Ca,
+        id: &str,
+        workload: &str,
+        destinations: BTreeMap<SocketAddr, MeshDestination>,
+        modes: BTreeMap<u16, PeerAuthMode>,
+    ) -> MeshInbound {
+        let c = issue_workload_cert(ca, id, &[], KeyType::EcdsaP256, 1).expect("cert");
+        let cred = Credential::from_pem(
+            c.cert_pem.as_bytes(),
+            c.key_pem.as_bytes(),
+            Some(ca.cert_pem().as_bytes()),
+        )
+        .expect("cred");
+        MeshInbound {
+            credential_name: workload.into(),
+            tls: server_config(
+                &cred,
+                ServerTlsMode::Mutual,
+                TlsVersions::default(),
+                &[b"h2", b"http/1.1"],
+            )
+            .expect("tls"),
+            credential: Arc::new(cred),
+            authz: Arc::new(Authorizer::compile(&[], &AuthzScope::default()).expect("authz")),
+            modes,
+            workload: format!("default/{workload}"),
+            workload_name: workload.into(),
+            workload_namespace: "default".into(),
+            destinations,
+        }
+    }
+
+    fn gateway(mesh: MeshInbound) -> Arc<Gateway> {
+        let mut snapshot = compile(Resources::default(), Settings::default()).expect("snapshot");
+        snapshot.mesh = Some(mesh);
+        Gateway::new(snapshot)
+    }
+
+    async fn curl(url: String) -> (i32, String) {
+        tokio::task::spawn_blocking(move || {
+            let out = Command::new("curl")
+                .args(["-sS", "--max-time", "5", &url])
+                .output()
+                .expect("curl");
+            (
+                out.status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+            )
+        })
+        .await
+        .expect("join")
+    }
+
+    /// Starts app + terminator for `server_id` and an originator expecting `expected`;
+    /// returns the originator's address and both gateways.
+    async fn start(expected: &str) -> (SocketAddr, Arc<Gateway>) {
+        let ca = Ca::generate("mesh", KeyType::EcdsaP256, 1).expect("ca");
+        let terminator = TcpListener::bind("127.0.0.2:0").await.expect("bind");
+        let server_addr = terminator.local_addr().expect("addr");
+        let app = TcpListener::bind(("127.0.0.1", server_addr.port()))
+            .await
+            .expect("app");
+        tokio::spawn(crate::backend::httpbin::serve(
+            app,
+            std::future::pending::<()>(),
+        ));
+        let server = gateway(mesh(
+            &ca,
+            "spiffe://cluster.local/ns/default/sa/hello",
+            "hello",
+            BTreeMap::new(),
+            BTreeMap::from([(server_addr.port(), PeerAuthMode::Strict)]),
+        ));
+        tokio::spawn(super::super::inbound::serve_inbound(
+            server,
+            terminator,
+            std::future::pending::<()>(),
+        ));
+
+        let dest = MeshDestination {
+            workload: "hello".into(),
+            namespace: "default".into(),
+            service: "hello.default.svc.cluster.local".into(),
+            identities: vec![Identity::from_uri(expected).expect("id")],
+        };
+        let client = gateway(mesh(
+            &ca,
+            "spiffe://cluster.local/ns/default/sa/sleep",
+            "sleep",
+            BTreeMap::from([(server_addr, dest)]),
+            BTreeMap::new(),
+        ));
+        let outbound = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = outbound.local_addr().expect("addr");
+        let lookup = move |_client: SocketAddr| Some(server_addr);
+        tokio::spawn(serve_outbound(
+            client.clone(),
+            outbound,
+            Arc::new(lookup),
+            std::future::pending::<()>(),
+        ));
+        (addr, client)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn plaintext_is_upgraded_to_mutual_tls_with_secure_naming() {
+        let (addr, client) = start("spiffe://cluster.local/ns/default/sa/hello").await;
+        let (code, body) = curl(format!("http://{addr}/headers")).await;
+        assert_eq!(code, 0, "{body}");
+        assert!(
+            body.contains("URI=spiffe://cluster.local/ns/default/sa/sleep"),
+            "the server verified the client's identity: {body}"
+        );
+        let metrics = client.metrics.encode().expect("encode");
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with("istio_requests_total{") && l.contains(r#"reporter="source""#))
+            .unwrap_or_else(|| panic!("no source-reported request:\n{metrics}"));
+        for want in [
+            r#"source_workload="sleep""#,
+            r#"destination_workload="hello""#,
+            r#"destination_principal="spiffe://cluster.local/ns/default/sa/hello""#,
+            r#"connection_security_policy="mutual_tls""#,
+            r#"response_code="200""#,
+        ] {
+            assert!(line.contains(want), "{want} missing: {line}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_impostor_server_identity_is_refused() {
+        let (addr, client) = start("spiffe://cluster.local/ns/default/sa/payments").await;
+        let (code, body) = curl(format!("http://{addr}/get")).await;
+        assert_ne!(
+            code, 0,
+            "the request must not reach a server with the wrong identity: {body}"
+        );
+        assert!(body.is_empty(), "{body}");
+        assert_eq!(
+            client
+                .stats
+                .tls_handshake_failures
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+    }
+}
