@@ -2,6 +2,7 @@
 //! a daemon. Wired into `main.rs` as `Kernel(kernel::cli::KernelArgs)`.
 
 use std::collections::BTreeMap;
+use std::net::{SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -10,12 +11,13 @@ use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 
 use super::bpffs::DEFAULT_PIN_DIR;
+use super::capture::{attached_cgroups, install_capture, open_capture, CaptureOptions};
 use super::loader::{install, open, status, uninstall, InstallOptions, Origin};
 use super::maps::{KernelMaps, PortSetting};
 use crate::config::load_paths;
 use crate::policy::peer_auth::{port_modes, PeerAuthMode, DEFAULT_ROOT_NAMESPACE};
 
-/// The kernel path: sk_lookup steering and the STRICT plaintext reset.
+/// The kernel path: sk_lookup steering, the STRICT plaintext reset, outbound capture.
 #[derive(Debug, Args)]
 pub struct KernelArgs {
     #[command(subcommand)]
@@ -35,8 +37,57 @@ pub enum KernelCommand {
     SetMode(SetModeArgs),
     /// Show what is attached, the port modes and the counters.
     Status(StatusArgs),
-    /// Detach every link and remove every pin.
+    /// Detach every link and remove every pin (outbound capture included).
     Uninstall(PinDirArg),
+    /// Outbound capture: a workload cgroup's plaintext connects to mesh destinations go to the
+    /// outbound proxy (cgroup connect4 + sock_ops).
+    Capture(CaptureArgs),
+}
+
+/// `capture`.
+#[derive(Debug, Args)]
+pub struct CaptureArgs {
+    #[command(subcommand)]
+    pub command: CaptureCommand,
+}
+
+/// Subcommands of `portcullis kernel capture`.
+#[derive(Debug, Subcommand)]
+pub enum CaptureCommand {
+    /// Load (or adopt pinned) the capture programs, attach them to a cgroup, make the mesh
+    /// destinations exactly the `--dest` list, and exit. Capture stays: everything is pinned.
+    Attach(CaptureAttachArgs),
+    /// Show the outbound listener, the mesh destinations, the cgroups and the counter.
+    Status(PinDirArg),
+    /// Print the original destination of an accepted connection, by its peer address. The
+    /// entry is consumed, as the proxy consumes it.
+    OriginalDst(OriginalDstArgs),
+}
+
+/// `capture attach`.
+#[derive(Debug, Args)]
+pub struct CaptureAttachArgs {
+    #[command(flatten)]
+    pub pin: PinDirArg,
+    /// The workload's cgroup v2 directory, e.g. /sys/fs/cgroup/unified/NAME.
+    #[arg(long, value_name = "DIR")]
+    pub cgroup: PathBuf,
+    /// The outbound proxy's listener.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15001")]
+    pub outbound: SocketAddrV4,
+    /// A mesh destination `IP:PORT` whose connects are captured; repeatable.
+    #[arg(long = "dest", value_name = "IP:PORT")]
+    pub dests: Vec<SocketAddrV4>,
+}
+
+/// `capture original-dst`.
+#[derive(Debug, Args)]
+pub struct OriginalDstArgs {
+    #[command(flatten)]
+    pub pin: PinDirArg,
+    /// The accepted connection's peer address (the client's source address and port).
+    #[arg(value_name = "CLIENT")]
+    pub client: SocketAddr,
 }
 
 /// The pin directory.
@@ -172,6 +223,7 @@ pub fn run(args: KernelArgs) -> Result<()> {
             }
             Ok(())
         }
+        KernelCommand::Capture(c) => run_capture(c.command),
         KernelCommand::Uninstall(p) => {
             let report = uninstall(&p.pin_dir)?;
             println!(
@@ -181,6 +233,62 @@ pub fn run(args: KernelArgs) -> Result<()> {
                 report.removed.len()
             );
             Ok(())
+        }
+    }
+}
+
+fn run_capture(command: CaptureCommand) -> Result<()> {
+    match command {
+        CaptureCommand::Attach(a) => {
+            let mut capture = install_capture(&CaptureOptions {
+                pin_dir: a.pin.pin_dir.clone(),
+                cgroup: a.cgroup.clone(),
+                outbound: a.outbound,
+            })?;
+            capture.set_destinations(&a.dests)?;
+            let how = match capture.origin() {
+                Origin::Loaded => "loaded and pinned",
+                Origin::Adopted => "adopted pinned",
+            };
+            let dests: Vec<String> = a.dests.iter().map(ToString::to_string).collect();
+            eprintln!(
+                "portcullis kernel capture: {how} programs under {}; cgroup {} sends [{}] to {}",
+                a.pin.pin_dir.display(),
+                a.cgroup.display(),
+                dests.join(", "),
+                a.outbound
+            );
+            Ok(())
+        }
+        CaptureCommand::Status(p) => {
+            let capture = open_capture(&p.pin_dir)?;
+            let outbound = capture
+                .outbound()?
+                .map_or_else(|| "not set".to_owned(), |a| a.to_string());
+            let dests: Vec<String> = capture
+                .destinations()?
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            let cgroups: Vec<String> = attached_cgroups(&p.pin_dir)
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            println!("outbound:     {outbound}");
+            println!("destinations: [{}]", dests.join(", "));
+            println!("cgroup ids:   [{}]", cgroups.join(", "));
+            println!("captured:     {}", capture.captured()?);
+            Ok(())
+        }
+        CaptureCommand::OriginalDst(o) => {
+            let capture = open_capture(&o.pin.pin_dir)?;
+            match capture.original_destination(o.client)? {
+                Some(dest) => {
+                    println!("{dest}");
+                    Ok(())
+                }
+                None => bail!("no original destination recorded for {}", o.client),
+            }
         }
     }
 }

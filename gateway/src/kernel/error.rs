@@ -49,6 +49,19 @@ pub enum KernelError {
     #[error("no network interface named `{0}` in this network namespace")]
     NoSuchInterface(String),
 
+    /// The cgroup directory for outbound capture does not exist.
+    #[error("no cgroup directory {0} (create it under the cgroup v2 mount, e.g. /sys/fs/cgroup/unified/NAME)")]
+    NoSuchCgroup(PathBuf),
+
+    /// The path exists but is not a cgroup v2 directory (a cgroup v1 hierarchy, or no cgroup).
+    #[error("{path} is not a cgroup v2 directory ({found}); outbound capture needs the unified hierarchy, e.g. /sys/fs/cgroup/unified/NAME")]
+    NotCgroupV2 {
+        /// The path given.
+        path: PathBuf,
+        /// What it is instead, e.g. "a cgroup v1 hierarchy".
+        found: &'static str,
+    },
+
     /// Nothing is installed under the pin directory.
     #[error("nothing is installed under {0} (run `portcullis kernel attach` first)")]
     NotInstalled(PathBuf),

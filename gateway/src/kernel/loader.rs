@@ -80,13 +80,15 @@ pub fn install(opts: &InstallOptions) -> Result<Installed> {
     let origin = if complete {
         Origin::Adopted
     } else {
+        // An outbound capture may share the pin directory: only our own pins are touched.
+        let ours = |p: &Path| !super::capture::owns_pin(p);
         if pins.root().exists() {
             // A half-finished install (crash mid-way): start over rather than guess.
-            uninstall(pins.root())?;
+            remove_pins(&pins, ours)?;
         }
         pins.create_dirs()?;
         if let Err(err) = load_and_pin(&pins, opts.kernel_log) {
-            let _ = uninstall(pins.root());
+            let _ = remove_pins(&pins, ours);
             return Err(err);
         }
         Origin::Loaded
@@ -207,14 +209,14 @@ fn nix_if_nametoindex(iface: &str) -> u32 {
     unsafe { libc::if_nametoindex(name.as_ptr()) }
 }
 
-fn missing_program(name: &str) -> KernelError {
+pub(super) fn missing_program(name: &str) -> KernelError {
     KernelError::Other {
         action: "finding the kernel programs".into(),
         detail: format!("program `{name}` is missing from the embedded eBPF object"),
     }
 }
 
-fn load_error(
+pub(super) fn load_error(
     program: &'static str,
     feature: &'static str,
     needs: &'static str,
@@ -248,7 +250,7 @@ fn load_error(
     }
 }
 
-fn attach_error(
+pub(super) fn attach_error(
     feature: &'static str,
     needs: &'static str,
     action: &str,
@@ -277,18 +279,35 @@ pub struct UninstallReport {
     pub removed: Vec<PathBuf>,
 }
 
-/// Detaches every link, then removes every pin and the pin directory. Idempotent.
+/// Detaches every link, then removes every pin and the pin directory. Idempotent. This also
+/// removes an outbound capture pinned in the same directory.
 pub fn uninstall(pin_dir: &Path) -> Result<UninstallReport> {
     require_root("uninstall the eBPF programs")?;
     let pins = PinLayout::new(pin_dir);
-    let mut report = UninstallReport::default();
     if !pin_dir.exists() {
-        return Ok(report);
+        return Ok(UninstallReport::default());
     }
-    // Links first, so enforcement stops before the programs and maps they use disappear.
-    for path in pins.pinned_files() {
+    let report = remove_pins(&pins, |_| true)?;
+    if pin_dir.exists() {
+        return Err(KernelError::during(
+            format!("removing {}", pin_dir.display()),
+            "the directory holds files that are not Portcullis pins",
+        ));
+    }
+    Ok(report)
+}
+
+/// Detaches and unpins the pinned files that `select` picks (links first, so enforcement stops
+/// before the programs and maps they use disappear), then removes the directories left empty.
+pub(super) fn remove_pins(
+    pins: &PinLayout,
+    select: impl Fn(&Path) -> bool,
+) -> Result<UninstallReport> {
+    let mut report = UninstallReport::default();
+    for path in pins.pinned_files().into_iter().filter(|p| select(p)) {
         if path.starts_with(pins.links_dir()) {
-            // ENOLINK/EINVAL mean the link is already defunct (its netns or device is gone).
+            // ENOLINK/EINVAL mean the link is already defunct (its netns, device or cgroup is
+            // gone).
             if force_detach_link(&path).is_ok() {
                 report.detached.push(path.clone());
             }
@@ -297,10 +316,16 @@ pub fn uninstall(pin_dir: &Path) -> Result<UninstallReport> {
             .map_err(|e| KernelError::during(format!("removing pin {}", path.display()), e))?;
         report.removed.push(path);
     }
-    for dir in [pins.links_dir(), pins.progs_dir(), pins.maps_dir()] {
+    let root = pins.root().to_path_buf();
+    for dir in [pins.links_dir(), pins.progs_dir(), pins.maps_dir(), root] {
         match std::fs::remove_dir(&dir) {
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            // Kept: pins that were not selected live there.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::DirectoryNotEmpty
+                ) => {}
             Err(e) => {
                 return Err(KernelError::during(
                     format!("removing {}", dir.display()),
@@ -309,8 +334,6 @@ pub fn uninstall(pin_dir: &Path) -> Result<UninstallReport> {
             }
         }
     }
-    std::fs::remove_dir(pin_dir)
-        .map_err(|e| KernelError::during(format!("removing {}", pin_dir.display()), e))?;
     Ok(report)
 }
 

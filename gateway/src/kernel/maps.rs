@@ -84,7 +84,7 @@ pub struct KernelMaps {
     terminator: SockMap<MapData>,
 }
 
-fn open_pinned<T>(pins: &PinLayout, name: &str) -> Result<T>
+pub(super) fn open_pinned<T>(pins: &PinLayout, name: &str) -> Result<T>
 where
     T: TryFrom<Map, Error = aya::maps::MapError>,
 {

@@ -3,15 +3,19 @@
 //!
 //! - [`loader`]: install (load + pin, or adopt what is pinned), attach, uninstall, status.
 //! - [`maps`]: the runtime switch — port modes, the terminator's socket, counters.
+//! - [`capture`]: outbound capture — a workload cgroup's connects to mesh destinations go to
+//!   the outbound proxy, which looks up their original destination.
 //! - [`bpffs`]: the pin directory and mounting bpffs.
 //! - [`cli`]: `portcullis kernel …` subcommands.
 
 pub mod bpffs;
+pub mod capture;
 pub mod cli;
 pub mod error;
 pub mod loader;
 pub mod maps;
 
+pub use capture::{install_capture, open_capture, Capture, CaptureOptions};
 pub use error::KernelError;
 pub use loader::{install, open, status, uninstall, InstallOptions, Installed, Origin};
 pub use maps::{CounterSnapshot, Counts, KernelMaps, PortSetting};
