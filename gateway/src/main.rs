@@ -2,6 +2,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -149,6 +150,13 @@ struct MeshArgs {
     /// bpffs directory where programs, maps and links are pinned (one per network namespace).
     #[arg(long, env = "PORTCULLIS_PIN_DIR", default_value = portcullis::kernel::bpffs::DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
+    /// The local workload's cgroup v2 directory: its plaintext connections to mesh
+    /// destinations are captured in the kernel and upgraded to mutual TLS by this node.
+    #[arg(long, value_name = "DIR")]
+    capture_cgroup: Option<PathBuf>,
+    /// Where captured connections land (the originator's listener).
+    #[arg(long, default_value = "127.0.0.1:15001")]
+    outbound: std::net::SocketAddrV4,
     /// How often the configuration files are checked for changes, in milliseconds (0: never).
     #[arg(long, default_value_t = 250)]
     reload_ms: u64,
@@ -353,13 +361,15 @@ async fn run(args: RunArgs) -> Result<()> {
             kernel: !args.mesh.no_kernel,
             interfaces: args.mesh.interfaces.clone(),
             pin_dir: args.mesh.pin_dir.clone(),
+            capture_cgroup: args.mesh.capture_cgroup.clone(),
+            outbound: args.mesh.outbound,
         };
         Some(mesh::start(&snapshot, &opts)?)
     } else {
         None
     };
     let gateway = Gateway::with_access_log(snapshot, access_log);
-    if mesh.as_ref().is_some_and(|(_, maps)| maps.is_some()) {
+    if mesh.as_ref().is_some_and(|m| m.maps.is_some()) {
         let _ = gateway.kernel_pins.set(args.mesh.pin_dir.clone());
     }
     let admin = match args.admin.0 {
@@ -379,16 +389,25 @@ async fn run(args: RunArgs) -> Result<()> {
             "nothing to serve: the configuration declares no Gateway server for this gateway's labels, and --mesh-credential is not set"
         );
     }
-    let maps = match mesh {
-        Some((listener, maps)) => {
+    let (maps, capture) = match mesh {
+        Some(started) => {
             tokio::spawn(proxy::inbound::serve_inbound(
                 gateway.clone(),
-                listener,
+                started.terminator,
                 std::future::pending::<()>(),
             ));
-            maps
+            let capture = started.outbound.map(|(listener, capture)| {
+                tokio::spawn(proxy::outbound::serve_outbound(
+                    gateway.clone(),
+                    listener,
+                    Arc::new(mesh::KernelLookup(capture.clone())),
+                    std::future::pending::<()>(),
+                ));
+                capture
+            });
+            (started.maps, capture)
         }
-        None => None,
+        None => (None, None),
     };
     if args.mesh.reload_ms > 0 {
         let config_args = args.config;
@@ -402,6 +421,7 @@ async fn run(args: RunArgs) -> Result<()> {
                 .collect(),
             move || load(&config_args),
             maps,
+            capture,
             std::time::Duration::from_millis(args.mesh.reload_ms),
         ));
     }

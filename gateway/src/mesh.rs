@@ -15,8 +15,13 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::model::MeshInbound;
 use crate::config::{ConfigErrors, Snapshot};
-use crate::kernel::{install, InstallOptions, KernelMaps, PortSetting};
+use std::sync::Mutex;
+
+use crate::kernel::{
+    install, install_capture, Capture, CaptureOptions, InstallOptions, KernelMaps, PortSetting,
+};
 use crate::policy::peer_auth::PeerAuthMode;
+use crate::proxy::outbound::OriginalDestination;
 use crate::proxy::Gateway;
 
 /// How the node's mesh side runs.
@@ -32,6 +37,47 @@ pub struct MeshOptions {
     pub interfaces: Vec<String>,
     /// The bpffs pin directory.
     pub pin_dir: PathBuf,
+    /// The local workload's cgroup v2 directory: its connections to mesh destinations are
+    /// captured by the kernel and upgraded to mutual TLS by the originator.
+    pub capture_cgroup: Option<PathBuf>,
+    /// The originator's listener (where captured connections land).
+    pub outbound: std::net::SocketAddrV4,
+}
+
+/// The mesh side once started: the listeners to serve and the kernel handles to keep in
+/// step with reloads.
+pub struct Started {
+    pub terminator: tokio::net::TcpListener,
+    pub maps: Option<KernelMaps>,
+    /// The originator's listener and the capture that feeds it.
+    pub outbound: Option<(tokio::net::TcpListener, Arc<Mutex<Capture>>)>,
+}
+
+/// The kernel's capture map as the originator's source of original destinations.
+pub struct KernelLookup(pub Arc<Mutex<Capture>>);
+
+impl OriginalDestination for KernelLookup {
+    fn original_destination(&self, client: SocketAddr) -> Option<SocketAddr> {
+        let capture = self.0.lock().ok()?;
+        match capture.original_destination(client) {
+            Ok(found) => found.map(SocketAddr::V4),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the capture map failed");
+                None
+            }
+        }
+    }
+}
+
+/// The IPv4 mesh destinations the kernel captures (connect4 only, for now).
+pub fn capture_destinations(mesh: &MeshInbound) -> Vec<std::net::SocketAddrV4> {
+    mesh.destinations
+        .keys()
+        .filter_map(|a| match a {
+            SocketAddr::V4(v4) => Some(*v4),
+            SocketAddr::V6(_) => None,
+        })
+        .collect()
 }
 
 /// Errors starting the mesh side.
@@ -85,10 +131,7 @@ pub fn bind_terminator(addr: SocketAddr) -> Result<std::net::TcpListener, MeshEr
 /// Starts the mesh side: binds the terminator, loads (or adopts) the kernel programs, puts
 /// the listener in the steering map and writes the port modes. Returns the listener and the
 /// maps for later reloads.
-pub fn start(
-    snapshot: &Snapshot,
-    opts: &MeshOptions,
-) -> Result<(tokio::net::TcpListener, Option<KernelMaps>), MeshError> {
+pub fn start(snapshot: &Snapshot, opts: &MeshOptions) -> Result<Started, MeshError> {
     let mesh = snapshot.mesh.as_ref().ok_or(MeshError::NotConfigured)?;
     let listener = bind_terminator(opts.terminator)?;
     let maps = if opts.kernel {
@@ -117,12 +160,39 @@ pub fn start(
         kernel = opts.kernel,
         "mesh terminator listening"
     );
-    let listener =
+    let terminator =
         tokio::net::TcpListener::from_std(listener).map_err(|source| MeshError::Bind {
             addr: opts.terminator,
             source,
         })?;
-    Ok((listener, maps))
+    let outbound = match &opts.capture_cgroup {
+        None => None,
+        Some(cgroup) => {
+            let addr = SocketAddr::V4(opts.outbound);
+            let listener = bind_terminator(addr)?;
+            let mut capture = install_capture(&CaptureOptions {
+                pin_dir: opts.pin_dir.clone(),
+                cgroup: cgroup.clone(),
+                outbound: opts.outbound,
+            })?;
+            let dests = capture_destinations(mesh);
+            capture.set_destinations(&dests)?;
+            tracing::info!(
+                cgroup = %cgroup.display(),
+                outbound = %addr,
+                destinations = ?dests,
+                "outbound capture installed"
+            );
+            let listener = tokio::net::TcpListener::from_std(listener)
+                .map_err(|source| MeshError::Bind { addr, source })?;
+            Some((listener, Arc::new(Mutex::new(capture))))
+        }
+    };
+    Ok(Started {
+        terminator,
+        maps,
+        outbound,
+    })
 }
 
 /// Watches the configuration files and, when they change, compiles a new snapshot and swaps
@@ -133,6 +203,7 @@ pub async fn watch_and_reload(
     paths: Vec<PathBuf>,
     load: impl Fn() -> Result<Snapshot, ConfigErrors>,
     mut maps: Option<KernelMaps>,
+    capture: Option<Arc<Mutex<Capture>>>,
     every: Duration,
 ) {
     let mut last = crate::config::watch::fingerprint(&paths);
@@ -167,6 +238,18 @@ pub async fn watch_and_reload(
         if let (Some(maps), Some(mesh)) = (maps.as_mut(), snapshot.mesh.as_ref()) {
             if let Err(e) = maps.sync_ports(&kernel_ports(mesh)) {
                 tracing::error!(error = %e, "kernel maps not updated");
+            }
+        }
+        if let (Some(capture), Some(mesh)) = (capture.as_ref(), snapshot.mesh.as_ref()) {
+            let result = capture
+                .lock()
+                .map_err(|_| "the capture lock is poisoned".to_owned())
+                .and_then(|mut c| {
+                    c.set_destinations(&capture_destinations(mesh))
+                        .map_err(|e| e.to_string())
+                });
+            if let Err(e) = result {
+                tracing::error!(error = %e, "capture destinations not updated");
             }
         }
         tracing::info!("configuration reloaded");

@@ -39,6 +39,19 @@ pub struct CertsArgs {
     /// Replace existing files instead of refusing.
     #[arg(long)]
     pub force: bool,
+    /// A mesh workload identity `NAME=SPIFFE_ID` (repeatable): its certificate and key go to
+    /// DIR/NAME/{tls.crt,tls.key,ca.crt}, signed by the same CA, for `run --mesh-credential NAME`.
+    #[arg(long = "workload", value_name = "NAME=SPIFFE_ID", value_parser = parse_workload)]
+    pub workloads: Vec<(String, String)>,
+}
+
+fn parse_workload(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((name, id)) if !name.is_empty() && id.starts_with("spiffe://") => {
+            Ok((name.to_owned(), id.to_owned()))
+        }
+        _ => Err(format!("{s:?} is not NAME=spiffe://…")),
+    }
 }
 
 /// Writes the set and prints where each file went.
@@ -50,6 +63,7 @@ pub async fn run(args: CertsArgs) -> anyhow::Result<()> {
         key_type: args.key_type,
         days: args.days,
         force: args.force,
+        workloads: args.workloads,
     };
     // Key generation (and, for RSA, the openssl child) blocks; keep it off the runtime threads.
     let out_dir = req.out_dir.clone();

@@ -28,6 +28,10 @@ pub struct IssueRequest {
     pub days: u32,
     /// Replace files that already exist instead of refusing.
     pub force: bool,
+    /// Mesh workload identities: `(name, spiffe id)` each get a certificate with that SPIFFE
+    /// id (and `name` as a DNS SAN) in a credential directory `<out_dir>/<name>/`, for
+    /// `--mesh-credential name`.
+    pub workloads: Vec<(String, String)>,
 }
 
 impl Default for IssueRequest {
@@ -41,6 +45,7 @@ impl Default for IssueRequest {
             key_type: KeyType::default(),
             days: 365,
             force: false,
+            workloads: Vec::new(),
         }
     }
 }
@@ -96,6 +101,17 @@ pub fn issue_demo_set(req: &IssueRequest) -> Result<IssuedFiles, CertsError> {
         req.days,
     )?;
     let client = issue_workload_cert(&ca, &req.client_spiffe_id, &[], req.key_type, req.days)?;
+    let workloads = req
+        .workloads
+        .iter()
+        .map(|(name, id)| {
+            host_san(name)?;
+            Ok((
+                name,
+                issue_workload_cert(&ca, id, std::slice::from_ref(name), req.key_type, req.days)?,
+            ))
+        })
+        .collect::<Result<Vec<_>, CertsError>>()?;
 
     let out = &req.out_dir;
     let files = IssuedFiles {
@@ -105,7 +121,11 @@ pub fn issue_demo_set(req: &IssueRequest) -> Result<IssuedFiles, CertsError> {
         server_key: out.join("serverkey.pem"),
         client_cert: out.join("clientcert.pem"),
         client_key: out.join("client.key.pem"),
-        credential_dirs: hosts.iter().map(|h| out.join(h)).collect(),
+        credential_dirs: hosts
+            .iter()
+            .map(|h| out.join(h))
+            .chain(workloads.iter().map(|(name, _)| out.join(name)))
+            .collect(),
     };
     let ca_key = ca.key_pem();
     let mut writes: Vec<(PathBuf, &str, u32)> = vec![
@@ -116,9 +136,16 @@ pub fn issue_demo_set(req: &IssueRequest) -> Result<IssuedFiles, CertsError> {
         (files.client_cert.clone(), &client.cert_pem, CERT_MODE),
         (files.client_key.clone(), &client.key_pem, KEY_MODE),
     ];
-    for dir in &files.credential_dirs {
+    for host in &hosts {
+        let dir = out.join(host);
         writes.push((dir.join("tls.crt"), &server.cert_pem, CERT_MODE));
         writes.push((dir.join("tls.key"), &server.key_pem, KEY_MODE));
+        writes.push((dir.join("ca.crt"), ca.cert_pem(), CERT_MODE));
+    }
+    for (name, cert) in &workloads {
+        let dir = out.join(name);
+        writes.push((dir.join("tls.crt"), &cert.cert_pem, CERT_MODE));
+        writes.push((dir.join("tls.key"), &cert.key_pem, KEY_MODE));
         writes.push((dir.join("ca.crt"), ca.cert_pem(), CERT_MODE));
     }
 
