@@ -426,3 +426,43 @@ fn capture_refuses_what_is_not_a_cgroup_v2_directory() -> Result<()> {
     ensure!(start.elapsed() < Duration::from_secs(30), "took too long");
     Ok(())
 }
+
+/// The inbound path and the capture share one pin directory: attaching the inbound programs
+/// after the capture leaves the capture working, and one uninstall removes both.
+#[test]
+fn inbound_and_capture_share_a_pin_dir() -> Result<()> {
+    if !is_root() {
+        skip_not_root("inbound_and_capture_share_a_pin_dir");
+        return Ok(());
+    }
+    let topo = Topology::create("capture-both")?;
+    let standin = StandIn::start(&topo.outside)?;
+    let cgroup = Cgroup::create()?;
+    let pins = Pins::new(&topo.outside)?;
+    let ns = topo.outside.as_str();
+
+    pins.attach(&cgroup, &[MESH_DEST])?;
+    // The pin directory exists but holds no inbound pins: the inbound install must not take
+    // the capture's pins for a half-finished install of its own.
+    pins.ok(&["attach", "--iface", "lo", "--port", "9=disable"])?;
+    let dests = pins.status_line("destinations:")?;
+    ensure!(dests == format!("[{MESH_DEST}]"), "destinations: {dests}");
+    expect_body(
+        &curl(ns, Some(&cgroup.path), MESH_DEST)?,
+        "captured",
+        "curl in the cgroup with both halves installed",
+    )?;
+    let peer = standin
+        .next_peer(Duration::from_secs(5))
+        .context("the outbound listener accepted nothing")?;
+    ensure!(
+        pins.original_dst(peer)?.as_deref() == Some(MESH_DEST),
+        "original destination of {peer} is not {MESH_DEST}"
+    );
+
+    // steer-netns, strict-lo and the two capture links.
+    let (report, _) = pins.ok(&["uninstall"])?;
+    ensure!(report.contains("4 links detached"), "uninstall: {report}");
+    ensure!(!pins.dir.exists(), "{} still exists", pins.dir.display());
+    Ok(())
+}
