@@ -12,7 +12,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -194,10 +194,7 @@ impl StandIn {
 
     /// The next accepted peer, if one comes within `timeout`.
     fn next_peer(&self, timeout: Duration) -> Option<SocketAddr> {
-        match self.peers.recv_timeout(timeout) {
-            Ok(peer) => Some(peer),
-            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
-        }
+        self.peers.recv_timeout(timeout).ok()
     }
 }
 
