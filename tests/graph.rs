@@ -9,64 +9,12 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use e2e::chromium;
+use e2e::chromium::{attributes, edges, DomEdge};
 use e2e::prometheus::Prometheus;
 use e2e::walkthrough::{curl, Identity, Walkthrough};
 use e2e::{free_port, target_dir};
 
 const GATEWAY_NODE: &str = "portcullis.istio-system";
-
-/// One `<g class="edge …">` of the dumped DOM: its attributes and the markup inside it.
-#[derive(Debug)]
-struct DomEdge {
-    attrs: BTreeMap<String, String>,
-    inner: String,
-}
-
-impl DomEdge {
-    fn attr(&self, name: &str) -> &str {
-        self.attrs.get(name).map_or("", String::as_str)
-    }
-
-    fn number(&self, name: &str) -> f64 {
-        self.attr(name).parse().unwrap_or(f64::NAN)
-    }
-}
-
-/// `name="value"` pairs of a start tag's text (Chromium serializes every attribute that way).
-fn attributes(tag: &str) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    let mut rest = tag;
-    while let Some((name, after)) = rest.split_once("=\"") {
-        let Some((value, tail)) = after.split_once('"') else {
-            break;
-        };
-        let name = name.rsplit(' ').next().unwrap_or(name).trim();
-        out.insert(name.to_owned(), value.replace("&amp;", "&"));
-        rest = tail;
-    }
-    out
-}
-
-/// The edges the page drew. Each one's inner markup runs to the next edge or to the nodes.
-fn edges(dom: &str) -> Vec<DomEdge> {
-    let starts: Vec<usize> = dom
-        .match_indices("<g class=\"edge ")
-        .map(|(i, _)| i)
-        .collect();
-    let nodes = dom.find("<g class=\"nodes\"").unwrap_or(dom.len());
-    starts
-        .iter()
-        .enumerate()
-        .map(|(k, &start)| {
-            let end = starts.get(k + 1).copied().unwrap_or(nodes).max(start);
-            let tag_end = dom[start..].find('>').map_or(end, |i| start + i);
-            DomEdge {
-                attrs: attributes(&dom[start..tag_end]),
-                inner: dom[tag_end..end].to_owned(),
-            }
-        })
-        .collect()
-}
 
 /// The one edge from the unknown clients into the gateway with `security`.
 fn edge_into_gateway<'a>(all: &'a [DomEdge], security: &str, dom: &str) -> Result<&'a DomEdge> {

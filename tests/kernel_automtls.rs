@@ -14,9 +14,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use e2e::chromium;
 use e2e::hello::HelloApp;
 use e2e::netns::{Topology, SERVER_IF};
 use e2e::process::{run, Daemon};
+use e2e::prometheus::Prometheus;
 use e2e::{is_root, portcullis_bin, skip_not_root};
 
 /// Both nodes' view of the mesh: two workloads and mesh-wide STRICT.
@@ -101,12 +103,12 @@ fn curl(ns: &str, cgroup: Option<&Path>, url: &str) -> Result<(Option<i32>, Stri
     ))
 }
 
-fn metrics(ns: &str) -> Result<String> {
+fn metrics(ns: &str, admin: &str) -> Result<String> {
     let out = run(Topology::exec(ns, "curl").args([
         "-sS",
         "-m",
         "5",
-        "http://127.0.0.1:15000/stats/prometheus",
+        &format!("http://{admin}/stats/prometheus"),
     ]))?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -167,42 +169,58 @@ fn a_plaintext_client_is_upgraded_to_mutual_tls_by_its_node() -> Result<()> {
         dir: format!("/sys/fs/bpf/portcullis-auto-c-{pid}").into(),
     };
 
-    let daemon =
-        |name: &str, ns: &str, workload: &str, pins: &Path, extra: &[&str]| -> Result<Daemon> {
-            let mut cmd = Topology::nsenter(ns, &bin);
-            cmd.arg("run")
-                .arg("-c")
-                .arg(&config)
-                .arg("--credentials")
-                .arg(&certs)
-                .args([
-                    "--mesh-credential",
-                    workload,
-                    "--workload",
-                    workload,
-                    "--admin",
-                    "127.0.0.1:15000",
-                ])
-                .arg("--pin-dir")
-                .arg(pins)
-                .args(extra);
-            Daemon::spawn(name, cmd, dir)
-        };
+    let daemon = |name: &str,
+                  ns: &str,
+                  workload: &str,
+                  admin: &str,
+                  pins: &Path,
+                  extra: &[&str]|
+     -> Result<Daemon> {
+        let mut cmd = Topology::nsenter(ns, &bin);
+        cmd.arg("run")
+            .arg("-c")
+            .arg(&config)
+            .arg("--credentials")
+            .arg(&certs)
+            .args([
+                "--mesh-credential",
+                workload,
+                "--workload",
+                workload,
+                "--admin",
+                admin,
+            ])
+            .arg("--pin-dir")
+            .arg(pins)
+            .args(extra);
+        Daemon::spawn(name, cmd, dir)
+    };
     let server = daemon(
         "server",
         &topo.server,
         "hello",
+        // On the veth address, so the Prometheus on the client node scrapes both.
+        "10.231.0.1:15000",
         &server_pins.dir,
         &["--iface", SERVER_IF],
     )?;
     wait_for_log(&server, "mesh terminator listening")?;
+    // What a Kiali pointed at the mesh's Prometheus reads; it runs on the client node and
+    // scrapes both daemons (the server's admin listens on its veth address for that).
+    let prometheus = Prometheus::start_in(
+        Some(&topo.outside),
+        &["127.0.0.1:15000", "10.231.0.1:15000"],
+        dir,
+    )?;
+    let prometheus_url = format!("http://{}", prometheus.api);
     let cg = cgroup.0.to_str().context("cgroup path")?;
     let client = daemon(
         "client",
         &topo.outside,
         "sleep",
+        "127.0.0.1:15000",
         &client_pins.dir,
-        &["--capture-cgroup", cg],
+        &["--capture-cgroup", cg, "--prometheus", &prometheus_url],
     )?;
     wait_for_log(&client, "outbound capture")?;
 
@@ -227,7 +245,7 @@ fn a_plaintext_client_is_upgraded_to_mutual_tls_by_its_node() -> Result<()> {
     );
 
     // Both sides report the request as mutual TLS between the two workloads.
-    let client_metrics = metrics(&topo.outside)?;
+    let client_metrics = metrics(&topo.outside, "127.0.0.1:15000")?;
     let line = request_line(&client_metrics, "source")
         .with_context(|| format!("no source report:\n{client_metrics}"))?;
     eprintln!("client node reports: {line}");
@@ -241,7 +259,7 @@ fn a_plaintext_client_is_upgraded_to_mutual_tls_by_its_node() -> Result<()> {
     ] {
         ensure!(line.contains(want), "source report lacks {want}: {line}");
     }
-    let server_metrics = metrics(&topo.server)?;
+    let server_metrics = metrics(&topo.server, "10.231.0.1:15000")?;
     let line = request_line(&server_metrics, "destination")
         .with_context(|| format!("no destination report:\n{server_metrics}"))?;
     for want in [
@@ -255,6 +273,39 @@ fn a_plaintext_client_is_upgraded_to_mutual_tls_by_its_node() -> Result<()> {
             "destination report lacks {want}: {line}"
         );
     }
+
+    // The sleep -> hello edge reported by both ends, both mutual TLS: the lock in Kiali.
+    for reporter in ["source", "destination"] {
+        prometheus.query_until(
+            &format!(
+                "sum by (reporter, connection_security_policy) (istio_requests_total{{reporter=\"{reporter}\",source_workload=\"sleep\",destination_workload=\"hello\"}})"
+            ),
+            r#""connection_security_policy":"mutual_tls""#,
+        )?;
+    }
+    // The mesh graph page of the client node, reading that Prometheus, draws the lock on the
+    // sleep -> hello edge.
+    let graph = "http://127.0.0.1:15000/graph";
+    let dom = chromium::dump_dom_in(Some(&topo.outside), graph, dir)?;
+    let edge = chromium::edges(&dom)
+        .into_iter()
+        .find(|e| {
+            e.attr("data-source") == "sleep.default" && e.attr("data-target") == "hello.default"
+        })
+        .with_context(|| format!("no sleep -> hello edge on /graph:\n{dom}"))?;
+    ensure!(
+        edge.attr("data-security") == "mutual_tls",
+        "edge security: {:?}",
+        edge.attrs
+    );
+    ensure!(
+        edge.inner.contains("lock closed"),
+        "the edge carries a closed lock: {}",
+        edge.inner
+    );
+    let png = e2e::target_dir().join("graph-mesh.png");
+    chromium::screenshot_in(Some(&topo.outside), graph, &png, (1200, 800), dir)?;
+    eprintln!("mesh graph screenshot: {}", png.display());
     drop((client, server));
     Ok(())
 }

@@ -4,6 +4,7 @@
 //! helper processes (zygote, renderer, GPU) die with it, and a run that hangs is killed after
 //! [`TIMEOUT`].
 
+use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -32,12 +33,23 @@ pub fn check_installed() -> Result<()> {
 
 /// The DOM of `url` after its scripts ran (`--dump-dom`).
 pub fn dump_dom(url: &str, scratch: &Path) -> Result<String> {
-    let out = headless(url, &["--dump-dom"], scratch)?;
+    dump_dom_in(None, url, scratch)
+}
+
+/// [`dump_dom`] with the browser inside network namespace `netns` (`None`: here).
+pub fn dump_dom_in(netns: Option<&str>, url: &str, scratch: &Path) -> Result<String> {
+    let out = headless(netns, url, &["--dump-dom"], scratch)?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// A `width`×`height` PNG of `url` written to `png`.
-pub fn screenshot(
+pub fn screenshot(url: &str, png: &Path, size: (u32, u32), scratch: &Path) -> Result<()> {
+    screenshot_in(None, url, png, size, scratch)
+}
+
+/// [`screenshot`] with the browser inside network namespace `netns` (`None`: here).
+pub fn screenshot_in(
+    netns: Option<&str>,
     url: &str,
     png: &Path,
     (width, height): (u32, u32),
@@ -46,7 +58,7 @@ pub fn screenshot(
     let _ = std::fs::remove_file(png);
     let shot = format!("--screenshot={}", png.display());
     let size = format!("--window-size={width},{height}");
-    headless(url, &[&shot, &size, "--hide-scrollbars"], scratch)?;
+    headless(netns, url, &[&shot, &size, "--hide-scrollbars"], scratch)?;
     if !png.exists() {
         bail!("chromium wrote no {}", png.display());
     }
@@ -68,13 +80,20 @@ impl Drop for Group {
     }
 }
 
-fn headless(url: &str, args: &[&str], scratch: &Path) -> Result<Output> {
+fn headless(netns: Option<&str>, url: &str, args: &[&str], scratch: &Path) -> Result<Output> {
     let profile = tempfile::Builder::new()
         .prefix("chromium-profile")
         .tempdir_in(scratch)?;
     let stdout = scratch.join("chromium.stdout");
     let stderr = scratch.join("chromium.stderr");
-    let mut cmd = Command::new("chromium");
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/run/netns/{ns}")).arg("chromium");
+            c
+        }
+        None => Command::new("chromium"),
+    };
     // Root needs --no-sandbox; the rest keeps the browser off the network and quiet.
     cmd.args([
         "--headless",
@@ -126,4 +145,58 @@ fn headless(url: &str, args: &[&str], scratch: &Path) -> Result<Output> {
         );
     }
     Ok(out)
+}
+
+/// An edge of the mesh graph page as Chromium serialized it: its attributes and its markup.
+/// One `<g class="edge …">` of the dumped DOM: its attributes and the markup inside it.
+#[derive(Debug)]
+pub struct DomEdge {
+    pub attrs: BTreeMap<String, String>,
+    pub inner: String,
+}
+
+impl DomEdge {
+    pub fn attr(&self, name: &str) -> &str {
+        self.attrs.get(name).map_or("", String::as_str)
+    }
+
+    pub fn number(&self, name: &str) -> f64 {
+        self.attr(name).parse().unwrap_or(f64::NAN)
+    }
+}
+
+/// `name="value"` pairs of a start tag's text (Chromium serializes every attribute that way).
+pub fn attributes(tag: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut rest = tag;
+    while let Some((name, after)) = rest.split_once("=\"") {
+        let Some((value, tail)) = after.split_once('"') else {
+            break;
+        };
+        let name = name.rsplit(' ').next().unwrap_or(name).trim();
+        out.insert(name.to_owned(), value.replace("&amp;", "&"));
+        rest = tail;
+    }
+    out
+}
+
+/// The edges the page drew. Each one's inner markup runs to the next edge or to the nodes.
+pub fn edges(dom: &str) -> Vec<DomEdge> {
+    let starts: Vec<usize> = dom
+        .match_indices("<g class=\"edge ")
+        .map(|(i, _)| i)
+        .collect();
+    let nodes = dom.find("<g class=\"nodes\"").unwrap_or(dom.len());
+    starts
+        .iter()
+        .enumerate()
+        .map(|(k, &start)| {
+            let end = starts.get(k + 1).copied().unwrap_or(nodes).max(start);
+            let tag_end = dom[start..].find('>').map_or(end, |i| start + i);
+            DomEdge {
+                attrs: attributes(&dom[start..tag_end]),
+                inner: dom[tag_end..end].to_owned(),
+            }
+        })
+        .collect()
 }

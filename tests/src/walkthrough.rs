@@ -79,7 +79,20 @@ pub fn port_offset() -> Result<u16> {
 
 /// `curl -sS` to `url`, returning (status code, body). Extra args go before the URL.
 pub fn curl(url: &str, extra: &[&str]) -> Result<(String, String)> {
-    let out = run(Command::new("curl")
+    curl_in(None, url, extra)
+}
+
+/// [`curl`] run inside network namespace `netns` (`None`: here).
+pub fn curl_in(netns: Option<&str>, url: &str, extra: &[&str]) -> Result<(String, String)> {
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/run/netns/{ns}")).arg("curl");
+            c
+        }
+        None => Command::new("curl"),
+    };
+    let out = run(cmd
         .args(["-sS", "--max-time", "10", "-w", "\n%{http_code}"])
         .args(extra)
         .arg(url))?;

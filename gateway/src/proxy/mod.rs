@@ -68,10 +68,18 @@ impl Gateway {
     }
 
     pub fn with_access_log(snapshot: Snapshot, access_log: AccessLog) -> Arc<Self> {
-        let metrics = Metrics::new(Workload {
-            name: "portcullis".to_owned(),
-            namespace: snapshot.settings.gateway_namespace.clone(),
-        });
+        // A mesh node reports as its workload; an ingress gateway as itself.
+        let workload = match &snapshot.mesh {
+            Some(mesh) => Workload {
+                name: mesh.workload_name.clone(),
+                namespace: mesh.workload_namespace.clone(),
+            },
+            None => Workload {
+                name: "portcullis".to_owned(),
+                namespace: snapshot.settings.gateway_namespace.clone(),
+            },
+        };
+        let metrics = Metrics::new(workload);
         Arc::new(Self {
             config: ArcSwap::from_pointee(snapshot),
             upstream: upstream::UpstreamClient::new(),

@@ -200,7 +200,7 @@
     const g = svg("g", { class: cls, "data-node": node.id, transform: `translate(${p.x},${p.y})` }, layer);
     svg("rect", { x: -NODE_W / 2, y: -NODE_H / 2, width: NODE_W, height: NODE_H, rx: 10 }, g);
     svg("text", { class: "name", y: -3 }, g).textContent = node.workload;
-    const sub = unknown ? "outside the mesh" : node.namespace + (node.local ? " · this gateway" : "");
+    const sub = unknown ? "outside the mesh" : node.namespace + (node.local ? " · this node" : "");
     svg("text", { class: "namespace", y: 15 }, g).textContent = sub;
   }
 
