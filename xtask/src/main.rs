@@ -197,8 +197,19 @@ fn test(no_lint: bool, extra: &[String]) -> Result<()> {
     status(&mut cmd)
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().command {
+/// Errors print as one cause chain, not a backtrace: the failing command is the message.
+fn main() -> std::process::ExitCode {
+    match dispatch(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<()> {
+    match cli.command {
         Cmd::Build { release } => build(release).map(|p| println!("{}", p.display())),
         Cmd::Run {
             release,
