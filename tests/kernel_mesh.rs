@@ -215,7 +215,7 @@ fn mesh_clients_are_steered_to_the_terminator_and_plaintext_follows_peer_authent
         ])
         .arg("--pin-dir")
         .arg(&pins.dir);
-    let daemon = Daemon::spawn("portcullis-mesh", cmd, dir)?;
+    let mut daemon = Daemon::spawn("portcullis-mesh", cmd, dir)?;
     wait_for("the terminator starts", Duration::from_secs(20), || {
         Ok(daemon.log().contains("mesh terminator listening"))
     })
@@ -315,6 +315,30 @@ fn mesh_clients_are_steered_to_the_terminator_and_plaintext_follows_peer_authent
         "the terminator served plaintext without a principal:\n{}",
         daemon.log()
     );
-    drop(daemon);
+
+    // Fail closed: back to STRICT, then the daemon dies. The pinned programs keep resetting
+    // plaintext; mTLS clients are no longer steered (the terminator's socket is gone).
+    set_mode("STRICT")?;
+    wait_for("STRICT in the kernel", Duration::from_secs(5), || {
+        Ok(pins
+            .kernel(&["status"])?
+            .lines()
+            .any(|l| l.trim().starts_with("port 80: STRICT")))
+    })?;
+    daemon.kill();
+    let read_before = app.bytes_read();
+    for family in ["-4", "-6"] {
+        let r = curl(&topo.outside, None, family, "/")?;
+        ensure!(
+            r.code == Some(56),
+            "plaintext {family} after the daemon died: exit {:?} {:?}",
+            r.code,
+            r.stderr
+        );
+    }
+    ensure!(
+        app.bytes_read() == read_before,
+        "the app read plaintext after the daemon died"
+    );
     Ok(())
 }
