@@ -3,19 +3,16 @@
 //! one request on each (so the proxy has set up everything a live connection needs, including
 //! its upstream side), keeps them all open, and reads the proxy's RSS growth.
 
-use std::io::BufReader;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
-use rustls::pki_types::ServerName;
+use anyhow::{Context, Result};
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use super::peers::{Certs, Lab, Target, SMALL_BYTES, SMALL_PATH};
+use super::client::{client_config, open};
+use super::peers::{Certs, Lab, Target};
 use super::sys;
 
 #[derive(Clone, Debug, Serialize)]
@@ -35,57 +32,9 @@ impl IdleRecord {
     }
 }
 
-fn client_config(certs: &Certs) -> Result<Arc<rustls::ClientConfig>> {
-    let read = |p: std::path::PathBuf| -> Result<Vec<u8>> {
-        std::fs::read(&p).with_context(|| format!("reading {p:?}"))
-    };
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pemfile::certs(&mut BufReader::new(&read(certs.ca())?[..])) {
-        roots.add(c?)?;
-    }
-    let chain = rustls_pemfile::certs(&mut BufReader::new(&read(certs.client_cert())?[..]))
-        .collect::<Result<Vec<_>, _>>()?;
-    let key = rustls_pemfile::private_key(&mut BufReader::new(&read(certs.client_key())?[..]))?
-        .context("no private key in the client key file")?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)?;
-    Ok(Arc::new(config))
-}
-
-/// One connection: handshake, one request, read the whole 1 KB response, keep it open.
-async fn open(connector: TlsConnector, port: u16) -> Result<TlsStream<TcpStream>> {
-    let tcp = TcpStream::connect(("127.0.0.1", port)).await?;
-    let name = ServerName::try_from("test.com")?;
-    let mut tls = connector.connect(name, tcp).await?;
-    tls.write_all(format!("GET {SMALL_PATH} HTTP/1.1\r\nHost: test.com\r\n\r\n").as_bytes())
-        .await?;
-    let mut buf = Vec::with_capacity(2048);
-    let mut chunk = [0u8; 2048];
-    // Bounded: a response bigger than 64 KB or a closed stream ends the loop.
-    while buf.len() < 64 * 1024 {
-        let n = tls.read(&mut chunk).await?;
-        if n == 0 {
-            bail!("the proxy closed the connection before the response ended");
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            if buf.len() >= end + 4 + SMALL_BYTES {
-                if !buf.starts_with(b"HTTP/1.1 200") {
-                    bail!("not a 200: {}", String::from_utf8_lossy(&buf[..end]));
-                }
-                return Ok(tls);
-            }
-        }
-    }
-    bail!("response too long")
-}
-
 /// Holds `n` connections open against `port` and returns them (dropping closes them).
 async fn hold(certs: &Certs, port: u16, n: usize) -> Result<Vec<TlsStream<TcpStream>>> {
-    let connector = TlsConnector::from(client_config(certs)?);
+    let connector = TlsConnector::from(client_config(certs, true)?);
     let mut held = Vec::with_capacity(n);
     // Batches of 64 concurrent handshakes: fast, and no accept-queue overflow at the proxy.
     while held.len() < n {

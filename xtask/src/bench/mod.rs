@@ -6,6 +6,8 @@
 //! `scenarios` (what runs), `report` (BENCHMARKS.md), `charts` (its SVG charts).
 
 mod charts;
+mod client;
+mod handshake;
 mod idle;
 mod instr;
 mod oha;
@@ -15,6 +17,7 @@ mod scenarios;
 mod sys;
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -43,13 +46,14 @@ pub fn run(args: BenchArgs, workspace: &Path, target_dir: &Path) -> Result<()> {
         Some(p) => p.clone(),
         None => super::build(true)?,
     };
-    if args.scenarios.contains(&6) {
-        // Built before the clock starts: the measuring, not the compiling, is what `--quick`
-        // keeps under three minutes.
-        super::status(
-            super::cargo().args(["bench", "-p", "gateway", "--bench", "authz", "--no-run"]),
-        )?;
-    }
+    // Built before the clock starts (the measuring, not the compiling, is what `--quick` keeps
+    // under three minutes), and run as that binary, so a change to the tree mid-run cannot
+    // trigger a rebuild.
+    let authz_exe = if args.scenarios.contains(&6) {
+        Some(build_authz_bench()?)
+    } else {
+        None
+    };
     let started = Instant::now();
     let raw_dir = sys::out_dir(target_dir);
     let work = raw_dir.join("work");
@@ -85,6 +89,7 @@ pub fn run(args: BenchArgs, workspace: &Path, target_dir: &Path) -> Result<()> {
         rsa,
         raw_dir: raw_dir.clone(),
         records: Vec::new(),
+        full_handshakes: Vec::new(),
     };
     let wants = |n: u8| args.scenarios.contains(&n);
     if wants(1) {
@@ -114,8 +119,8 @@ pub fn run(args: BenchArgs, workspace: &Path, target_dir: &Path) -> Result<()> {
         Vec::new()
     };
     drop(upstream);
-    let authz = if wants(6) {
-        scenarios::timed("scenario 6", || authz_bench(args.quick, target_dir))?
+    let authz = if let Some(exe) = &authz_exe {
+        scenarios::timed("scenario 6", || authz_bench(exe, args.quick, target_dir))?
     } else {
         Vec::new()
     };
@@ -124,6 +129,7 @@ pub fn run(args: BenchArgs, workspace: &Path, target_dir: &Path) -> Result<()> {
         "plan": suite.plan,
         "machine": machine,
         "records": suite.records,
+        "full_handshakes": suite.full_handshakes,
         "idle": idle,
         "instructions": instr,
         "authz": authz,
@@ -179,18 +185,38 @@ pub fn run(args: BenchArgs, workspace: &Path, target_dir: &Path) -> Result<()> {
 /// Rule counts of scenario 6, the same as `gateway/benches/authz.rs`.
 const AUTHZ_RULES: [usize; 3] = [1, 100, 10_000];
 
-/// Runs the criterion bench and reads each case's median.
-fn authz_bench(quick: bool, target_dir: &Path) -> Result<Vec<report::AuthzRow>> {
-    eprintln!("bench: scenario 6: AuthorizationPolicy decision cost, criterion");
+/// `cargo bench --no-run` for the criterion bench; returns its executable.
+fn build_authz_bench() -> Result<PathBuf> {
     let mut cmd = super::cargo();
-    cmd.args(["bench", "-p", "gateway", "--bench", "authz", "--"]);
+    cmd.args(["bench", "-p", "gateway", "--bench", "authz", "--no-run"])
+        .args(["--message-format", "json"])
+        .stderr(std::process::Stdio::inherit());
+    eprintln!("xtask: {cmd:?}");
+    let out = cmd.output().context("building the authz bench")?;
+    if !out.status.success() {
+        anyhow::bail!("building the authz bench failed with {}", out.status);
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"]["name"] == "authz")
+        .find_map(|v| v["executable"].as_str().map(PathBuf::from))
+        .context("cargo named no executable for the authz bench")
+}
+
+/// Runs the criterion bench and reads each case's median.
+fn authz_bench(exe: &Path, quick: bool, target_dir: &Path) -> Result<Vec<report::AuthzRow>> {
+    eprintln!("bench: scenario 6: AuthorizationPolicy decision cost, criterion");
+    let home = target_dir.join("criterion");
+    let mut cmd = Command::new(exe);
+    cmd.arg("--bench").env("CRITERION_HOME", &home);
     if quick {
         cmd.args(["--warm-up-time", "0.5", "--measurement-time", "1"]);
     }
     super::status(&mut cmd)?;
     let median = |case: &str, n: usize| -> Option<f64> {
-        let p = target_dir
-            .join("criterion/authz")
+        let p = home
+            .join("authz")
             .join(case)
             .join(n.to_string())
             .join("new/estimates.json");

@@ -164,6 +164,7 @@ pub fn nginx_conf(dir: &Path, nofile: u64, certs: &Certs, port: u16, upstream: u
          server {{\n    listen 127.0.0.1:{port} ssl http2 backlog=4096;\n    server_name test.com;\n    \
          ssl_certificate {c}/servercert.pem; ssl_certificate_key {c}/serverkey.pem;\n    \
          ssl_client_certificate {c}/cacert.pem; ssl_verify_client on;\n    \
+         ssl_protocols TLSv1.2 TLSv1.3;\n    \
          location = /status/418 {{ return 403 \"RBAC: access denied\"; }}\n    \
          location / {{\n      proxy_pass http://backend;\n      proxy_http_version 1.1;\n      \
          proxy_set_header Connection \"\";\n      proxy_max_temp_file_size 0;\n    }}\n  }}\n}}\n",

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
+use super::handshake::{self, HandshakeRecord};
 use super::oha::{self, Load, Summary};
 use super::peers::{Certs, KeyType, Lab, Running, Target, BULK_PATH, SMALL_PATH};
 use super::sys::{self, RssSampler};
@@ -89,6 +90,8 @@ pub struct Suite {
     pub rsa: Certs,
     pub raw_dir: PathBuf,
     pub records: Vec<Record>,
+    /// Scenario 2 with resumption off (the suite's own client).
+    pub full_handshakes: Vec<HandshakeRecord>,
 }
 
 /// Every target in the order it runs: the ceiling first, then the proxies.
@@ -288,6 +291,15 @@ impl Suite {
             }
         }
         self.keep_median(2);
+        for key in [KeyType::EcdsaP256, KeyType::Rsa2048] {
+            eprintln!(
+                "bench: scenario 2: full handshakes/s, {} certificates, resumption off",
+                key.cli_name()
+            );
+            let certs = self.certs(key).clone();
+            let recs = handshake::measure(&self.lab, &certs, key, self.plan.run)?;
+            self.full_handshakes.extend(recs);
+        }
         Ok(())
     }
 
