@@ -131,20 +131,20 @@ pub fn measure(
         let start = Instant::now();
         let handshakes = rt.block_on(drive(certs, running.port, duration, 16))?;
         let secs = start.elapsed().as_secs_f64();
-        let cpu_secs = Some(sys::cpu_seconds(pid)? - cpu0);
+        let cpu_secs = sys::cpu_seconds(pid)? - cpu0;
         drop(running);
         let rec = HandshakeRecord {
             target,
             key: key.cli_name(),
             handshakes,
             secs,
-            cpu_secs,
+            cpu_secs: Some(cpu_secs),
             server_resumes,
         };
         eprintln!(
             "bench:   {target:<10} {:>8.0} full handshakes/s (resumption off)  cpu {:.2} s  server resumes by default: {}",
             rec.per_sec(),
-            cpu_secs.unwrap_or(0.0),
+            cpu_secs,
             if server_resumes { "yes" } else { "no" }
         );
         out.push(rec);
