@@ -212,7 +212,9 @@ fn mesh_clients_are_steered_to_the_terminator_and_plaintext_follows_peer_authent
             "127.0.0.1:15000",
             "--reload-ms",
             "100",
+            "--kernel-log",
         ])
+        .env_remove("RUST_LOG")
         .arg("--pin-dir")
         .arg(&pins.dir);
     let mut daemon = Daemon::spawn("portcullis-mesh", cmd, dir)?;
@@ -262,6 +264,11 @@ fn mesh_clients_are_steered_to_the_terminator_and_plaintext_follows_peer_authent
         "the app read plaintext under STRICT"
     );
     ensure!(pins.port80("reset")? >= 2, "the kernel counted the resets");
+    // --kernel-log: the strict program's own line about it reaches the daemon's log.
+    wait_for("the kernel's log line", Duration::from_secs(5), || {
+        Ok(daemon.log().contains("strict: port 80 plaintext reset"))
+    })
+    .with_context(|| daemon.log())?;
     // The daemon's own view: the kernel attached and counting, and the terminator served no
     // plaintext (it accepted the steered handshakes, then saw only the resets).
     let out = run(Topology::exec(&topo.server, "curl").args([

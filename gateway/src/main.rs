@@ -154,6 +154,10 @@ struct MeshArgs {
     /// destinations are captured in the kernel and upgraded to mutual TLS by this node.
     #[arg(long, value_name = "DIR")]
     capture_cgroup: Option<PathBuf>,
+    /// Log the kernel programs' debug lines (steer, strict) into this log. Takes effect when
+    /// the programs are loaded fresh (after `portcullis uninstall`).
+    #[arg(long)]
+    kernel_log: bool,
     /// Where captured connections land (the originator's listener).
     #[arg(long, default_value = "127.0.0.1:15001")]
     outbound: std::net::SocketAddrV4,
@@ -222,9 +226,16 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
 }
 
-fn init_logging(format: LogFormat) {
+/// `kernel_log`: the kernel programs' debug lines (targets `portcullis::strict`,
+/// `portcullis::steer`) are shown unless RUST_LOG says otherwise.
+fn init_logging(format: LogFormat, kernel_log: bool) {
+    let default = if kernel_log {
+        "info,portcullis::strict=debug,portcullis::steer=debug"
+    } else {
+        "info"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -253,7 +264,8 @@ fn load(args: &ConfigArgs) -> Result<config::Snapshot, config::ConfigErrors> {
 /// needs is the file, line and field, which the messages carry.
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let kernel_log = matches!(&cli.command, Command::Run(run) if run.mesh.kernel_log);
+    init_logging(cli.log_format, kernel_log);
     match run_command(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -363,6 +375,7 @@ async fn run(args: RunArgs) -> Result<()> {
             pin_dir: args.mesh.pin_dir.clone(),
             capture_cgroup: args.mesh.capture_cgroup.clone(),
             outbound: args.mesh.outbound,
+            kernel_log: args.mesh.kernel_log,
         };
         Some(mesh::start(&snapshot, &opts)?)
     } else {

@@ -42,6 +42,8 @@ pub struct MeshOptions {
     pub capture_cgroup: Option<PathBuf>,
     /// The originator's listener (where captured connections land).
     pub outbound: std::net::SocketAddrV4,
+    /// Load the kernel programs with their debug lines on, and forward them to the log.
+    pub kernel_log: bool,
 }
 
 /// The mesh side once started: the listeners to serve and the kernel handles to keep in
@@ -138,8 +140,12 @@ pub fn start(snapshot: &Snapshot, opts: &MeshOptions) -> Result<Started, MeshErr
         let installed = install(&InstallOptions {
             pin_dir: opts.pin_dir.clone(),
             interfaces: opts.interfaces.clone(),
-            kernel_log: false,
+            kernel_log: opts.kernel_log,
         })?;
+        if opts.kernel_log {
+            let readers = crate::kernel::log::spawn_readers(&opts.pin_dir);
+            tracing::info!(readers, "forwarding the kernel programs' log lines");
+        }
         tracing::info!(
             origin = ?installed.origin,
             pins = %installed.pins.root().display(),

@@ -39,7 +39,10 @@ impl Daemon {
 
     /// Everything the child wrote so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        // Lossy: a stray non-UTF-8 byte in a log must not hide the rest of it.
+        std::fs::read(&self.log)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
     }
 
     /// Returns the exit status if the child already exited.

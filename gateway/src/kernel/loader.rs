@@ -372,7 +372,7 @@ pub fn status(pin_dir: &Path) -> Result<Status> {
     })
 }
 
-fn program_ids(pins: &PinLayout) -> std::collections::BTreeMap<&'static str, u32> {
+pub(super) fn program_ids(pins: &PinLayout) -> std::collections::BTreeMap<&'static str, u32> {
     let mut ids = std::collections::BTreeMap::new();
     if let Ok(info) = SkLookup::from_pin(pins.prog(PROG_STEER)).and_then(|p| p.info()) {
         ids.insert(PROG_STEER, info.id());

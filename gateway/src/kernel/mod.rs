@@ -13,6 +13,7 @@ pub mod capture;
 pub mod cli;
 pub mod error;
 pub mod loader;
+pub mod log;
 pub mod maps;
 
 pub use capture::{install_capture, open_capture, Capture, CaptureOptions};
