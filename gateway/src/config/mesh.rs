@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use super::compile::{load_credential, Settings};
+use super::compile::Settings;
+use super::credentials::load_credential;
 use super::model::{MeshDestination, MeshInbound};
 use super::resources::WorkloadEntrySpec;
 use super::{ConfigError, ConfigErrors, Doc, Resources};

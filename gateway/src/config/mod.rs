@@ -10,12 +10,15 @@
 #![allow(clippy::result_large_err)]
 
 pub mod compile;
+pub mod credentials;
 pub mod error;
 pub mod hosts;
+pub mod listeners;
 pub mod load;
 pub mod mesh;
 pub mod model;
 pub mod resources;
+pub mod routes;
 pub mod watch;
 
 pub use compile::{compile, Settings, Snapshot};
