@@ -42,17 +42,16 @@ pub struct BenchArgs {
 
 pub fn run(args: BenchArgs, workspace: &Path, target_dir: &Path) -> Result<()> {
     sys::ensure_tools()?;
-    let portcullis = match &args.portcullis_bin {
-        Some(p) => p.clone(),
-        None => super::build(true)?,
-    };
+    let wants_authz = args.scenarios.contains(&6);
     // Built before the clock starts (the measuring, not the compiling, is what `--quick` keeps
-    // under three minutes), and run as that binary, so a change to the tree mid-run cannot
-    // trigger a rebuild.
-    let authz_exe = if args.scenarios.contains(&6) {
-        Some(build_authz_bench()?)
-    } else {
-        None
+    // under three minutes), in one cargo invocation so the daemon and the criterion bench
+    // share one feature resolution and one compile of the library, and run as those binaries,
+    // so a change to the tree mid-run cannot trigger a rebuild.
+    let (built, authz_exe) = build_release(args.portcullis_bin.is_none(), wants_authz)?;
+    let portcullis = match (&args.portcullis_bin, built) {
+        (Some(p), _) => p.clone(),
+        (None, Some(p)) => p,
+        (None, None) => anyhow::bail!("cargo named no portcullis executable"),
     };
     let started = Instant::now();
     let raw_dir = sys::out_dir(target_dir);
@@ -185,23 +184,41 @@ pub fn run(args: BenchArgs, workspace: &Path, target_dir: &Path) -> Result<()> {
 /// Rule counts of scenario 6, the same as `gateway/benches/authz.rs`.
 const AUTHZ_RULES: [usize; 3] = [1, 100, 10_000];
 
-/// `cargo bench --no-run` for the criterion bench; returns its executable.
-fn build_authz_bench() -> Result<PathBuf> {
+/// `cargo build --release` of the daemon and/or the criterion bench; returns their
+/// executables.
+fn build_release(daemon: bool, authz: bool) -> Result<(Option<PathBuf>, Option<PathBuf>)> {
+    if !daemon && !authz {
+        return Ok((None, None));
+    }
     let mut cmd = super::cargo();
-    cmd.args(["bench", "-p", "gateway", "--bench", "authz", "--no-run"])
-        .args(["--message-format", "json"])
+    cmd.args(["build", "--release", "-p", "gateway"]);
+    if daemon {
+        cmd.args(["--bin", "portcullis"]);
+    }
+    if authz {
+        cmd.args(["--bench", "authz"]);
+    }
+    cmd.args(["--message-format", "json"])
         .stderr(std::process::Stdio::inherit());
     eprintln!("xtask: {cmd:?}");
-    let out = cmd.output().context("building the authz bench")?;
+    let out = cmd.output().context("building the benchmark binaries")?;
     if !out.status.success() {
-        anyhow::bail!("building the authz bench failed with {}", out.status);
+        anyhow::bail!("{cmd:?} failed with {}", out.status);
     }
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["target"]["name"] == "authz")
-        .find_map(|v| v["executable"].as_str().map(PathBuf::from))
-        .context("cargo named no executable for the authz bench")
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let exe = |name: &str| {
+        stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["target"]["name"] == name)
+            .find_map(|v| v["executable"].as_str().map(PathBuf::from))
+    };
+    let authz_exe = if authz {
+        Some(exe("authz").context("cargo named no executable for the authz bench")?)
+    } else {
+        None
+    };
+    Ok((exe("portcullis"), authz_exe))
 }
 
 /// Runs the criterion bench and reads each case's median.

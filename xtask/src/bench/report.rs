@@ -118,7 +118,9 @@ pub fn write(root: &Path, inputs: &Inputs<'_>) -> Result<String> {
          (`--release`, the walkthrough's MUTUAL Gateway and DENY AuthorizationPolicy, access \
          log off); nginx (`master_process off`, `worker_processes 1`, `ssl_verify_client on`, \
          upstream `keepalive 64`, `location = /status/418 {{ return 403 \"RBAC: access denied\"; }}` \
-         standing in for the DENY rule, access log off, `proxy_max_temp_file_size 0`); HAProxy \
+         standing in for the DENY rule, access log off, `proxy_max_temp_file_size 0`, and \
+         `ssl_protocols TLSv1.2 TLSv1.3` because Debian's nginx 1.22 leaves TLS 1.3 out by \
+         default and every other target speaks it); HAProxy \
          (`nbthread 1`, `verify required`, `http-reuse always`, `http-request return status \
          403 … if {{ path /status/418 }}`). Before every measured run the harness checks that the \
          target answers 200 on the file and 403 on `/status/418` for the client identity \
@@ -494,7 +496,11 @@ fn fixed_rate_section(
             verdicts.push(Verdict {
                 name: "added p99 at 1000 req/s ≤ 0.5× best peer".into(),
                 met: Some(p_added <= 0.5 * b_added),
-                detail: format!("Portcullis +{p_added:.3} ms, {} +{b_added:.3} ms", b.target),
+                detail: format!(
+                    "Portcullis +{p_added:.3} ms, {} +{b_added:.3} ms ({})",
+                    b.target,
+                    ratio(p_added, b_added)
+                ),
             });
         }
     }
@@ -504,8 +510,9 @@ fn fixed_rate_section(
             name: "CPU at 1000 req/s ≤ 0.5× best peer".into(),
             met: Some(pv <= 0.5 * bv),
             detail: format!(
-                "Portcullis {pv:.3} vCPU, {} {bv:.3} vCPU (Envoy 0.20, ztunnel 0.06 published)",
-                b.target
+                "Portcullis {pv:.3} vCPU, {} {bv:.3} vCPU ({}; Envoy 0.20, ztunnel 0.06 published)",
+                b.target,
+                ratio(pv, bv)
             ),
         });
     }
@@ -516,8 +523,9 @@ fn fixed_rate_section(
             name: "peak RSS at 1000 req/s ≤ best peer".into(),
             met: Some(pv <= bv),
             detail: format!(
-                "Portcullis {pv:.1} MB, {} {bv:.1} MB (Envoy 60, ztunnel 12 published)",
-                b.target
+                "Portcullis {pv:.1} MB, {} {bv:.1} MB ({}; Envoy 60, ztunnel 12 published)",
+                b.target,
+                ratio(pv, bv)
             ),
         });
     }
@@ -547,7 +555,10 @@ fn idle_section(md: &mut String, idle: &[IdleRecord], verdicts: &mut Vec<Verdict
         md,
         "A holder (tokio-rustls, in `xtask/src/bench/idle.rs`) opens N mTLS connections, \
          completes one request on each so every proxy has set up its per-connection state, and \
-         keeps them open; the figure is the proxy's RSS growth divided by N.\n\n\
+         keeps them open; the figure is the proxy's RSS growth divided by N. N is 10,000 \
+         (1,000 with `--quick`), lowered to fit half the open-file limit when `ulimit -n` cannot \
+         be raised far enough (a proxy needs a descriptor per client connection and HAProxy \
+         reserves one more per connection for its server side).\n\n\
          | target | connections held | RSS before MB | RSS with N MB | KB per connection |\n|---|---:|---:|---:|---:|"
     )?;
     for r in idle {
