@@ -223,6 +223,65 @@ pub struct RequestRecord<'a> {
     pub response_bytes: u64,
 }
 
+/// The four request metrics of one label set, resolved.
+#[derive(Clone, Debug)]
+pub struct RequestHandles {
+    requests: Counter,
+    duration: Histogram,
+    request_bytes: Histogram,
+    response_bytes: Histogram,
+}
+
+impl RequestHandles {
+    pub fn record(&self, duration: Duration, request_bytes: u64, response_bytes: u64) {
+        self.requests.inc();
+        self.duration.observe(duration.as_secs_f64() * 1000.0);
+        self.request_bytes.observe(request_bytes as f64);
+        self.response_bytes.observe(response_bytes as f64);
+    }
+}
+
+type HandleKey<'a> = (Option<&'a str>, u16, &'static str, RequestProtocol);
+type OwnedHandleKey = (Option<String>, u16, &'static str, RequestProtocol);
+
+/// A connection's resolved metric handles, by (service, status, flags, protocol). A
+/// connection sees few distinct keys, so a short list beats a map; it is capped so a client
+/// cycling through status codes cannot grow it without bound.
+#[derive(Debug, Default)]
+pub struct HandleCache(std::sync::Mutex<Vec<(OwnedHandleKey, RequestHandles)>>);
+
+impl Clone for HandleCache {
+    /// A copy of a connection starts with an empty cache (the handles are cheap to resolve).
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl HandleCache {
+    const MAX: usize = 16;
+
+    fn get(&self, (service, status, flags, protocol): HandleKey<'_>) -> Option<RequestHandles> {
+        let entries = self.0.lock().ok()?;
+        entries
+            .iter()
+            .find(|((s, st, f, p), _)| {
+                s.as_deref() == service && *st == status && *f == flags && *p == protocol
+            })
+            .map(|(_, h)| h.clone())
+    }
+
+    fn insert(&self, (service, status, flags, protocol): HandleKey<'_>, handles: RequestHandles) {
+        if let Ok(mut entries) = self.0.lock() {
+            if entries.len() < Self::MAX {
+                entries.push((
+                    (service.map(str::to_owned), status, flags, protocol),
+                    handles,
+                ));
+            }
+        }
+    }
+}
+
 /// The gateway's own identity in the `destination_*` labels.
 #[derive(Clone, Debug)]
 pub struct Workload {
@@ -344,11 +403,29 @@ impl Metrics {
         &self.workload
     }
 
-    /// Counts one HTTP request in the four Istio request metrics.
+    /// Counts one HTTP request in the four Istio request metrics. The label set is built and
+    /// hashed once per connection and (service, status, flags); later requests reuse the
+    /// resolved handles from the connection's cache.
     pub fn record_request(&self, r: &RequestRecord<'_>) {
+        let key = (r.service, r.status, r.flags, r.protocol);
+        if let Some(handles) = r.conn.metric_handles.get(key) {
+            handles.record(r.duration, r.request_bytes, r.response_bytes);
+            return;
+        }
         let t = self.tcp_labels(r.conn, r.service, r.protocol, r.flags);
-        let labels = t.with_response_code(r.status);
-        self.record_request_labels(&labels, r.duration, r.request_bytes, r.response_bytes);
+        let handles = self.request_handles(&t.with_response_code(r.status));
+        handles.record(r.duration, r.request_bytes, r.response_bytes);
+        r.conn.metric_handles.insert(key, handles);
+    }
+
+    /// The four request metrics of one label set; clones share the registered state.
+    pub fn request_handles(&self, labels: &RequestLabels) -> RequestHandles {
+        RequestHandles {
+            requests: self.requests.get_or_create(labels).clone(),
+            duration: self.request_duration.get_or_create(labels).clone(),
+            request_bytes: self.request_bytes.get_or_create(labels).clone(),
+            response_bytes: self.response_bytes.get_or_create(labels).clone(),
+        }
     }
 
     /// Counts one HTTP request under labels the caller built: the outbound side reports as
@@ -360,16 +437,8 @@ impl Metrics {
         request_bytes: u64,
         response_bytes: u64,
     ) {
-        self.requests.get_or_create(labels).inc();
-        self.request_duration
-            .get_or_create(labels)
-            .observe(duration.as_secs_f64() * 1000.0);
-        self.request_bytes
-            .get_or_create(labels)
-            .observe(request_bytes as f64);
-        self.response_bytes
-            .get_or_create(labels)
-            .observe(response_bytes as f64);
+        self.request_handles(labels)
+            .record(duration, request_bytes, response_bytes);
     }
 
     /// The label set of a connection to `service` (None: no route).
@@ -496,17 +565,15 @@ mod tests {
     use super::*;
 
     fn conn(principal: Option<&str>) -> ConnInfo {
-        ConnInfo {
-            peer: "127.0.0.1:40000".parse().unwrap(),
-            local: "127.0.0.1:443".parse().unwrap(),
-            port: 443,
-            server: None,
-            sni: Some("test.com".to_owned()),
-            peer_cert: None,
-            tls: true,
-            principal: principal.map(str::to_owned),
-            inbound: None,
-        }
+        let mut c = ConnInfo::new(
+            "127.0.0.1:40000".parse().unwrap(),
+            "127.0.0.1:443".parse().unwrap(),
+            443,
+        );
+        c.sni = Some("test.com".to_owned());
+        c.tls = true;
+        c.principal = principal.map(str::to_owned);
+        c
     }
 
     fn metrics() -> Metrics {
@@ -514,6 +581,37 @@ mod tests {
             name: "portcullis".to_owned(),
             namespace: "istio-system".to_owned(),
         })
+    }
+
+    #[test]
+    fn cached_handles_count_into_the_same_series() {
+        let m = metrics();
+        let c = conn(Some("test.client"));
+        let record = |status| RequestRecord {
+            conn: &c,
+            service: Some("httpbin.default.svc.cluster.local"),
+            protocol: RequestProtocol::http,
+            status,
+            flags: flags::NONE,
+            duration: Duration::from_millis(1),
+            request_bytes: 0,
+            response_bytes: 10,
+        };
+        for status in [200, 200, 200, 403] {
+            m.record_request(&record(status));
+        }
+        let text = m.encode().expect("encode");
+        let count = |code: &str| {
+            text.lines()
+                .find(|l| {
+                    l.starts_with("istio_requests_total{")
+                        && l.contains(&format!("response_code=\"{code}\""))
+                })
+                .and_then(|l| l.rsplit(' ').next())
+                .map(str::to_owned)
+        };
+        assert_eq!(count("200").as_deref(), Some("3"), "{text}");
+        assert_eq!(count("403").as_deref(), Some("1"), "{text}");
     }
 
     #[test]

@@ -23,6 +23,10 @@ pub struct ConnInfo {
     pub principal: Option<String>,
     /// Set on connections the mesh terminator accepted: requests go to the local app.
     pub inbound: Option<Arc<InboundTarget>>,
+    /// The x-forwarded-client-cert value, made once from the verified certificate.
+    pub xfcc: Option<http::HeaderValue>,
+    /// Metric handles already resolved for this connection's label sets.
+    pub metric_handles: crate::admin::metrics::HandleCache,
 }
 
 /// Where an inbound mesh connection's requests go, and the policies that guard them.
@@ -38,6 +42,30 @@ pub struct InboundTarget {
 }
 
 impl ConnInfo {
+    /// A plaintext connection from `peer` to `local`, on Gateway port `port`.
+    pub fn new(peer: SocketAddr, local: SocketAddr, port: u16) -> Self {
+        Self {
+            peer,
+            local,
+            port,
+            server: None,
+            sni: None,
+            peer_cert: None,
+            tls: false,
+            principal: None,
+            inbound: None,
+            xfcc: None,
+            metric_handles: Default::default(),
+        }
+    }
+
+    /// Records the verified client certificate: principal and XFCC are derived once here.
+    pub fn set_peer_cert(&mut self, cert: PeerCertificate) {
+        self.principal = cert.principal();
+        self.xfcc = http::HeaderValue::from_str(&super::http::xfcc(&cert)).ok();
+        self.peer_cert = Some(cert);
+    }
+
     pub fn scheme(&self) -> &'static str {
         if self.tls {
             "https"

@@ -31,15 +31,16 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// Headers that describe one hop and never travel through a proxy (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "transfer-encoding",
-    "upgrade",
+/// As `HeaderName`s, so removing them hashes a known name instead of parsing a string.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    http::header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::PROXY_AUTHENTICATE,
+    http::header::PROXY_AUTHORIZATION,
+    http::header::TE,
+    http::header::TRANSFER_ENCODING,
+    http::header::UPGRADE,
 ];
 
 fn local(status: StatusCode, body: &'static str) -> Response<Body> {
@@ -294,18 +295,20 @@ fn server_gateway(snapshot: &Snapshot, conn: &ConnInfo, host: &str) -> Option<Ga
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Headers named in Connection are hop-by-hop too.
-    let named: Vec<HeaderName> = headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    // Headers named in Connection are hop-by-hop too (most requests carry no Connection).
+    if headers.contains_key(http::header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
     }
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
 }
@@ -343,10 +346,8 @@ fn outbound_request(
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(conn.scheme()));
     // Never trust a client's own XFCC: replace it with what we verified (Envoy's SANITIZE_SET).
     headers.remove(&X_FORWARDED_CLIENT_CERT);
-    if let Some(cert) = &conn.peer_cert {
-        if let Ok(v) = HeaderValue::from_str(&xfcc(cert)) {
-            headers.insert(X_FORWARDED_CLIENT_CERT, v);
-        }
+    if let Some(v) = &conn.xfcc {
+        headers.insert(X_FORWARDED_CLIENT_CERT, v.clone());
     }
     Ok(Request::from_parts(parts, body))
 }

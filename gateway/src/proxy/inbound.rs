@@ -105,17 +105,9 @@ async fn handle(
         workload_name: mesh.workload_name.clone(),
         workload_namespace: mesh.workload_namespace.clone(),
     });
-    let mut conn = ConnInfo {
-        peer,
-        local: original,
-        port,
-        server: None,
-        sni: hello.as_ref().and_then(|h| h.server_name.clone()),
-        peer_cert: None,
-        tls: false,
-        principal: None,
-        inbound: Some(target),
-    };
+    let mut conn = ConnInfo::new(peer, original, port);
+    conn.sni = hello.as_ref().and_then(|h| h.server_name.clone());
+    conn.inbound = Some(target);
     match hello {
         Some(_) => {
             Stats::bump(&gateway.stats.inbound_tls);

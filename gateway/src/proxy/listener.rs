@@ -173,17 +173,7 @@ async fn handle_connection(
         tracing::debug!("port no longer configured; closing");
         return;
     };
-    let mut conn = ConnInfo {
-        peer,
-        local,
-        port,
-        server: None,
-        sni: None,
-        peer_cert: None,
-        tls: false,
-        principal: None,
-        inbound: None,
-    };
+    let mut conn = ConnInfo::new(peer, local, port);
     if !listener.tls {
         serve_http(gateway, snapshot.clone(), conn, stream).await;
         return;
@@ -254,10 +244,7 @@ pub(super) async fn terminate(
     let (_, session) = tls.get_ref();
     if let Some(leaf) = session.peer_certificates().and_then(|c| c.first()) {
         match PeerCertificate::from_der(leaf) {
-            Ok(cert) => {
-                conn.principal = cert.principal();
-                conn.peer_cert = Some(cert);
-            }
+            Ok(cert) => conn.set_peer_cert(cert),
             Err(e) => {
                 tracing::warn!(error = %e, "verified client certificate cannot be read; closing");
                 return None;

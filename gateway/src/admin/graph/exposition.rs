@@ -103,17 +103,11 @@ istio_requests_total{broken
             name: "portcullis".to_owned(),
             namespace: "istio-system".to_owned(),
         });
-        let conn = ConnInfo {
-            peer: "127.0.0.1:40000".parse().unwrap(),
-            local: "127.0.0.1:80".parse().unwrap(),
-            port: 80,
-            server: None,
-            sni: None,
-            peer_cert: None,
-            tls: false,
-            principal: None,
-            inbound: None,
-        };
+        let conn = ConnInfo::new(
+            "127.0.0.1:40000".parse().unwrap(),
+            "127.0.0.1:80".parse().unwrap(),
+            80,
+        );
         for status in [200, 503] {
             m.record_request(&RequestRecord {
                 conn: &conn,
