@@ -288,6 +288,22 @@ fn mesh_clients_are_steered_to_the_terminator_and_plaintext_follows_peer_authent
         kernel.contains(r#""inbound_tls": 3"#),
         "three mTLS connections so far: {kernel}"
     );
+    let out = run(Topology::exec(&topo.server, "curl").args([
+        "-sS",
+        "-m",
+        "5",
+        "http://127.0.0.1:15000/stats/prometheus",
+    ]))?;
+    let metrics = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("portcullis_kernel_connections_total{")
+                && l.contains(r#"verdict="reset""#)
+                && l.contains(r#"port="80""#)
+                && !l.ends_with(" 0")),
+        "the kernel's resets are in the metrics:\n{metrics}"
+    );
 
     // PERMISSIVE: the edit reaches the kernel and the terminator together; plaintext is
     // steered to the terminator and served with no principal, mTLS still works.

@@ -128,6 +128,13 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KernelLabels {
+    port: u16,
+    /// `steered`, `reset` (plaintext under STRICT), `passed`, `dropped` (not judgeable).
+    verdict: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CredentialLabels {
     credential: String,
 }
@@ -304,6 +311,7 @@ pub struct Metrics {
     authz_denied: Family<PolicyLabels, Counter>,
     tls_failures: Family<ReasonLabels, Counter>,
     certificate_expiry: Family<CredentialLabels, Gauge>,
+    kernel: Family<KernelLabels, Counter>,
 }
 
 impl fmt::Debug for Metrics {
@@ -325,6 +333,7 @@ impl Metrics {
         let authz_denied = Family::default();
         let tls_failures = Family::default();
         let certificate_expiry = Family::default();
+        let kernel = Family::default();
         // Counters get their `_total` suffix from the encoder.
         registry.register(
             "istio_requests",
@@ -381,6 +390,11 @@ impl Metrics {
             "Seconds until each credential's certificate expires (negative: expired)",
             Family::clone(&certificate_expiry),
         );
+        registry.register(
+            "portcullis_kernel_connections",
+            "First segments judged by the kernel programs, by port and verdict (reset: plaintext under STRICT; dropped: could not be judged safely)",
+            Family::clone(&kernel),
+        );
         Self {
             registry,
             workload,
@@ -395,6 +409,7 @@ impl Metrics {
             authz_denied,
             tls_failures,
             certificate_expiry,
+            kernel,
         }
     }
 
@@ -539,6 +554,26 @@ impl Metrics {
                     credential: name.clone(),
                 })
                 .set(cred.not_after.saturating_sub(now));
+        }
+    }
+
+    /// Brings the kernel counters in from a reading of the pinned per-CPU maps. They are
+    /// monotonic in the kernel (and outlive this process), so each counter advances by the
+    /// difference to what it last showed.
+    pub fn update_kernel(&self, counters: &crate::kernel::CounterSnapshot) {
+        for (&port, c) in &counters.per_port {
+            for (verdict, value) in [
+                ("steered", c.steered),
+                ("reset", c.reset),
+                ("passed", c.passed),
+                ("dropped", c.dropped),
+            ] {
+                let counter = self.kernel.get_or_create(&KernelLabels { port, verdict });
+                let seen = counter.get();
+                if value > seen {
+                    counter.inc_by(value - seen);
+                }
+            }
         }
     }
 

@@ -165,6 +165,12 @@ impl Admin {
             .map_or(0, |d| d.as_secs() as i64);
         let metrics = &self.gateway.metrics;
         metrics.update_certificate_expiry(&self.gateway.snapshot().credentials, now);
+        if let Some(pins) = self.gateway.kernel_pins.get() {
+            match crate::kernel::status(pins) {
+                Ok(st) => metrics.update_kernel(&st.counters),
+                Err(e) => tracing::debug!(error = %e, "kernel counters not readable"),
+            }
+        }
         match metrics.encode() {
             Ok(body) => {
                 let mut resp = Response::new(Full::new(Bytes::from(body)));
