@@ -14,6 +14,7 @@ mod oha;
 mod peers;
 mod report;
 mod scenarios;
+mod strict;
 mod sys;
 
 use std::path::{Path, PathBuf};
@@ -32,8 +33,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub quick: bool,
     /// Scenarios to run (1 keep-alive, 2 handshakes, 3 fixed rate, 4 bulk, 5 idle, 6 authz,
-    /// 8 instructions per request under callgrind).
-    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6,8")]
+    /// 7 STRICT rejection in network namespaces (root only), 8 instructions per request).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6,7,8")]
     pub scenarios: Vec<u8>,
     /// Use this portcullis binary instead of building `--release` from the workspace.
     #[arg(long, value_name = "PATH")]
@@ -118,6 +119,26 @@ pub fn run(args: BenchArgs, workspace: &Path, target_dir: &Path) -> Result<()> {
         Vec::new()
     };
     drop(upstream);
+    // The kernel path depends on the host (root, bpffs, tc): a failure here is reported, not
+    // fatal to the rest of the run.
+    let (strict, strict_note) = if !wants(7) {
+        (Vec::new(), "Not run.".to_owned())
+    } else if !super::is_root() {
+        (
+            Vec::new(),
+            "Not run: network namespaces and bpffs need root.".to_owned(),
+        )
+    } else {
+        match scenarios::timed("scenario 7", || {
+            strict::measure(&suite.lab.portcullis, &work, suite.plan.run)
+        }) {
+            Ok(r) => (r, String::new()),
+            Err(e) => {
+                eprintln!("bench: scenario 7 failed: {e:#}");
+                (Vec::new(), format!("Failed in this run: `{e:#}`."))
+            }
+        }
+    };
     let authz = if let Some(exe) = &authz_exe {
         scenarios::timed("scenario 6", || authz_bench(exe, args.quick, target_dir))?
     } else {
@@ -131,6 +152,7 @@ pub fn run(args: BenchArgs, workspace: &Path, target_dir: &Path) -> Result<()> {
         "full_handshakes": suite.full_handshakes,
         "idle": idle,
         "instructions": instr,
+        "strict": strict,
         "authz": authz,
     });
     std::fs::write(
@@ -141,7 +163,7 @@ pub fn run(args: BenchArgs, workspace: &Path, target_dir: &Path) -> Result<()> {
     let command_line = format!(
         "cargo xtask bench{}{}",
         if args.quick { " --quick" } else { "" },
-        if args.scenarios.len() < 7 {
+        if args.scenarios.len() < 8 {
             format!(
                 " --scenarios {}",
                 args.scenarios
@@ -167,6 +189,8 @@ pub fn run(args: BenchArgs, workspace: &Path, target_dir: &Path) -> Result<()> {
             authz: &authz,
             idle: &idle,
             instr: &instr,
+            strict: &strict,
+            strict_note: &strict_note,
             upstream_conf: &sample("upstream", "nginx.conf"),
             nginx_conf: &sample("nginx", "nginx.conf"),
             haproxy_conf: &sample("haproxy", "haproxy.cfg"),

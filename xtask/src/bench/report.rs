@@ -11,6 +11,7 @@ use super::idle::IdleRecord;
 use super::instr::InstrRecord;
 use super::peers::Target;
 use super::scenarios::{Record, Suite};
+use super::strict::StrictRecord;
 use super::sys::Machine;
 
 /// Istio's published per-proxy figures at 1000 req/s with 1 KB payloads.
@@ -30,6 +31,9 @@ pub struct Inputs<'a> {
     pub authz: &'a [AuthzRow],
     pub idle: &'a [IdleRecord],
     pub instr: &'a [InstrRecord],
+    pub strict: &'a [StrictRecord],
+    /// Why scenario 7 has no figures, when it has none.
+    pub strict_note: &'a str,
     pub upstream_conf: &'a str,
     pub nginx_conf: &'a str,
     pub haproxy_conf: &'a str,
@@ -129,10 +133,15 @@ pub fn write(root: &Path, inputs: &Inputs<'_>) -> Result<String> {
          test.com:443:127.0.0.1:PORT`, so SNI and the server name stay `test.com`; a warm-up of \
          {warm:?} before each measured run of {run:?} ({lat:?} for the fixed-rate scenario). \
          Direct is always HTTP/1.1 plaintext (the upstream speaks no h2c).\n\
-         - Raw oha JSON of every run: `target/bench/`; every record: `target/bench/results.json`.\n",
+         - Raw oha JSON of every run: `target/bench/`; every record: `target/bench/results.json`.\n\
+         - **Other load**: the 1-minute load average when each measured run started ranged \
+         from {lmin:.2} to {lmax:.2} (the suite itself keeps about 2 busy); higher means other \
+         work shared the cores.\n",
         warm = s.plan.warmup,
         run = s.plan.run,
         lat = s.plan.latency_run,
+        lmin = s.records.iter().map(|r| r.load1).fold(f64::INFINITY, f64::min),
+        lmax = s.records.iter().map(|r| r.load1).fold(f64::NEG_INFINITY, f64::max),
     )?;
 
     // Scenario 1.
@@ -313,12 +322,7 @@ pub fn write(root: &Path, inputs: &Inputs<'_>) -> Result<String> {
     authz_section(&mut md, inputs.authz, &mut verdicts, &charts)?;
 
     instr_section(&mut md, inputs.instr)?;
-    writeln!(
-        md,
-        "## 7. STRICT rejection\n\n\
-         Not measured yet: the kernel path's rejection rate needs the suite to set up a network \
-         namespace and attach `portcullis kernel` there, and a plaintext-connection driver.\n"
-    )?;
+    strict_section(&mut md, inputs.strict, inputs.strict_note, &mut verdicts)?;
 
     writeln!(
         md,
@@ -627,6 +631,60 @@ fn instr_section(md: &mut String, instr: &[InstrRecord]) -> Result<()> {
         )?;
     }
     writeln!(md)?;
+    Ok(())
+}
+
+fn strict_section(
+    md: &mut String,
+    strict: &[StrictRecord],
+    note: &str,
+    verdicts: &mut Vec<Verdict>,
+) -> Result<()> {
+    writeln!(
+        md,
+        "## 7. STRICT rejection of plaintext (kernel path vs userspace)\n\n\
+         Two network namespaces made by the suite (10.233.0.1 and .2 on a veth pair). A \
+         plaintext app listens on 10.233.0.1:80. {CLIENTS} client threads in the other namespace \
+         (core 1) connect, send a plaintext request and read; a reset is a refusal. \
+         **Userspace**: the app itself accepts, reads the first bytes and resets (SO_LINGER 0), \
+         on core 0. **Kernel**: `portcullis kernel run --iface pcb-srv --port 80=strict` \
+         (pinned to core 0) attaches the tc ingress program, which resets the connection on its \
+         first plaintext segment before the app reads a byte; the CPU column is the daemon's.\n",
+        CLIENTS = 4
+    )?;
+    if strict.is_empty() {
+        writeln!(md, "{note}\n")?;
+        return Ok(());
+    }
+    writeln!(
+        md,
+        "| path | refused/s | served (must be 0) | CPU s of the refusing process |\n|---|---:|---:|---:|"
+    )?;
+    for r in strict {
+        writeln!(
+            md,
+            "| {} | {:.0} | {} | {:.3} |",
+            r.path,
+            r.per_sec(),
+            r.served,
+            r.cpu_secs
+        )?;
+    }
+    writeln!(md)?;
+    let find = |p: &str| strict.iter().find(|r| r.path == p);
+    if let (Some(k), Some(u)) = (find("kernel"), find("userspace")) {
+        verdicts.push(Verdict {
+            name: "kernel STRICT rejections/s ≥ 10× userspace".into(),
+            met: Some(k.per_sec() >= 10.0 * u.per_sec()),
+            detail: format!(
+                "kernel {:.0}/s, userspace {:.0}/s ({}); daemon CPU {:.3} s",
+                k.per_sec(),
+                u.per_sec(),
+                ratio(k.per_sec(), u.per_sec()),
+                k.cpu_secs
+            ),
+        });
+    }
     Ok(())
 }
 

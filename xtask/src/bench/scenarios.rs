@@ -54,6 +54,8 @@ pub struct Record {
     pub peak_rss_kb: Option<u64>,
     pub raw: PathBuf,
     pub command: String,
+    /// The 1-minute load average when the measured run started.
+    pub load1: f64,
     /// The scenario's key figure in every round, in run order (the record is the median one).
     pub rounds: Vec<f64>,
 }
@@ -140,6 +142,7 @@ impl Suite {
         );
         let raw = oha::raw_path(&self.raw_dir, &name);
         let pid = running.pid();
+        let load1 = sys::load1();
         let cpu_before = pid.map(sys::cpu_seconds).transpose()?;
         let sampler = pid.map(RssSampler::start);
         let summary = oha::run(&load, &running, &certs, &raw)?;
@@ -177,6 +180,7 @@ impl Suite {
             peak_rss_kb,
             raw,
             command,
+            load1,
             rounds: Vec::new(),
         });
         Ok(())

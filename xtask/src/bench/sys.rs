@@ -300,6 +300,14 @@ pub fn raise_nofile() -> Result<u64> {
     Ok(lim.rlim_cur)
 }
 
+/// The 1-minute load average: how busy the machine was apart from the suite.
+pub fn load1() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
 /// `target/bench`, where raw results go.
 pub fn out_dir(target: &Path) -> PathBuf {
     target.join("bench")
