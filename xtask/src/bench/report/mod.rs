@@ -5,7 +5,12 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use super::charts::{bars, grouped_bars};
+mod sections;
+
+use self::sections::{
+    authz_section, fixed_rate_section, idle_section, instr_section, strict_section,
+};
+use super::charts::grouped_bars;
 use super::handshake::HandshakeRecord;
 use super::idle::IdleRecord;
 use super::instr::InstrRecord;
@@ -15,7 +20,7 @@ use super::strict::StrictRecord;
 use super::sys::Machine;
 
 /// Istio's published per-proxy figures at 1000 req/s with 1 KB payloads.
-const ISTIO_REFERENCES: &[(&str, f64, f64)] = &[
+pub(super) const ISTIO_REFERENCES: &[(&str, f64, f64)] = &[
     ("Envoy sidecar (Istio, published)", 0.20, 60.0),
     ("ztunnel (Istio, published)", 0.06, 12.0),
 ];
@@ -42,10 +47,10 @@ pub struct Inputs<'a> {
 }
 
 /// A target met or missed, for the closing list.
-struct Verdict {
-    name: String,
-    met: Option<bool>,
-    detail: String,
+pub(super) struct Verdict {
+    pub(super) name: String,
+    pub(super) met: Option<bool>,
+    pub(super) detail: String,
 }
 
 fn mark(met: Option<bool>) -> &'static str {
@@ -56,12 +61,12 @@ fn mark(met: Option<bool>) -> &'static str {
     }
 }
 
-fn find<'a>(rows: &[&'a Record], t: Target) -> Option<&'a Record> {
+pub(super) fn find<'a>(rows: &[&'a Record], t: Target) -> Option<&'a Record> {
     rows.iter().copied().find(|r| r.target == t)
 }
 
 /// The better peer by `key` (higher is better when `higher`).
-fn best_peer<'a>(
+pub(super) fn best_peer<'a>(
     rows: &[&'a Record],
     key: impl Fn(&Record) -> Option<f64>,
     higher: bool,
@@ -73,7 +78,7 @@ fn best_peer<'a>(
         .reduce(|a, b| if (b.1 > a.1) == higher { b } else { a })
 }
 
-fn ratio(a: f64, b: f64) -> String {
+pub(super) fn ratio(a: f64, b: f64) -> String {
     if b.abs() < f64::EPSILON {
         "–".to_owned()
     } else {
@@ -431,7 +436,7 @@ fn value_of_key(r: &Record, key: f64, value: &impl Fn(&Record) -> f64) -> f64 {
 }
 
 /// Every round's figure, for judging the noise.
-fn rounds(r: &Record, f: impl Fn(f64) -> f64) -> String {
+pub(super) fn rounds(r: &Record, f: impl Fn(f64) -> f64) -> String {
     if r.rounds.len() < 2 {
         return "–".into();
     }
@@ -440,317 +445,4 @@ fn rounds(r: &Record, f: impl Fn(f64) -> f64) -> String {
         .map(|&k| format!("{:.1}", f(k)))
         .collect::<Vec<_>>()
         .join(" / ")
-}
-
-fn fixed_rate_section(
-    md: &mut String,
-    s: &Suite,
-    verdicts: &mut Vec<Verdict>,
-    charts: &Path,
-) -> Result<()> {
-    let rows = s.of(3, "1000 req/s");
-    writeln!(
-        md,
-        "## 3. Added latency at a fixed {} req/s (open loop, `--latency-correction`, 1 KB)\n",
-        s.plan.rate
-    )?;
-    writeln!(md, "![latency](BENCHMARKS/latency_1000rps.svg)\n")?;
-    if rows.is_empty() {
-        writeln!(md, "Not run.\n")?;
-        return Ok(());
-    }
-    let direct = find(&rows, Target::Direct).map(|r| r.summary.clone());
-    let added = |r: &Record, p: fn(&super::oha::Summary) -> f64| {
-        direct.as_ref().map(|d| p(&r.summary) - p(d))
-    };
-    writeln!(
-        md,
-        "| target | achieved req/s | p50 ms | p99 ms | p99.9 ms | added p50 | added p99 | added p99.9 | vCPU | CPU s | peak RSS MB | p99 of every round |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
-    )?;
-    let f = |v: Option<f64>, d: usize| v.map_or("–".to_owned(), |v| format!("{v:.d$}"));
-    for r in &rows {
-        writeln!(
-            md,
-            "| {} | {:.0} | {:.3} | {:.3} | {:.3} | {} | {} | {} | {} | {} | {} | {} |",
-            r.target,
-            r.summary.requests_per_sec,
-            r.summary.p50_ms,
-            r.summary.p99_ms,
-            r.summary.p999_ms,
-            f(added(r, |s| s.p50_ms), 3),
-            f(added(r, |s| s.p99_ms), 3),
-            f(added(r, |s| s.p999_ms), 3),
-            f(r.vcpu(), 3),
-            f(r.cpu_secs, 2),
-            f(r.peak_rss_kb.map(|k| k as f64 / 1024.0), 1),
-            rounds(r, |k| k),
-        )?;
-    }
-    for (name, vcpu, mb) in ISTIO_REFERENCES {
-        writeln!(
-            md,
-            "| {name} | 1000 | | | | | | | {vcpu:.2} | | {mb:.0} | |"
-        )?;
-    }
-    writeln!(md)?;
-    let p = find(&rows, Target::Portcullis);
-    if let (Some(p), Some(_)) = (p, &direct) {
-        let p_added = added(p, |s| s.p99_ms).unwrap_or(0.0);
-        if let Some((b, b_added)) = best_peer(&rows, |r| added(r, |s| s.p99_ms), false) {
-            verdicts.push(Verdict {
-                name: "added p99 at 1000 req/s ≤ 0.5× best peer".into(),
-                met: Some(p_added <= 0.5 * b_added),
-                detail: format!(
-                    "Portcullis +{p_added:.3} ms, {} +{b_added:.3} ms ({})",
-                    b.target,
-                    ratio(p_added, b_added)
-                ),
-            });
-        }
-    }
-    if let (Some(p), Some((b, bv))) = (p, best_peer(&rows, Record::vcpu, false)) {
-        let pv = p.vcpu().unwrap_or(f64::NAN);
-        verdicts.push(Verdict {
-            name: "CPU at 1000 req/s ≤ 0.5× best peer".into(),
-            met: Some(pv <= 0.5 * bv),
-            detail: format!(
-                "Portcullis {pv:.3} vCPU, {} {bv:.3} vCPU ({}; Envoy 0.20, ztunnel 0.06 published)",
-                b.target,
-                ratio(pv, bv)
-            ),
-        });
-    }
-    let rss = |r: &Record| r.peak_rss_kb.map(|k| k as f64 / 1024.0);
-    if let (Some(p), Some((b, bv))) = (p, best_peer(&rows, rss, false)) {
-        let pv = rss(p).unwrap_or(f64::NAN);
-        verdicts.push(Verdict {
-            name: "peak RSS at 1000 req/s ≤ best peer".into(),
-            met: Some(pv <= bv),
-            detail: format!(
-                "Portcullis {pv:.1} MB, {} {bv:.1} MB ({}; Envoy 60, ztunnel 12 published)",
-                b.target,
-                ratio(pv, bv)
-            ),
-        });
-    }
-    let pcts = ["p50", "p99", "p99.9"];
-    grouped_bars(
-        &charts.join("latency_1000rps.svg"),
-        "Latency at 1000 req/s (ms)",
-        "ms",
-        &pcts,
-        &|pct, t| {
-            rows.iter().find(|r| r.target == t).map(|r| match pct {
-                "p50" => r.summary.p50_ms,
-                "p99" => r.summary.p99_ms,
-                _ => r.summary.p999_ms,
-            })
-        },
-    )
-}
-
-fn idle_section(md: &mut String, idle: &[IdleRecord], verdicts: &mut Vec<Verdict>) -> Result<()> {
-    writeln!(md, "## 5. Memory per idle mTLS connection\n")?;
-    if idle.is_empty() {
-        writeln!(md, "Not run.\n")?;
-        return Ok(());
-    }
-    writeln!(
-        md,
-        "A holder (tokio-rustls, in `xtask/src/bench/idle.rs`) opens N mTLS connections, \
-         completes one request on each so every proxy has set up its per-connection state, and \
-         keeps them open; the figure is the proxy's RSS growth divided by N. N is 10,000 \
-         (1,000 with `--quick`), lowered to fit half the open-file limit when `ulimit -n` cannot \
-         be raised far enough (a proxy needs a descriptor per client connection and HAProxy \
-         reserves one more per connection for its server side).\n\n\
-         | target | connections held | RSS before MB | RSS with N MB | KB per connection |\n|---|---:|---:|---:|---:|"
-    )?;
-    for r in idle {
-        writeln!(
-            md,
-            "| {} | {} | {:.1} | {:.1} | {:.1} |",
-            r.target,
-            r.held,
-            r.rss_before_kb as f64 / 1024.0,
-            r.rss_after_kb as f64 / 1024.0,
-            r.kb_per_conn()
-        )?;
-    }
-    writeln!(md)?;
-    if let Some(p) = idle.iter().find(|r| r.target == Target::Portcullis) {
-        let best = idle
-            .iter()
-            .filter(|r| r.target != Target::Portcullis)
-            .min_by(|a, b| a.kb_per_conn().total_cmp(&b.kb_per_conn()));
-        verdicts.push(Verdict {
-            name: "≤ 10 KB per idle connection".into(),
-            met: Some(p.kb_per_conn() <= 10.0),
-            detail: format!(
-                "Portcullis {:.1} KB{}",
-                p.kb_per_conn(),
-                best.map_or(String::new(), |b| format!(
-                    ", {} {:.1} KB",
-                    b.target,
-                    b.kb_per_conn()
-                ))
-            ),
-        });
-    }
-    Ok(())
-}
-
-fn instr_section(md: &mut String, instr: &[InstrRecord]) -> Result<()> {
-    writeln!(
-        md,
-        "## Instructions per request (callgrind)\n\n\
-         `perf stat -e instructions` reports `<not supported>` on this virtual machine (no PMU), \
-         so each proxy runs under `valgrind --tool=callgrind`; after 200 warm-up requests its \
-         counters are zeroed and oha sends a fixed number of keep-alive HTTP/1.1 requests for \
-         the 1 KB file on one mTLS connection (its one handshake is in the count). The count \
-         does not depend on the machine's other load, so a regression shows here first.\n"
-    )?;
-    if instr.is_empty() {
-        writeln!(md, "Not run.\n")?;
-        return Ok(());
-    }
-    let best = instr
-        .iter()
-        .filter(|r| r.target != Target::Portcullis)
-        .map(InstrRecord::per_request)
-        .reduce(f64::min);
-    writeln!(md, "| target | requests | instructions | per request | × best peer |\n|---|---:|---:|---:|---:|")?;
-    for r in instr {
-        writeln!(
-            md,
-            "| {} | {} | {} | {:.0} | {} |",
-            r.target,
-            r.requests,
-            r.instructions,
-            r.per_request(),
-            best.map_or("–".into(), |b| ratio(r.per_request(), b))
-        )?;
-    }
-    writeln!(md)?;
-    Ok(())
-}
-
-fn strict_section(
-    md: &mut String,
-    strict: &[StrictRecord],
-    note: &str,
-    verdicts: &mut Vec<Verdict>,
-) -> Result<()> {
-    writeln!(
-        md,
-        "## 7. STRICT rejection of plaintext (kernel path vs userspace)\n\n\
-         Two network namespaces made by the suite (10.233.0.1 and .2 on a veth pair). A \
-         plaintext app listens on 10.233.0.1:80. {CLIENTS} client threads in the other namespace \
-         (core 1) connect, send a plaintext request and read; a reset is a refusal. \
-         **Userspace**: the app itself accepts, reads the first bytes and resets (SO_LINGER 0), \
-         on core 0. **Kernel**: `portcullis kernel run --iface pcb-srv --port 80=strict` \
-         (pinned to core 0) attaches the tc ingress program, which resets the connection on its \
-         first plaintext segment before the app reads a byte; the CPU column is the daemon's.\n",
-        CLIENTS = 4
-    )?;
-    if strict.is_empty() {
-        writeln!(md, "{note}\n")?;
-        return Ok(());
-    }
-    writeln!(
-        md,
-        "| path | refused/s | served (must be 0) | CPU s of the refusing process |\n|---|---:|---:|---:|"
-    )?;
-    for r in strict {
-        writeln!(
-            md,
-            "| {} | {:.0} | {} | {:.3} |",
-            r.path,
-            r.per_sec(),
-            r.served,
-            r.cpu_secs
-        )?;
-    }
-    writeln!(md)?;
-    let find = |p: &str| strict.iter().find(|r| r.path == p);
-    if let (Some(k), Some(u)) = (find("kernel"), find("userspace")) {
-        verdicts.push(Verdict {
-            name: "kernel STRICT rejections/s ≥ 10× userspace".into(),
-            met: Some(k.per_sec() >= 10.0 * u.per_sec()),
-            detail: format!(
-                "kernel {:.0}/s, userspace {:.0}/s ({}); daemon CPU {:.3} s",
-                k.per_sec(),
-                u.per_sec(),
-                ratio(k.per_sec(), u.per_sec()),
-                k.cpu_secs
-            ),
-        });
-    }
-    Ok(())
-}
-
-fn authz_section(
-    md: &mut String,
-    authz: &[AuthzRow],
-    verdicts: &mut Vec<Verdict>,
-    charts: &Path,
-) -> Result<()> {
-    writeln!(
-        md,
-        "## 6. AuthorizationPolicy decision cost versus rules (criterion)\n\n\
-         `cargo bench -p gateway --bench authz`: one DENY policy with N rules (a mix of exact \
-         paths and principals), loaded from generated YAML with `config::load_paths`, compiled \
-         with `Authorizer::compile`, then `evaluate` for a request that matches the last rule \
-         and one that matches none. Median of criterion's samples.\n"
-    )?;
-    if authz.is_empty() {
-        writeln!(md, "Not run.\n")?;
-        return Ok(());
-    }
-    writeln!(md, "![authz](BENCHMARKS/authz.svg)\n")?;
-    writeln!(
-        md,
-        "| rules | matching ns | non-matching ns | matching × 1-rule |\n|---:|---:|---:|---:|"
-    )?;
-    let base = authz.first().and_then(|r| r.1);
-    let f = |v: Option<f64>| v.map_or("–".to_owned(), |v| format!("{v:.1}"));
-    for (n, m, nm) in authz {
-        writeln!(
-            md,
-            "| {n} | {} | {} | {} |",
-            f(*m),
-            f(*nm),
-            match (m, base) {
-                (Some(m), Some(b)) => ratio(*m, b),
-                _ => "–".into(),
-            }
-        )?;
-    }
-    writeln!(md)?;
-    let last = authz.last();
-    if let (Some(b), Some((n, Some(m), nm))) = (base, last) {
-        let worst = nm.map_or(*m, |nm| m.max(nm));
-        let one = authz
-            .first()
-            .map_or(b, |r| r.1.unwrap_or(b).max(r.2.unwrap_or(b)));
-        verdicts.push(Verdict {
-            name: format!("{n}-rule decision p50 ≤ 3× 1-rule"),
-            met: Some(worst <= 3.0 * one),
-            detail: format!(
-                "{n} rules {worst:.0} ns vs 1 rule {one:.0} ns ({})",
-                ratio(worst, one)
-            ),
-        });
-    }
-    let labels: Vec<String> = authz.iter().map(|r| format!("{} rules", r.0)).collect();
-    let label_refs: Vec<&str> = labels.iter().map(String::as_str).collect();
-    bars(
-        &charts.join("authz.svg"),
-        "AuthorizationPolicy decision, median ns",
-        "ns",
-        &label_refs,
-        &[
-            ("matching", authz.iter().map(|r| r.1).collect()),
-            ("non-matching", authz.iter().map(|r| r.2).collect()),
-        ],
-    )
 }
