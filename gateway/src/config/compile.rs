@@ -95,8 +95,8 @@ pub fn compile(resources: Resources, settings: Settings) -> Result<Snapshot, Con
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::model::ServerTls;
     use crate::config::load_paths;
+    use crate::config::model::ServerTls;
     use crate::identity::certs::{issue_demo_set, IssueRequest};
 
     /// A walkthrough-shaped config with `tls_extra` added to the 443 server's `tls`.
