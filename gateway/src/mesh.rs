@@ -114,8 +114,8 @@ pub fn kernel_ports(mesh: &MeshInbound) -> BTreeMap<u16, PortSetting> {
         .collect()
 }
 
-/// Binds the terminator's listener (dual-stack for `[::]`).
-pub fn bind_terminator(addr: SocketAddr) -> Result<std::net::TcpListener, MeshError> {
+/// Binds a listener for the mesh side (dual-stack for `[::]`).
+pub fn bind_listener(addr: SocketAddr) -> Result<std::net::TcpListener, MeshError> {
     let bind = || -> std::io::Result<std::net::TcpListener> {
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
         if addr.is_ipv6() {
@@ -135,7 +135,7 @@ pub fn bind_terminator(addr: SocketAddr) -> Result<std::net::TcpListener, MeshEr
 /// maps for later reloads.
 pub fn start(snapshot: &Snapshot, opts: &MeshOptions) -> Result<Started, MeshError> {
     let mesh = snapshot.mesh.as_ref().ok_or(MeshError::NotConfigured)?;
-    let listener = bind_terminator(opts.terminator)?;
+    let listener = bind_listener(opts.terminator)?;
     let maps = if opts.kernel {
         let installed = install(&InstallOptions {
             pin_dir: opts.pin_dir.clone(),
@@ -175,7 +175,7 @@ pub fn start(snapshot: &Snapshot, opts: &MeshOptions) -> Result<Started, MeshErr
         None => None,
         Some(cgroup) => {
             let addr = SocketAddr::V4(opts.outbound);
-            let listener = bind_terminator(addr)?;
+            let listener = bind_listener(addr)?;
             let mut capture = install_capture(&CaptureOptions {
                 pin_dir: opts.pin_dir.clone(),
                 cgroup: cgroup.clone(),

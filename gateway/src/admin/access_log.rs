@@ -51,7 +51,8 @@ pub enum AccessLogFormat {
 /// One access-log record. `None` fields print as `-` in text and are left out of JSON.
 #[derive(Debug, Default, Serialize)]
 pub struct AccessEntry<'a> {
-    /// `http` for a request, `passthrough` for a TLS passthrough (TCP) connection.
+    /// `http` for a request, `passthrough` for a TLS passthrough (TCP) connection, `outbound`
+    /// for a request the mesh originator carried (its `principal` is the server's identity).
     pub kind: &'static str,
     pub peer: Option<SocketAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -20,6 +20,7 @@ use tracing::Instrument;
 
 use super::http::Body;
 use super::{Gateway, Stats};
+use crate::admin::access_log::AccessEntry;
 use crate::admin::metrics::{split_service, RequestLabels, RequestProtocol};
 use crate::config::model::{MeshDestination, MeshInbound};
 use crate::identity::PeerCertificate;
@@ -72,7 +73,45 @@ pub async fn serve_outbound(
     }
 }
 
+/// One captured client connection's upgraded upstream, and what its requests are reported as.
+struct Upstream {
+    sender: Mutex<hyper::client::conn::http1::SendRequest<Incoming>>,
+    /// `reporter="source"` labels of this connection (response code 0: filled per status).
+    labels: RequestLabels,
+    /// Resolved metric handles by (status, flags): the label set is built once per status.
+    by_status: std::sync::Mutex<Vec<((u16, &'static str), crate::admin::metrics::RequestHandles)>>,
+    client: SocketAddr,
+    destination: String,
+}
+
+impl Upstream {
+    fn handles(
+        &self,
+        gateway: &Gateway,
+        status: u16,
+        flags: &'static str,
+    ) -> crate::admin::metrics::RequestHandles {
+        let mut cache = self
+            .by_status
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((_, h)) = cache.iter().find(|(k, _)| *k == (status, flags)) {
+            return h.clone();
+        }
+        let mut labels = self.labels.clone();
+        labels.response_code = status;
+        labels.response_flags = flags;
+        let h = gateway.metrics.request_handles(&labels);
+        // A client cycling through status codes must not grow this without bound.
+        if cache.len() < 16 {
+            cache.push(((status, flags), h.clone()));
+        }
+        h
+    }
+}
+
 async fn handle(gateway: Arc<Gateway>, client: TcpStream, original: SocketAddr) {
+    let client_addr = client.peer_addr().unwrap_or(original);
     let snapshot = gateway.snapshot();
     let Some(mesh) = snapshot.mesh.as_ref() else {
         tracing::warn!("the configuration has no mesh section; closing");
@@ -104,11 +143,16 @@ async fn handle(gateway: Arc<Gateway>, client: TcpStream, original: SocketAddr) 
             tracing::debug!(error = %e, "outbound upstream connection ended");
         }
     });
-    let base = labels(mesh, dest, &server_identity);
-    let sender = Arc::new(Mutex::new(sender));
+    let conn = Arc::new(Upstream {
+        sender: Mutex::new(sender),
+        labels: labels(mesh, dest, &server_identity),
+        by_status: std::sync::Mutex::new(Vec::new()),
+        client: client_addr,
+        destination: original.to_string(),
+    });
     let service = service_fn(move |req: Request<Incoming>| {
-        let (gateway, sender, base) = (gateway.clone(), sender.clone(), base.clone());
-        async move { Ok::<_, std::convert::Infallible>(forward(&gateway, &sender, base, req).await) }
+        let (gateway, conn) = (gateway.clone(), conn.clone());
+        async move { Ok::<_, std::convert::Infallible>(forward(&gateway, &conn, req).await) }
     });
     if let Err(e) = hyper::server::conn::http1::Builder::new()
         .serve_connection(TokioIo::new(client), service)
@@ -186,26 +230,25 @@ fn labels(mesh: &MeshInbound, dest: &MeshDestination, server: &str) -> RequestLa
     }
 }
 
-async fn forward(
-    gateway: &Gateway,
-    sender: &Mutex<hyper::client::conn::http1::SendRequest<Incoming>>,
-    mut labels: RequestLabels,
-    req: Request<Incoming>,
-) -> Response<Body> {
+async fn forward(gateway: &Gateway, conn: &Upstream, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     let (method, path) = (req.method().clone(), req.uri().to_string());
+    let authority = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned);
     let result = {
-        let mut sender = sender.lock().await;
+        let mut sender = conn.sender.lock().await;
         match sender.ready().await {
             Ok(()) => sender.send_request(req).await,
             Err(e) => Err(e),
         }
     };
-    let resp = match result {
-        Ok(resp) => resp.map(BodyExt::boxed),
+    let (resp, flags) = match result {
+        Ok(resp) => (resp.map(BodyExt::boxed), "-"),
         Err(e) => {
             tracing::warn!(error = %e, "outbound request failed");
-            labels.response_flags = "UC";
             let mut resp = Response::new(
                 Full::new(bytes::Bytes::from_static(
                     b"upstream reset before response headers",
@@ -214,23 +257,30 @@ async fn forward(
                 .boxed(),
             );
             *resp.status_mut() = StatusCode::BAD_GATEWAY;
-            resp
+            (resp, "UC")
         }
     };
-    labels.response_code = resp.status().as_u16();
-    gateway
-        .metrics
-        .record_request_labels(&labels, started.elapsed(), 0, 0);
-    tracing::info!(
-        target: "access",
-        direction = "outbound",
-        method = %method,
-        path = %path,
-        status = labels.response_code,
-        destination = %labels.destination_workload,
-        destination_principal = %labels.destination_principal,
-        "request"
-    );
+    let status = resp.status().as_u16();
+    let duration = started.elapsed();
+    conn.handles(gateway, status, flags).record(duration, 0, 0);
+    gateway.access_log.write(&AccessEntry {
+        kind: "outbound",
+        peer: Some(conn.client),
+        sni: None,
+        // On outbound lines, the identity the server proved (secure naming).
+        principal: Some(&conn.labels.destination_principal),
+        method: Some(method.as_str()),
+        authority: authority.as_deref(),
+        path: Some(&path),
+        status: Some(status),
+        duration_ms: duration.as_millis() as u64,
+        bytes_received: 0,
+        bytes_sent: 0,
+        authz: None,
+        policy: None,
+        upstream: Some(&conn.destination),
+        response_flags: flags,
+    });
     resp
 }
 
