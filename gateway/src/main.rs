@@ -17,10 +17,17 @@ use portcullis::proxy::{self, Gateway};
 
 /// A service-mesh security gateway that enforces mutual TLS with help from the Linux kernel.
 ///
-/// Portcullis reads Istio resources (Gateway, VirtualService, ServiceEntry,
-/// AuthorizationPolicy, PeerAuthentication, Secret) from YAML files and serves them: TLS
-/// termination with client-certificate verification, SPIFFE identities, and
-/// AuthorizationPolicy enforcement in front of your upstreams.
+/// Portcullis reads Istio resources (Gateway, VirtualService, ServiceEntry, WorkloadEntry,
+/// AuthorizationPolicy, PeerAuthentication, Secret) from YAML files and serves them:
+///
+/// - as an ingress gateway: TLS termination (MUTUAL, SIMPLE, PASSTHROUGH) with SPIFFE client
+///   identities and AuthorizationPolicy in front of your upstreams (`run -c policies/`);
+///
+/// - as a mesh node (`run --mesh-credential NAME`): eBPF programs steer the workload's ports
+///   to a rustls terminator and reset plaintext in the kernel under STRICT, and capture the
+///   workload's outbound connections to upgrade them to mutual TLS (`--capture-cgroup`).
+///
+/// Metrics, health, config dump and a mesh graph are on the admin listener (127.0.0.1:15000).
 #[derive(Parser)]
 #[command(name = "portcullis", version, propagate_version = true)]
 struct Cli {
