@@ -32,6 +32,13 @@ impl HandshakeRecord {
     pub fn per_sec(&self) -> f64 {
         self.handshakes as f64 / self.secs.max(f64::EPSILON)
     }
+
+    /// The proxy's CPU time per handshake, µs.
+    pub fn cpu_us(&self) -> Option<f64> {
+        self.cpu_secs
+            .filter(|_| self.handshakes > 0)
+            .map(|c| c * 1e6 / self.handshakes as f64)
+    }
 }
 
 /// Pins the calling thread to `core` (the driver runs on a current-thread runtime) and

@@ -37,6 +37,10 @@ pub struct StrictRecord {
     /// CPU seconds of what refuses in userspace: the daemon for the kernel path (it only
     /// holds the maps), the listener thread for the userspace path.
     pub cpu_secs: f64,
+    /// What the app's first read on each accepted connection saw: bytes of the plaintext
+    /// request (userspace) or a reset (kernel: it never sees a byte).
+    pub app_read_data: u64,
+    pub app_read_reset: u64,
 }
 
 impl StrictRecord {
@@ -126,46 +130,71 @@ fn thread_cpu() -> f64 {
     ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
+/// What the app did while it ran.
+#[derive(Default)]
+struct AppOutcome {
+    cpu_secs: f64,
+    read_data: u64,
+    read_reset: u64,
+}
+
 /// The app on the server: accepts, reads the first bytes, and closes. With `reset` it closes
-/// with SO_LINGER 0, which sends an RST: the userspace version of a STRICT check. Returns the
-/// thread's CPU seconds when `stop` is set.
+/// with SO_LINGER 0, which sends an RST: the userspace version of a STRICT check.
 fn server_app(
     ns: String,
     reset: bool,
     stop: Arc<AtomicBool>,
     ready: std::sync::mpsc::Sender<Result<()>>,
-) -> f64 {
+) -> AppOutcome {
     let listener = match enter(&ns, PROXY_CORE)
         .and_then(|_| Ok(TcpListener::bind((SERVER, PORT))?))
         .and_then(|l| {
-            l.set_nonblocking(true)?;
+            // A blocking accept that gives up every 50 ms (Linux honours SO_RCVTIMEO on
+            // accept), so `stop` is seen without polling.
+            let tv = libc::timeval {
+                tv_sec: 0,
+                tv_usec: 50_000,
+            };
+            // SAFETY: setsockopt reads the struct passed, on a socket this owns.
+            let rc = unsafe {
+                libc::setsockopt(
+                    l.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVTIMEO,
+                    (&tv as *const libc::timeval).cast(),
+                    std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+                )
+            };
+            if rc != 0 {
+                bail!("SO_RCVTIMEO: {}", std::io::Error::last_os_error());
+            }
+            // A deep accept queue, as a server under a connection flood would have (std
+            // listens with 128); calling listen again on a listening socket resizes it.
+            // SAFETY: listen on a socket this owns.
+            if unsafe { libc::listen(l.as_raw_fd(), 4096) } != 0 {
+                bail!("listen: {}", std::io::Error::last_os_error());
+            }
             Ok(l)
         }) {
         Ok(l) => l,
         Err(e) => {
             let _ = ready.send(Err(e));
-            return 0.0;
+            return AppOutcome::default();
         }
     };
     let _ = ready.send(Ok(()));
     let cpu0 = thread_cpu();
     let mut buf = [0u8; 512];
+    let mut out = AppOutcome::default();
     while !stop.load(Ordering::Relaxed) {
-        // Wait for a connection without spinning, waking every 50 ms to check `stop`.
-        let mut pfd = libc::pollfd {
-            fd: listener.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: poll reads and writes the one pollfd passed.
-        if unsafe { libc::poll(&mut pfd, 1, 50) } <= 0 {
-            continue;
-        }
         if let Ok((mut s, _)) = listener.accept() {
-            let _ = s.set_nonblocking(false);
             let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
             // A TLS ClientHello starts 16 03 0x; anything else is plaintext.
-            let _ = s.read(&mut buf);
+            match s.read(&mut buf) {
+                Ok(n) if n > 0 => out.read_data += 1,
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => out.read_reset += 1,
+                _ => {}
+            }
             if reset {
                 let linger = libc::linger {
                     l_onoff: 1,
@@ -184,7 +213,8 @@ fn server_app(
             }
         }
     }
-    thread_cpu() - cpu0
+    out.cpu_secs = thread_cpu() - cpu0;
+    out
 }
 
 /// `CLIENTS` threads in the outside namespace: connect, send a plaintext request, read; a
@@ -307,14 +337,16 @@ fn userspace_run(ns: &Netns, duration: Duration) -> Result<StrictRecord> {
     rx.recv().context("the listener thread ended")??;
     let driven = drive(&ns.outside, duration);
     stop.store(true, Ordering::Relaxed);
-    let cpu = app.join().unwrap_or(0.0);
+    let app = app.join().unwrap_or_default();
     let (refused, served, secs) = driven?;
     Ok(StrictRecord {
         path: "userspace",
         refused,
         served,
         secs,
-        cpu_secs: cpu,
+        cpu_secs: app.cpu_secs,
+        app_read_data: app.read_data,
+        app_read_reset: app.read_reset,
     })
 }
 
@@ -325,7 +357,7 @@ fn kernel_run(ns: &Netns, bin: &Path, log: &Path, duration: Duration) -> Result<
     let (server, st) = (ns.server.clone(), stop.clone());
     let app = std::thread::spawn(move || server_app(server, false, st, tx));
     rx.recv().context("the app thread ended")??;
-    let result = (|| {
+    let result = (|| -> Result<(u64, u64, f64, f64)> {
         let daemon = start_daemon(bin, &ns.server, log)?;
         let pid = daemon
             .proc
@@ -335,32 +367,37 @@ fn kernel_run(ns: &Netns, bin: &Path, log: &Path, duration: Duration) -> Result<
         let cpu0 = sys::cpu_seconds(pid)?;
         let (refused, served, secs) = drive(&ns.outside, duration)?;
         let cpu_secs = sys::cpu_seconds(pid)? - cpu0;
-        Ok(StrictRecord {
-            path: "kernel",
-            refused,
-            served,
-            secs,
-            cpu_secs,
-        })
+        Ok((refused, served, secs, cpu_secs))
     })();
     stop.store(true, Ordering::Relaxed);
-    let _ = app.join();
-    result
+    let app = app.join().unwrap_or_default();
+    let (refused, served, secs, cpu_secs) = result?;
+    Ok(StrictRecord {
+        path: "kernel",
+        refused,
+        served,
+        secs,
+        cpu_secs,
+        app_read_data: app.read_data,
+        app_read_reset: app.read_reset,
+    })
 }
 
 /// Both paths, userspace first.
 pub fn measure(bin: &Path, work: &Path, duration: Duration) -> Result<Vec<StrictRecord>> {
     eprintln!("bench: scenario 7: STRICT rejection of plaintext, kernel vs userspace, in netns");
     let ns = Netns::create()?;
-    let user = userspace_run(&ns, duration)?;
     let kernel = kernel_run(&ns, bin, &work.join("kernel-daemon.log"), duration)?;
+    let user = userspace_run(&ns, duration)?;
     for r in [&user, &kernel] {
         eprintln!(
-            "bench:   {:<10} {:>8.0} refused/s  served {}  cpu {:.2} s",
+            "bench:   {:<10} {:>8.0} refused/s  served {}  cpu {:.2} s  app read data {} / reset {}",
             r.path,
             r.per_sec(),
             r.served,
-            r.cpu_secs
+            r.cpu_secs,
+            r.app_read_data,
+            r.app_read_reset
         );
         if r.served > 0 {
             bail!(

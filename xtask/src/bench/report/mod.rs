@@ -171,8 +171,13 @@ pub fn write(root: &Path, inputs: &Inputs<'_>) -> Result<String> {
                 name: format!("keep-alive {v} req/s ≥ 1.2× best peer"),
                 met: Some(pv >= 1.2 * bv),
                 detail: format!(
-                    "Portcullis {pv:.0} req/s = {} of {} ({bv:.0})",
+                    "Portcullis {pv:.0} req/s = {} of {} ({bv:.0}); proxy CPU per request {} of {}'s",
                     ratio(pv, bv),
+                    b.target,
+                    match (p.cpu_us_per_request(), b.cpu_us_per_request()) {
+                        (Some(a), Some(c)) => ratio(a, c),
+                        _ => "–".into(),
+                    },
                     b.target
                 ),
             });
@@ -225,19 +230,17 @@ pub fn write(root: &Path, inputs: &Inputs<'_>) -> Result<String> {
             .max_by(|a, b| a.per_sec().total_cmp(&b.per_sec()));
         writeln!(
             md,
-            "**{v}, full handshakes**\n\n| target | handshakes/s | × best peer | proxy CPU µs/handshake | server resumes when offered |\n|---|---:|---:|---:|---|"
+            "**{v}, full handshakes**\n\n| target | handshakes/s | × best peer | proxy CPU µs/handshake | one core's worth (10⁶ / CPU µs) | server resumes when offered |\n|---|---:|---:|---:|---:|---|"
         )?;
         for r in &rows {
             writeln!(
                 md,
-                "| {} | {:.0} | {} | {} | {} |",
+                "| {} | {:.0} | {} | {} | {} | {} |",
                 r.target,
                 r.per_sec(),
                 best.map_or("–".into(), |b| ratio(r.per_sec(), b.per_sec())),
-                r.cpu_secs.map_or("–".into(), |c| format!(
-                    "{:.0}",
-                    c * 1e6 / r.handshakes.max(1) as f64
-                )),
+                r.cpu_us().map_or("–".into(), |c| format!("{c:.0}")),
+                r.cpu_us().map_or("–".into(), |c| format!("{:.0}", 1e6 / c)),
                 if r.server_resumes { "yes" } else { "no" },
             )?;
         }
@@ -248,8 +251,13 @@ pub fn write(root: &Path, inputs: &Inputs<'_>) -> Result<String> {
                 name: format!("full handshakes/s ({v}) ≥ 1.3× best peer"),
                 met: Some(pv >= 1.3 * bv),
                 detail: format!(
-                    "Portcullis {pv:.0}/s = {} of {} ({bv:.0}/s)",
+                    "Portcullis {pv:.0}/s = {} of {} ({bv:.0}/s); proxy CPU per handshake {} of {}'s",
                     ratio(pv, bv),
+                    b.target,
+                    match (p.cpu_us(), b.cpu_us()) {
+                        (Some(a), Some(c)) => ratio(a, c),
+                        _ => "–".into(),
+                    },
                     b.target
                 ),
             });
