@@ -450,7 +450,15 @@ pub(super) fn rounds(r: &Record, f: impl Fn(f64) -> f64) -> String {
     }
     r.rounds
         .iter()
-        .map(|&k| format!("{:.1}", f(k)))
+        .map(|&k| {
+            let v = f(k);
+            // Latencies are milliseconds below one; throughputs are thousands.
+            if v.abs() < 10.0 {
+                format!("{v:.3}")
+            } else {
+                format!("{v:.1}")
+            }
+        })
         .collect::<Vec<_>>()
         .join(" / ")
 }
