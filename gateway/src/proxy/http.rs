@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
 use super::conn::ConnInfo;
-use super::{Gateway, Stats};
+use super::Gateway;
 use crate::admin::access_log::AccessEntry;
 use crate::admin::metrics::{flags, RequestProtocol, RequestRecord};
 use crate::config::hosts::{authority_host, best_match};
@@ -65,7 +65,6 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
-    Stats::bump(&gateway.stats.requests);
     let method = req.method().clone();
     let path_and_query = req
         .uri()
@@ -213,7 +212,6 @@ async fn route_and_forward<'s>(
         sni: conn.sni.as_deref(),
     });
     if !decision.is_allowed() {
-        Stats::bump(&gateway.stats.denied);
         gateway.metrics.record_denied(&decision);
         return routed(
             local(StatusCode::FORBIDDEN, RBAC_DENIED),

@@ -51,8 +51,6 @@ pub struct Stats {
     /// ...of which ended before their first byte: under STRICT, the kernel's reset of a
     /// plaintext client. The terminator read nothing from these.
     pub inbound_no_data: AtomicU64,
-    pub requests: AtomicU64,
-    pub denied: AtomicU64,
 }
 
 impl Stats {
