@@ -87,6 +87,11 @@ pub fn compile(resources: Resources, settings: Settings) -> Result<Snapshot, Con
     let authz = Authorizer::compile(&resources.authorization_policies, &scope)
         .map_err(|ConfigErrors(mut e)| errors.append(&mut e))
         .ok();
+    warnings.extend(crate::policy::lint::never_matching(
+        &resources.authorization_policies,
+        &scope,
+        &listeners,
+    ));
     let mesh = match &settings.mesh_credential {
         Some(name) => {
             super::mesh::compile_mesh(name, &resources, &settings, &mut errors, &mut warnings)
