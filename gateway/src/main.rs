@@ -334,9 +334,16 @@ fn check(args: &ConfigArgs) -> Result<()> {
                 Some(config::model::ServerTls::Terminate {
                     mode,
                     credential_name,
+                    client_checks,
                     ..
                 }) => {
-                    format!("TLS {mode:?} with credential {credential_name}")
+                    let checks = client_checks.describe();
+                    let checks = if checks.is_empty() {
+                        checks
+                    } else {
+                        format!(", clients checked for {checks}")
+                    };
+                    format!("TLS {mode:?} with credential {credential_name}{checks}")
                 }
             };
             println!(

@@ -448,3 +448,36 @@ fn the_cacert_directory_wins_too() {
     );
     assert!(!snap.warnings.is_empty(), "the shadowed ca.crt is reported");
 }
+
+#[test]
+fn a_secret_key_that_is_not_read_is_reported() {
+    let pki = pki();
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("gw.yaml");
+    let crl = crl_pem(&pki.ca, &[3]);
+    let docs = secret(
+        "test.com",
+        "istio-system",
+        &[
+            ("tls.crt", &pki.server.cert_pem),
+            ("tls.key", &pki.server.key_pem),
+            ("ca.crt", &pki.ca.cert.pem()),
+            ("ca.clr", &crl),
+        ],
+    );
+    std::fs::write(&file, format!("apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: istio-system}}\nspec:\n  servers:\n  - hosts: [test.com]\n    port: {{number: 443, name: https, protocol: HTTPS}}\n    tls: {{mode: MUTUAL, credentialName: test.com}}\n{docs}")).expect("write");
+    let snap = load_paths(&[file])
+        .and_then(|r| compile(r, Settings::default()))
+        .expect("compiles");
+    let w: Vec<String> = snap.warnings.iter().map(ToString::to_string).collect();
+    assert!(
+        w.iter()
+            .any(|w| w.contains("data.ca.clr") && w.contains("is not read")),
+        "{w:?}"
+    );
+    // The typo means no CRL: the revoked client is served, which is why the warning matters.
+    assert_eq!(
+        handshake(server(&snap), &pki.ca, Some(&pki.revoked), false),
+        Ok(())
+    );
+}
