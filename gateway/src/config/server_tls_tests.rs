@@ -224,6 +224,31 @@ fn cipher_suites_are_mapped_or_refused_by_name() {
         handshake(cfg.clone(), &pki.ca, Some(&pki.good), true),
         Ok(())
     );
+    // A TLS 1.2 client offering only another suite is refused: the list is enforced.
+    let suite = |name: &str| -> Vec<rustls::SupportedCipherSuite> {
+        crate::tls::ciphers::cipher_suites(&[name.to_owned()])
+            .expect("known")
+            .into_iter()
+            .filter(|s| matches!(s, rustls::SupportedCipherSuite::Tls12(_)))
+            .collect()
+    };
+    let offer = |cfg: std::sync::Arc<rustls::ServerConfig>, name: &str| {
+        crate::tls::testing::handshake_with_suites(
+            cfg,
+            &pki.ca,
+            Some(&pki.good),
+            true,
+            Some(suite(name)),
+        )
+    };
+    assert_eq!(offer(cfg.clone(), "ECDHE-ECDSA-AES256-GCM-SHA384"), Ok(()));
+    assert!(offer(cfg.clone(), "ECDHE-ECDSA-AES128-GCM-SHA256").is_err());
+    // Without cipherSuites, that client is served.
+    let (snap, _d) = compile_mutual(&pki, "", None, "");
+    assert_eq!(
+        offer(server(&snap.expect("ok")), "ECDHE-ECDSA-AES128-GCM-SHA256"),
+        Ok(())
+    );
     let (snap, _d) = compile_mutual(
         &pki,
         "      cipherSuites: [ECDHE-ECDSA-AES128-SHA]\n",
@@ -241,15 +266,24 @@ fn cipher_suites_are_mapped_or_refused_by_name() {
         err.0[0].field.as_deref(),
         Some("spec.servers[0].tls.cipherSuites")
     );
-    // RSA suites only, for an ECDSA certificate, TLS 1.2 only: no handshake can succeed.
+    // RSA suites only, for an ECDSA certificate, TLS 1.2 only: no handshake could succeed,
+    // so it is a configuration error rather than a server that refuses everyone.
     let (snap, _d) = compile_mutual(
         &pki,
         "      maxProtocolVersion: TLSV1_2\n      cipherSuites: [ECDHE-RSA-AES128-GCM-SHA256]\n",
         None,
         "",
     );
-    let cfg = server(&snap.expect("compiles"));
-    assert!(handshake(cfg, &pki.ca, Some(&pki.good), true).is_err());
+    let err = snap.expect_err("unusable suites");
+    assert!(
+        err.to_string()
+            .contains("no cipher suite of cipherSuites can be used"),
+        "{err}"
+    );
+    assert_eq!(
+        err.0[0].field.as_deref(),
+        Some("spec.servers[0].tls.cipherSuites")
+    );
 }
 
 #[test]
