@@ -378,8 +378,16 @@ fn explain_cmd(args: ExplainArgs) -> Result<()> {
     };
     let explanation = explain(&snapshot.authz, &req)?;
     print!("{explanation}");
+    // Rules of the policies in play that can never match (what `check` warns about).
+    let in_play: Vec<String> = explanation
+        .applicable
+        .iter()
+        .map(|(_, p)| format!("AuthorizationPolicy {}/{}", p.namespace, p.name))
+        .collect();
     for w in &snapshot.warnings {
-        println!("note: {w}");
+        if w.0.resource.as_ref().is_some_and(|r| in_play.contains(r)) {
+            println!("note: {w}");
+        }
     }
     if !explanation.decision.is_allowed() {
         std::process::exit(1);
