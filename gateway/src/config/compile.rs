@@ -33,6 +33,9 @@ pub struct Settings {
     /// How request paths are normalized before routing and authorization (`run`, `check` and
     /// `explain` all take it from here, so they agree).
     pub path_normalization: PathNormalization,
+    /// Other trust domains whose workloads the mesh side accepts (Istio's
+    /// `meshConfig.trustDomainAliases`); peers from any other trust domain are refused.
+    pub trust_domain_aliases: Vec<String>,
 }
 
 impl Default for Settings {
@@ -46,6 +49,7 @@ impl Default for Settings {
             local_workload: None,
             trust_domain: "cluster.local".to_owned(),
             path_normalization: PathNormalization::default(),
+            trust_domain_aliases: Vec::new(),
         }
     }
 }
@@ -63,13 +67,22 @@ pub struct Snapshot {
     /// The mesh terminator's configuration, when this node runs one.
     pub mesh: Option<MeshInbound>,
     pub resources: Resources,
+    /// What loads but will not do what it seems to say; `check` and `explain` print these.
+    pub warnings: Vec<super::ConfigWarning>,
 }
 
 /// Builds a snapshot, reporting every problem found.
 pub fn compile(resources: Resources, settings: Settings) -> Result<Snapshot, ConfigErrors> {
     let mut errors: Vec<super::ConfigError> = Vec::new();
+    let mut warnings: Vec<super::ConfigWarning> = Vec::new();
     let mut credentials = Credentials::new();
-    let listeners = listeners(&resources, &settings, &mut credentials, &mut errors);
+    let listeners = listeners(
+        &resources,
+        &settings,
+        &mut credentials,
+        &mut errors,
+        &mut warnings,
+    );
     let routes = routes(&resources, &mut errors);
     let scope = AuthzScope {
         root_namespace: settings.root_namespace.clone(),
@@ -79,8 +92,15 @@ pub fn compile(resources: Resources, settings: Settings) -> Result<Snapshot, Con
     let authz = Authorizer::compile(&resources.authorization_policies, &scope)
         .map_err(|ConfigErrors(mut e)| errors.append(&mut e))
         .ok();
+    warnings.extend(crate::policy::lint::never_matching(
+        &resources.authorization_policies,
+        &scope,
+        &listeners,
+    ));
     let mesh = match &settings.mesh_credential {
-        Some(name) => super::mesh::compile_mesh(name, &resources, &settings, &mut errors),
+        Some(name) => {
+            super::mesh::compile_mesh(name, &resources, &settings, &mut errors, &mut warnings)
+        }
         None => None,
     };
     match authz {
@@ -92,6 +112,7 @@ pub fn compile(resources: Resources, settings: Settings) -> Result<Snapshot, Con
             authz: Arc::new(authz),
             mesh,
             resources,
+            warnings,
         }),
         _ => Err(ConfigErrors(errors)),
     }
