@@ -59,6 +59,7 @@ pub fn compile_mesh(
         },
         alpn: &[b"h2", b"http/1.1"],
     };
+    let client_checks = options.client_checks.clone();
     let tls = match server_config_with(&cred, &options) {
         Ok(t) => t,
         Err(e) => {
@@ -79,6 +80,7 @@ pub fn compile_mesh(
         .ok()?;
     let destinations = destinations(resources, local, settings, errors);
     Some(MeshInbound {
+        client_checks,
         credential_name: name.to_owned(),
         credential: cred,
         tls,
