@@ -262,3 +262,36 @@ fn the_terminator_port_is_never_a_destination() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn gateway_ports_added_and_removed_by_a_reload_are_bound_and_unbound_live() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let w = Walkthrough::prepare(tmp.path())?;
+    let gw = w.start_gateway(&["--admin", "off", "--reload-ms", "100"])?;
+    let offset = gw.http_port - 80;
+    let extra_url = format!("http://127.0.0.1:{}/status/200", 81 + offset);
+    assert_eq!(
+        curl(&extra_url, &["--max-time", "5"])?.0,
+        "000",
+        "nothing listens on 81 yet"
+    );
+    let gateway_yaml = w.config.join("gateway.yaml");
+    let original = std::fs::read_to_string(&gateway_yaml)?;
+    let with_81 = original.replace(
+        "  - hosts: [test.com]\n",
+        "  - hosts: ['*']\n    port: {name: extra, number: 81, protocol: HTTP}\n  - hosts: [test.com]\n",
+    );
+    assert_ne!(with_81, original, "the walkthrough Gateway changed shape");
+    replace(&gateway_yaml, with_81.as_bytes())?;
+    eventually("port 81 is bound by the reload", || {
+        Ok(curl(&extra_url, &["--max-time", "5"])?.0 == "200")
+    })?;
+    // The ports that were there all along never stopped serving.
+    assert_eq!(gw.http("/status/200")?, "200");
+    replace(&gateway_yaml, original.as_bytes())?;
+    eventually("port 81 is unbound by the reload", || {
+        Ok(curl(&extra_url, &["--max-time", "5"])?.0 == "000")
+    })?;
+    assert_eq!(gw.http("/status/200")?, "200");
+    Ok(())
+}
