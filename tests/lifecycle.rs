@@ -418,3 +418,133 @@ fn a_hundred_reloads_good_and_bad_under_load_fail_no_request() -> Result<()> {
     assert!(served > 100, "the load ran: {report}");
     Ok(())
 }
+
+/// One HTTP/2 mutual-TLS connection driven with Python's `h2`: `get PATH` answers the status,
+/// `wait` reads until the server ends the connection and answers `GOAWAY` (or `EOF`).
+const H2_CLIENT: &str = r#"
+import socket, ssl, sys
+import h2.connection, h2.events, h2.exceptions
+port, ca, cert, key = sys.argv[1:5]
+ctx = ssl.create_default_context(cafile=ca)
+ctx.load_cert_chain(cert, key)
+ctx.set_alpn_protocols(["h2"])
+sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(port))), server_hostname="test.com")
+conn = h2.connection.H2Connection()
+conn.initiate_connection()
+sock.sendall(conn.data_to_send())
+def events():
+    data = sock.recv(65535)
+    if not data:
+        return None
+    try:
+        evs = conn.receive_data(data)
+    except h2.exceptions.ProtocolError:
+        # hyper follows its GOAWAY with a PING in the same read; h2 has closed by then.
+        if conn.state_machine.state == h2.connection.ConnectionState.CLOSED:
+            return [h2.events.ConnectionTerminated()]
+        raise
+    out = conn.data_to_send()
+    if out:
+        sock.sendall(out)
+    return evs
+for line in sys.stdin:
+    cmd = line.split()
+    if cmd[0] == "get":
+        sid = conn.get_next_available_stream_id()
+        conn.send_headers(sid, [(":method", "GET"), (":path", cmd[1]), (":scheme", "https"), (":authority", "test.com")], end_stream=True)
+        sock.sendall(conn.data_to_send())
+        status, done = None, False
+        while not done:
+            evs = events()
+            if evs is None:
+                status, done = "EOF", True
+            for e in evs or []:
+                if isinstance(e, h2.events.ResponseReceived):
+                    status = dict(e.headers)[b":status"].decode()
+                if isinstance(e, (h2.events.StreamEnded, h2.events.StreamReset)):
+                    done = True
+                if isinstance(e, h2.events.ConnectionTerminated):
+                    status, done = status or "GOAWAY", True
+        print(status, flush=True)
+    elif cmd[0] == "wait":
+        sock.settimeout(10)
+        answer = "TIMEOUT"
+        try:
+            while True:
+                evs = events()
+                if evs is None:
+                    answer = "EOF"
+                    break
+                if any(isinstance(e, h2.events.ConnectionTerminated) for e in evs):
+                    answer = "GOAWAY"
+                    break
+        except socket.timeout:
+            pass
+        print(answer, flush=True)
+"#;
+
+#[test]
+fn an_http2_connection_gets_goaway_when_its_client_ca_changes() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let w = Walkthrough::prepare(tmp.path())?;
+    let gw = w.start_gateway(&["--admin", "off", "--reload-ms", "100"])?;
+    let mut child = Command::new("python3")
+        .arg("-c")
+        .arg(H2_CLIENT)
+        .arg(gw.https_port.to_string())
+        .arg(w.certs.ca_cert())
+        .arg(w.certs.client_cert())
+        .arg(w.certs.client_key())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut out = BufReader::new(child.stdout.take().context("stdout")?);
+    let mut ask = |cmd: &str| -> Result<String> {
+        let stdin = child.stdin.as_mut().context("stdin")?;
+        writeln!(stdin, "{cmd}")?;
+        stdin.flush()?;
+        let mut line = String::new();
+        out.read_line(&mut line)?;
+        Ok(line.trim().to_owned())
+    };
+    assert_eq!(ask("get /status/200")?, "200");
+    replace(&w.config.join("deny-200.yaml"), DENY_200.as_bytes())?;
+    eventually("the policy applies", || {
+        Ok(gw.https("/status/200", e2e::walkthrough::Identity::Client)? == "403")
+    })?;
+    assert_eq!(
+        ask("get /status/200")?,
+        "403",
+        "the next stream is decided by the newest policy"
+    );
+    let other = tmp.path().join("other-ca");
+    std::fs::create_dir_all(&other)?;
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-subj", "/CN=another CA", "-days", "1"])
+        .args(["-keyout", "ca.key", "-out", "ca.crt"])
+        .current_dir(&other)
+        .output()?;
+    assert!(made.status.success());
+    replace(
+        &w.credentials.join("test.com/ca.crt"),
+        &std::fs::read(other.join("ca.crt"))?,
+    )?;
+    let answer = ask("wait")?;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        answer,
+        "GOAWAY",
+        "the server sends GOAWAY to a client its new CA refuses\n{}",
+        gw.daemon.log()
+    );
+    Ok(())
+}
