@@ -162,8 +162,10 @@ fn an_open_connection_follows_policy_and_client_ca_changes() -> Result<()> {
 fn sigterm_drains_requests_in_flight_and_exits_zero() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let w = Walkthrough::prepare(tmp.path())?;
-    let mut gw = w.start_gateway(&["--admin", "off", "--drain-timeout", "5s"])?;
-    let url = format!("http://127.0.0.1:{}/delay/2", gw.http_port);
+    let mut gw = w.start_gateway(&["--admin", "off", "--drain-timeout", "8s"])?;
+    // Long enough that every request is surely in flight when the signal comes, even on a
+    // loaded machine, and short enough to finish within the drain period.
+    let url = format!("http://127.0.0.1:{}/delay/4", gw.http_port);
     // Ten requests that are in flight when the signal arrives.
     let clients: Vec<_> = (0..10)
         .map(|_| {
@@ -183,7 +185,7 @@ fn sigterm_drains_requests_in_flight_and_exits_zero() -> Result<()> {
                 .spawn()
         })
         .collect::<std::io::Result<_>>()?;
-    std::thread::sleep(Duration::from_millis(700));
+    std::thread::sleep(Duration::from_millis(1500));
     // SAFETY: kill(2) on the daemon we started.
     unsafe { libc::kill(gw.daemon.pid() as i32, libc::SIGTERM) };
     let mut codes = Vec::new();
