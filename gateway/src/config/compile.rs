@@ -96,6 +96,7 @@ pub fn compile(resources: Resources, settings: Settings) -> Result<Snapshot, Con
         &resources.authorization_policies,
         &scope,
         &listeners,
+        settings.path_normalization,
     ));
     let mesh = match &settings.mesh_credential {
         Some(name) => {

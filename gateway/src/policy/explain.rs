@@ -287,6 +287,48 @@ mod tests {
         assert!(out.contains(", rule "), "{out}");
     }
 
+    /// The walkthrough's DENY through `explain`: every spelling that decodes to the denied path
+    /// is denied (or refused), in every mode but NONE, as the daemon does it.
+    #[test]
+    fn spellings_of_a_denied_path_are_denied() {
+        let case = CASES
+            .iter()
+            .find(|c| c.name == "walkthrough: test.client /status/418 is denied")
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let authz = load(case, dir.path());
+        let plain = case.request.path;
+        let spellings = [
+            plain.replacen('/', "//", 1),
+            plain.replacen('/', "/./", 1),
+            plain.replacen('/', "/x/../", 1),
+            plain.replacen('/', "\\", 2).replacen('\\', "/", 1),
+            format!("{}?q=1", plain.replace('a', "%61")),
+        ];
+        for mode in [
+            PathNormalization::Base,
+            PathNormalization::MergeSlashes,
+            PathNormalization::DecodeAndMergeSlashes,
+        ] {
+            for path in &spellings {
+                if mode == PathNormalization::Base && path.contains("//") {
+                    continue;
+                }
+                let mut req = as_flags(case);
+                req.path = path.clone();
+                req.path_normalization = mode;
+                let out = explain(&authz, &req).unwrap();
+                assert!(!out.is_allowed(), "{path} in {mode}: {out}");
+                assert_eq!(out.path.as_deref(), Ok(plain), "{path} in {mode}");
+            }
+        }
+        let mut req = as_flags(case);
+        req.path = plain.replacen('/', "/%2F", 1);
+        let out = explain(&authz, &req).unwrap();
+        assert_eq!(out.path, Err(PathError::EncodedSlash));
+        assert!(out.to_string().starts_with("REFUSED: 400"), "{out}");
+    }
+
     #[test]
     fn a_query_string_is_not_part_of_the_path() {
         let case = &CASES[0];

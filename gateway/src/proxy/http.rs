@@ -362,8 +362,8 @@ enum NoServer {
 /// the `Host` of a MUTUAL server on the same port, reaching its backend with no client
 /// certificate. The answer is `421 Misdirected Request` (RFC 9110 §15.5.20) rather than
 /// Envoy's `404`: an HTTP/2 client that reused a connection for another origin its certificate
-/// also covers (RFC 9113 §9.1.1) retries a 421 on a new connection, with the right SNI and
-/// handshake, where a 404 would be shown to the user as a missing page.
+/// also covers (RFC 9113 §9.1.1) retries a 421 on a new connection (§9.1.2), with the right
+/// SNI and handshake, where a 404 would be shown to the user as a missing page.
 fn server_gateway(
     snapshot: &Snapshot,
     conn: &ConnInfo,
