@@ -348,9 +348,16 @@ fn check(args: &ConfigArgs) -> Result<()> {
                 Some(config::model::ServerTls::Terminate {
                     mode,
                     credential_name,
+                    client_checks,
                     ..
                 }) => {
-                    format!("TLS {mode:?} with credential {credential_name}")
+                    let checks = client_checks.describe();
+                    let checks = if checks.is_empty() {
+                        checks
+                    } else {
+                        format!(", clients checked for {checks}")
+                    };
+                    format!("TLS {mode:?} with credential {credential_name}{checks}")
                 }
             };
             println!(
@@ -386,8 +393,16 @@ fn explain_cmd(args: ExplainArgs) -> Result<()> {
     };
     let explanation = explain(&snapshot.authz, &req)?;
     print!("{explanation}");
+    // Rules of the policies in play that can never match (what `check` warns about).
+    let in_play: Vec<String> = explanation
+        .applicable
+        .iter()
+        .map(|(_, p)| format!("AuthorizationPolicy {}/{}", p.namespace, p.name))
+        .collect();
     for w in &snapshot.warnings {
-        println!("note: {w}");
+        if w.0.resource.as_ref().is_some_and(|r| in_play.contains(r)) {
+            println!("note: {w}");
+        }
     }
     if !explanation.is_allowed() {
         std::process::exit(1);
