@@ -68,6 +68,8 @@ impl ExplainRequest {
 /// The decision and the policies that were in play.
 #[derive(Clone, Debug)]
 pub struct Explanation {
+    /// The path as given, without its query string.
+    pub received: String,
     /// The path the policies saw, or why the daemon would refuse it with `400`.
     pub path: Result<String, PathError>,
     pub mode: PathNormalization,
@@ -95,6 +97,7 @@ pub fn explain(authz: &Authorizer, req: &ExplainRequest) -> Result<Explanation, 
         Ok(p) => p.into_owned(),
         Err(e) => {
             return Ok(Explanation {
+                received: raw.to_owned(),
                 path: Err(e),
                 mode: req.path_normalization,
                 decision: None,
@@ -115,6 +118,7 @@ pub fn explain(authz: &Authorizer, req: &ExplainRequest) -> Result<Explanation, 
         sni: req.sni.as_deref(),
     });
     Ok(Explanation {
+        received: raw.to_owned(),
         path: Ok(path),
         mode: req.path_normalization,
         decision: Some(decision),
@@ -145,8 +149,8 @@ impl fmt::Display for Explanation {
             (Err(e), _) => {
                 return writeln!(
                     f,
-                    "REFUSED: 400 Bad Request before any policy\n  path: {e} (path normalization {})",
-                    self.mode
+                    "REFUSED: 400 Bad Request, before any policy\n  path: {}\n  why: {e}\n  path normalization: {}",
+                    self.received, self.mode
                 );
             }
             (Ok(_), None) => return Ok(()),
