@@ -17,7 +17,7 @@ use crate::config::model::{Listener, ServerTls};
 use crate::config::resources::AuthorizationPolicySpec;
 use crate::config::{ConfigWarning, Doc};
 use crate::policy::authz::{applies, AuthzScope};
-use crate::policy::path::{normalize, PathNormalization};
+use crate::policy::path::{never_normalized, PathNormalization};
 use crate::tls::ServerTlsMode;
 
 /// Warnings for every policy of `policies` that applies to the gateway (`scope`).
@@ -95,7 +95,7 @@ pub fn never_matching(
                         ));
                     }
                     for path in values.iter().filter(|p| !p.contains(['?', '#'])) {
-                        if let Some(why) = not_normalized(path, path_normalization) {
+                        if let Some(why) = never_normalized(path, path_normalization) {
                             out.push(warn(
                                 doc,
                                 &format!("spec.rules[{r}].to[{t}].operation.{key}"),
@@ -109,27 +109,6 @@ pub fn never_matching(
         }
     }
     out
-}
-
-/// Why a policy path (`/exact`, `/prefix*`, `*suffix`) can never equal a normalized request
-/// path, if it cannot. The literal part is completed into a whole path (`z` after a prefix,
-/// `/z` before a suffix) so a prefix ending in `.` is not mistaken for a dot segment.
-fn not_normalized(value: &str, mode: PathNormalization) -> Option<String> {
-    let sample = if let Some(prefix) = value.strip_suffix('*') {
-        format!("{prefix}z")
-    } else if let Some(suffix) = value.strip_prefix('*') {
-        format!("/z{suffix}")
-    } else {
-        value.to_owned()
-    };
-    if value == "*" || !sample.starts_with('/') {
-        return None;
-    }
-    match normalize(&sample, mode) {
-        Ok(n) if n == sample => None,
-        Ok(n) => Some(format!("it becomes {n:?}")),
-        Err(e) => Some(format!("a request path like it is refused with 400 ({e})")),
-    }
 }
 
 fn is_mutual(server: &crate::config::model::GatewayServer) -> bool {
