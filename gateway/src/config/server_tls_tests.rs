@@ -515,3 +515,29 @@ fn a_secret_key_that_is_not_read_is_reported() {
         Ok(())
     );
 }
+
+#[test]
+fn the_line_is_the_offending_servers_own() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("gw.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw}\nspec:\n  servers:\n  - hosts: [a.test]\n    port: {number: 443, name: a, protocol: HTTPS}\n    tls:\n      mode: MUTUAL\n      credentialName: a\n  - hosts: [b.test]\n    port: {number: 8443, name: b, protocol: HTTPS}\n    tls:\n      mode: MUTUAL\n      credentialName: b\n      caCertificates: /etc/ca.pem\n",
+    )
+    .expect("write");
+    let err = load_paths(&[file])
+        .and_then(|r| compile(r, Settings::default()))
+        .expect_err("two errors");
+    let a = err
+        .0
+        .iter()
+        .find(|e| e.field.as_deref() == Some("spec.servers[0].tls.credentialName"))
+        .expect("credential a not found");
+    assert_eq!(a.line, Some(10), "{err}");
+    let b = err
+        .0
+        .iter()
+        .find(|e| e.field.as_deref() == Some("spec.servers[1].tls.caCertificates"))
+        .expect("caCertificates refused");
+    assert_eq!(b.line, Some(16), "{err}");
+}
