@@ -73,8 +73,11 @@ pub enum ServerTls {
         credential_name: String,
         config: Arc<rustls::ServerConfig>,
         /// What MUTUAL asks of a client beyond the chain (SANs, pins, CRL), as built into
-        /// `config`; kept to describe the server and to re-check open connections.
+        /// `config`; kept to describe the server.
         client_checks: ClientCertChecks,
+        /// MUTUAL: the verifier `config` uses, to check a client certificate accepted under an
+        /// older snapshot again (`crate::tls::server::reverify`).
+        client_verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
     },
     /// Route by SNI and forward the bytes untouched.
     Passthrough,

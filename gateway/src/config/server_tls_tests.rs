@@ -541,3 +541,39 @@ fn the_line_is_the_offending_servers_own() {
         .expect("caCertificates refused");
     assert_eq!(b.line, Some(16), "{err}");
 }
+
+#[test]
+fn a_certificate_accepted_earlier_can_be_checked_against_a_newer_server() {
+    let pki = pki();
+    let verifier = |snap: &Snapshot| match &snap.listeners[0].servers[0].tls {
+        Some(ServerTls::Terminate {
+            client_verifier: Some(v),
+            ..
+        }) => v.clone(),
+        other => panic!("expected a MUTUAL server, got {other:?}"),
+    };
+    let chain = [pki.good.der.clone()];
+    let (before, _d) = compile_mutual(&pki, "", None, "");
+    assert_eq!(
+        crate::tls::server::reverify(verifier(&before.expect("ok")).as_ref(), &chain),
+        Ok(())
+    );
+    // subjectAltNames changed to one the client does not carry; then its serial revoked.
+    let (san, _d) = compile_mutual(&pki, "      subjectAltNames: [spiffe://other]\n", None, "");
+    assert!(crate::tls::server::reverify(verifier(&san.expect("ok")).as_ref(), &chain).is_err());
+    let (crl, _d) = compile_mutual(&pki, "", Some(&crl_pem(&pki.ca, &[2])), "");
+    assert!(crate::tls::server::reverify(verifier(&crl.expect("ok")).as_ref(), &chain).is_err());
+    // A new CA: the old client no longer chains.
+    let other = test_ca("Other CA");
+    let (ca, dir) = compile_mutual(&pki, "", None, "");
+    drop(ca);
+    std::fs::write(dir.path().join("creds/test.com/ca.crt"), other.cert.pem()).expect("write");
+    let settings = Settings {
+        credential_dirs: vec![dir.path().join("creds")],
+        ..Settings::default()
+    };
+    let snap = load_paths(&[dir.path().join("gw.yaml")])
+        .and_then(|r| compile(r, settings))
+        .expect("compiles");
+    assert!(crate::tls::server::reverify(verifier(&snap).as_ref(), &chain).is_err());
+}

@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{ServerConfig, SupportedCipherSuite};
@@ -109,39 +111,59 @@ pub fn server_config_with(
         })?;
     let builder = match mode {
         ServerTlsMode::Simple => builder.with_no_client_auth(),
-        ServerTlsMode::Mutual => {
-            let roots = cred
-                .roots
-                .clone()
-                .ok_or(CredentialError::NoCertificate { field: "ca.crt" })?;
-            let mut verifier =
-                WebPkiClientVerifier::builder_with_provider(roots, Arc::new(provider()));
-            let mut checks = options.client_checks.clone();
-            if let Some(crl) = &cred.crl {
-                // webpki checks the v2 CRLs it can read; `checks` refuses an unknown status
-                // and reads the v1 CRLs `openssl ca -gencrl` makes by default.
-                verifier = verifier
-                    .with_crls(crl.webpki_crls())
-                    .only_check_end_entity_revocation()
-                    .allow_unknown_revocation_status()
-                    .enforce_revocation_expiration();
-                checks.revocation = Some(crl.clone());
-            }
-            let verifier = verifier
-                .build()
-                .map_err(|e| CredentialError::BadTrustAnchor {
-                    reason: e.to_string(),
-                })?;
-            if checks.is_empty() {
-                builder.with_client_cert_verifier(verifier)
-            } else {
-                builder.with_client_cert_verifier(Arc::new(CheckedClientVerifier::new(
-                    verifier, checks,
-                )))
-            }
-        }
+        ServerTlsMode::Mutual => builder.with_client_cert_verifier(client_verifier(cred, options)?),
     };
     let mut config = builder.with_cert_resolver(Arc::new(FixedCert(cred.certified_key.clone())));
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
+}
+
+/// The client-certificate verifier a MUTUAL server built from `cred` and `options` uses:
+/// chain to `ca.crt`, `ca.crl`, then [`ClientCertChecks`]. Kept beside the configuration so a
+/// certificate accepted earlier can be checked again under a newer configuration
+/// ([`reverify`]).
+pub fn client_verifier(
+    cred: &Credential,
+    options: &ServerOptions<'_>,
+) -> Result<Arc<dyn ClientCertVerifier>, CredentialError> {
+    let roots = cred
+        .roots
+        .clone()
+        .ok_or(CredentialError::NoCertificate { field: "ca.crt" })?;
+    let mut verifier = WebPkiClientVerifier::builder_with_provider(roots, Arc::new(provider()));
+    let mut checks = options.client_checks.clone();
+    if let Some(crl) = &cred.crl {
+        // webpki checks the v2 CRLs it can read; `checks` refuses an unknown status and
+        // reads the v1 CRLs `openssl ca -gencrl` makes by default.
+        verifier = verifier
+            .with_crls(crl.webpki_crls())
+            .only_check_end_entity_revocation()
+            .allow_unknown_revocation_status()
+            .enforce_revocation_expiration();
+        checks.revocation = Some(crl.clone());
+    }
+    let verifier = verifier
+        .build()
+        .map_err(|e| CredentialError::BadTrustAnchor {
+            reason: e.to_string(),
+        })?;
+    Ok(if checks.is_empty() {
+        verifier
+    } else {
+        Arc::new(CheckedClientVerifier::new(verifier, checks))
+    })
+}
+
+/// Whether a client chain (leaf first, as `peer_certificates()` gives it) still passes
+/// `verifier` now: for connections opened under an older configuration.
+pub fn reverify(
+    verifier: &dyn ClientCertVerifier,
+    chain: &[CertificateDer<'_>],
+) -> Result<(), rustls::Error> {
+    let (leaf, intermediates) = chain
+        .split_first()
+        .ok_or(rustls::Error::NoCertificatesPresented)?;
+    verifier
+        .verify_client_cert(leaf, intermediates, UnixTime::now())
+        .map(|_| ())
 }
