@@ -27,7 +27,6 @@ use super::model::{Credentials, ServerTls};
 use super::resources::{GatewaySpec, ServerTlsSettings};
 use super::{ConfigError, ConfigWarning, Doc, Resources};
 use crate::tls::ciphers::cipher_suites;
-use crate::tls::server::client_verifier;
 use crate::tls::{server_config_with, ClientCertChecks, ServerOptions, ServerTlsMode, TlsVersions};
 
 type Gw = Doc<GatewaySpec>;
@@ -139,16 +138,6 @@ pub(super) fn server_tls(
         };
         gw.error(&f(key), key, format!("credential {name:?}: {e}"))
     })?;
-    let client_verifier = match tls_mode {
-        ServerTlsMode::Mutual => Some(client_verifier(&cred, &options).map_err(|e| {
-            gw.error(
-                &f("credentialName"),
-                "credentialName",
-                format!("credential {name:?}: {e}"),
-            )
-        })?),
-        ServerTlsMode::Simple => None,
-    };
     let mut client_checks = client_checks;
     client_checks.revocation = cred.crl.clone();
     Ok(ServerTls::Terminate {
@@ -156,7 +145,6 @@ pub(super) fn server_tls(
         credential_name: name,
         config,
         client_checks,
-        client_verifier,
     })
 }
 

@@ -544,25 +544,33 @@ fn the_line_is_the_offending_servers_own() {
 
 #[test]
 fn a_certificate_accepted_earlier_can_be_checked_against_a_newer_server() {
+    use crate::tls::verify_client_chain;
     let pki = pki();
-    let verifier = |snap: &Snapshot| match &snap.listeners[0].servers[0].tls {
-        Some(ServerTls::Terminate {
-            client_verifier: Some(v),
+    // What an open connection is re-checked with after a reload: the new snapshot's
+    // credential and the server's client checks.
+    let recheck = |snap: Result<Snapshot, ConfigErrors>| {
+        let snap = snap.expect("compiles");
+        let Some(ServerTls::Terminate {
+            credential_name,
+            client_checks,
             ..
-        }) => v.clone(),
-        other => panic!("expected a MUTUAL server, got {other:?}"),
+        }) = &snap.listeners[0].servers[0].tls
+        else {
+            panic!("expected a MUTUAL server");
+        };
+        verify_client_chain(
+            &snap.credentials[credential_name],
+            client_checks,
+            &[pki.good.der.clone()],
+        )
     };
-    let chain = [pki.good.der.clone()];
     let (before, _d) = compile_mutual(&pki, "", None, "");
-    assert_eq!(
-        crate::tls::server::reverify(verifier(&before.expect("ok")).as_ref(), &chain),
-        Ok(())
-    );
+    assert_eq!(recheck(before), Ok(()));
     // subjectAltNames changed to one the client does not carry; then its serial revoked.
     let (san, _d) = compile_mutual(&pki, "      subjectAltNames: [spiffe://other]\n", None, "");
-    assert!(crate::tls::server::reverify(verifier(&san.expect("ok")).as_ref(), &chain).is_err());
+    assert!(recheck(san).is_err());
     let (crl, _d) = compile_mutual(&pki, "", Some(&crl_pem(&pki.ca, &[2])), "");
-    assert!(crate::tls::server::reverify(verifier(&crl.expect("ok")).as_ref(), &chain).is_err());
+    assert!(recheck(crl).is_err());
     // A new CA: the old client no longer chains.
     let other = test_ca("Other CA");
     let (ca, dir) = compile_mutual(&pki, "", None, "");
@@ -572,8 +580,8 @@ fn a_certificate_accepted_earlier_can_be_checked_against_a_newer_server() {
         credential_dirs: vec![dir.path().join("creds")],
         ..Settings::default()
     };
-    let snap = load_paths(&[dir.path().join("gw.yaml")])
-        .and_then(|r| compile(r, settings))
-        .expect("compiles");
-    assert!(crate::tls::server::reverify(verifier(&snap).as_ref(), &chain).is_err());
+    assert!(
+        recheck(load_paths(&[dir.path().join("gw.yaml")]).and_then(|r| compile(r, settings)))
+            .is_err()
+    );
 }
