@@ -561,7 +561,7 @@ fn a_certificate_accepted_earlier_can_be_checked_against_a_newer_server() {
         verify_client_chain(
             &snap.credentials[credential_name],
             client_checks,
-            &[pki.good.der.clone()],
+            std::slice::from_ref(&pki.good.der),
         )
     };
     let (before, _d) = compile_mutual(&pki, "", None, "");
