@@ -35,6 +35,23 @@ use e2e::netns::{Topology, SERVER_IF, SERVER_V4, SERVER_V6};
 use e2e::process::{run, Daemon};
 use e2e::{is_root, portcullis_bin, skip_not_root};
 
+/// The mesh tests' configuration: one workload that names port 80 only, mesh-wide STRICT.
+const MESH_CONFIG: &str = "\
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: hello, namespace: default}
+spec:
+  address: 10.231.0.1
+  labels: {app: hello}
+  serviceAccount: hello
+  ports: {http: 80}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec: {mtls: {mode: STRICT}}
+";
+
 /// The crafted client's addresses: on the link, owned by no kernel.
 const CLIENT_V4: [u8; 4] = [10, 231, 0, 3];
 const CLIENT_V6: &str = "fd00:231::3";
@@ -64,7 +81,7 @@ enum Phase {
     AfterKill9,
 }
 
-/// Port 80's kernel counters.
+/// The kernel's counters, all ports.
 #[derive(Clone, Copy, Debug, Default)]
 struct Counters {
     reset: u64,
@@ -205,6 +222,71 @@ impl Rig {
         )
     }
 
+    /// `portcullis run --mesh-credential server` for a WorkloadEntry that names port 80 only,
+    /// under a mesh-wide STRICT PeerAuthentication; `--iface pc-srv` when `iface`.
+    fn start_mesh(&self, iface: bool) -> Result<()> {
+        let dir = self.logs.path();
+        let certs = dir.join("certs");
+        let out = run(Command::new(&self.bin)
+            .arg("certs")
+            .arg("--out")
+            .arg(&certs)
+            .args(["--host", "server"]))?;
+        ensure!(
+            out.status.success(),
+            "certs: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let config = dir.join("config");
+        std::fs::create_dir_all(&config)?;
+        std::fs::write(config.join("mesh.yaml"), MESH_CONFIG)?;
+        let mut cmd = Topology::nsenter(&self.topo.server, &self.bin);
+        cmd.arg("run")
+            .arg("-c")
+            .arg(&config)
+            .arg("--credentials")
+            .arg(&certs)
+            .args([
+                "--mesh-credential",
+                "server",
+                "--admin",
+                "127.0.0.1:15000",
+                "--reload-ms",
+                "100",
+            ])
+            .arg("--pin-dir")
+            .arg(&self.pin_dir);
+        if iface {
+            cmd.args(["--iface", SERVER_IF]);
+        }
+        let d = Daemon::spawn(&self.name, cmd, dir)?;
+        let start = Instant::now();
+        while !d.log().contains("mesh terminator listening") {
+            ensure!(
+                start.elapsed() < Duration::from_secs(20),
+                "the mesh daemon did not start:\n{}",
+                d.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        *self.daemon.borrow_mut() = Some(d);
+        Ok(())
+    }
+
+    /// The daemon's open descriptors (0 when it is gone).
+    fn daemon_fds(&self) -> usize {
+        let pid = self.daemon.borrow().as_ref().map_or(0, Daemon::pid);
+        std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
+    }
+
+    /// True while the daemon process has not exited.
+    fn daemon_alive(&self) -> bool {
+        self.daemon
+            .borrow_mut()
+            .as_mut()
+            .is_some_and(|d| d.try_wait().is_none())
+    }
+
     /// `kill -9` the daemon; its pinned programs stay attached.
     fn kill9(&self) -> Result<()> {
         let Some(mut d) = self.daemon.borrow_mut().take() else {
@@ -226,8 +308,8 @@ impl Rig {
         let text = String::from_utf8_lossy(&out.stdout);
         let line = text
             .lines()
-            .find(|l| l.trim_start().starts_with("port 80: steered="))
-            .with_context(|| format!("no port 80 counters in:\n{text}"))?;
+            .find(|l| l.starts_with("counters:"))
+            .with_context(|| format!("no counters in:\n{text}"))?;
         let get = |key: &str| {
             line.split_whitespace()
                 .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
@@ -1025,6 +1107,175 @@ fn simultaneous_open_is_impossible_against_a_listener() -> Result<()> {
                     "BYPASS: {fam:?}: simultaneous open reached the app"
                 );
             }
+            Ok(())
+        },
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// The mesh daemon (`portcullis run --mesh-credential`).
+
+/// Sends plaintext to `port` on a fresh crafted flow.
+fn plaintext_to(rig: &Rig, fam: Family, port: u16) -> Result<()> {
+    let mut f = Flow::new(&rig.link, rig.path(fam), port);
+    f.handshake()?;
+    then_plaintext(&f)?;
+    f.abort();
+    Ok(())
+}
+
+/// Under a mesh-wide STRICT PeerAuthentication every inbound port of the workload is STRICT
+/// (as in Istio), not only the ports a WorkloadEntry names: plaintext to the app's port 8080
+/// must not reach it, daemon running or killed.
+#[test]
+fn mesh_strict_covers_a_port_no_workload_entry_names() -> Result<()> {
+    as_root(
+        "mesh_strict_covers_a_port_no_workload_entry_names",
+        false,
+        |rig| {
+            let other = RecordingApp::start(&rig.topo.server, 8080)?;
+            rig.start_mesh(true)?;
+            let mut failures = Vec::new();
+            for phase in [Phase::DaemonRunning, Phase::AfterKill9] {
+                if phase == Phase::AfterKill9 {
+                    rig.kill9()?;
+                }
+                for fam in [Family::V4, Family::V6] {
+                    let what = format!("{fam:?}, {phase:?}");
+                    let outcome = (|| -> Result<()> {
+                        // Control: the named port's plaintext is reset in the kernel.
+                        let mut c = rig.flow(fam);
+                        c.handshake()?;
+                        c.send(&c.seg(ACK | PSH, 0, b"GET /control HTTP/1.1\r\n\r\n"))?;
+                        ensure!(
+                            c.reset_seen(Duration::from_secs(2)),
+                            "control: plaintext to port 80 was not reset"
+                        );
+                        let before = rig.counters()?;
+                        let seen = other.rec.count(b"pwned");
+                        plaintext_to(rig, fam, 8080)?;
+                        std::thread::sleep(SETTLE);
+                        ensure!(
+                            other.rec.count(b"pwned") == seen && rig.app.rec.count(b"pwned") == 0,
+                            "BYPASS: the app on 8080 read the attacker's plaintext: {}",
+                            other.rec.last_with(b"pwned")
+                        );
+                        let after = rig.counters()?;
+                        ensure!(
+                            after.reset + after.dropped > before.reset + before.dropped,
+                            "UNCOUNTED: no reset or drop counted ({before:?} → {after:?})"
+                        );
+                        Ok(())
+                    })();
+                    if let Err(e) = outcome {
+                        eprintln!("{what}: {e:#}");
+                        failures.push(format!("{what}: {e:#}"));
+                    }
+                }
+            }
+            ensure!(failures.is_empty(), "{}", failures.join("\n"));
+            Ok(())
+        },
+    )
+}
+
+/// `run --mesh-credential` without `--iface`: while the daemon runs, port 80 is steered to the
+/// terminator; after `kill -9` the steering program finds no terminator socket and falls back
+/// to the app, so fail closed needs the tc program attached without being asked.
+#[test]
+fn mesh_daemon_killed_without_iface_does_not_fall_back_to_the_app() -> Result<()> {
+    as_root(
+        "mesh_daemon_killed_without_iface_does_not_fall_back_to_the_app",
+        false,
+        |rig| {
+            rig.start_mesh(false)?;
+            let mut failures = Vec::new();
+            for phase in [Phase::DaemonRunning, Phase::AfterKill9] {
+                if phase == Phase::AfterKill9 {
+                    rig.kill9()?;
+                }
+                for fam in [Family::V4, Family::V6] {
+                    let what = format!("{fam:?}, {phase:?}");
+                    let outcome = (|| -> Result<()> {
+                        let before = rig.counters()?;
+                        let seen = rig.app.rec.count(b"pwned");
+                        plaintext_to(rig, fam, APP_PORT)?;
+                        std::thread::sleep(SETTLE);
+                        ensure!(
+                            rig.app.rec.count(b"pwned") == seen,
+                            "BYPASS: the app read the attacker's plaintext: {}",
+                            rig.app.rec.last_with(b"pwned")
+                        );
+                        // Fail closed is the kernel's job: its counter shows it did it.
+                        let after = rig.counters()?;
+                        ensure!(
+                            after.reset + after.dropped > before.reset + before.dropped,
+                            "UNCOUNTED: no reset or drop counted in the kernel ({before:?} → {after:?})"
+                        );
+                        Ok(())
+                    })();
+                    if let Err(e) = outcome {
+                        eprintln!("{what}: {e:#}");
+                        failures.push(format!("{what}: {e:#}"));
+                    }
+                }
+            }
+            ensure!(failures.is_empty(), "{}", failures.join("\n"));
+            Ok(())
+        },
+    )
+}
+
+/// The terminator's own port dialed directly in plaintext (not steered): it must be refused,
+/// and must not make the daemon connect to itself (one such request used to loop until the
+/// daemon ran out of descriptors). Daemon running only: once killed nothing listens on 15006.
+#[test]
+fn mesh_terminator_port_dialed_directly_is_refused() -> Result<()> {
+    as_root(
+        "mesh_terminator_port_dialed_directly_is_refused",
+        false,
+        |rig| {
+            rig.start_mesh(true)?;
+            let fds = rig.daemon_fds();
+            for fam in [Family::V4, Family::V6] {
+                let mut f = Flow::new(&rig.link, rig.path(fam), 15006);
+                f.handshake()?;
+                f.send(&f.seg(ACK | PSH, 0, b"GET /pwned HTTP/1.1\r\nHost: server\r\n\r\n"))?;
+                // Refused: reset or closed, and never answered by the app.
+                let _ = f.expect(Duration::from_secs(2), |r| r.flags & (RST | FIN) != 0);
+                f.abort();
+            }
+            // Long enough for a self-connect loop to show in the descriptor count.
+            std::thread::sleep(Duration::from_secs(2));
+            ensure!(
+                rig.daemon_alive(),
+                "the daemon died after plaintext to its terminator port:\n{}",
+                rig.daemon
+                    .borrow()
+                    .as_ref()
+                    .map(Daemon::log)
+                    .unwrap_or_default()
+            );
+            let now = rig.daemon_fds();
+            ensure!(
+                now <= fds + 8,
+                "LOOP: the daemon holds {now} descriptors, {fds} before the requests"
+            );
+            ensure!(
+                rig.app.rec.count(b"pwned") == 0,
+                "BYPASS: the app read the request sent to 15006: {}",
+                rig.app.rec.last_with(b"pwned")
+            );
+            let log = rig
+                .daemon
+                .borrow()
+                .as_ref()
+                .map(Daemon::log)
+                .unwrap_or_default();
+            ensure!(
+                !log.contains("path=/pwned"),
+                "the terminator served the plaintext request:\n{log}"
+            );
             Ok(())
         },
     )
