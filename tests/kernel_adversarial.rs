@@ -1112,6 +1112,44 @@ fn simultaneous_open_is_impossible_against_a_listener() -> Result<()> {
     )
 }
 
+/// Frames with 802.1Q/802.1ad tags of VLAN id 0 (802.1p priority tags), `tags` outermost
+/// first. This kernel is built without VLAN devices (`CONFIG_VLAN_8021Q` is not set), so a
+/// frame with a non-zero VLAN id is dropped as not for this host whatever the program does;
+/// but the receive path strips priority tags itself, one before tc ingress and, when the
+/// frame is double-tagged, the inner one after it, and delivers the packet as untagged IP.
+fn priority_tagged_attack(rig: &Rig, fam: Family, tags: &[(u16, u16)]) -> Result<()> {
+    let mut f = rig.flow(fam);
+    f.shape = Shape {
+        vlan: tags.to_vec(),
+        ..Shape::default()
+    };
+    f.handshake()?;
+    then_plaintext(&f)?;
+    f.abort();
+    Ok(())
+}
+
+/// One 802.1Q priority tag (VLAN id 0) on every frame of the flow.
+#[test]
+fn vlan_priority_tagged_frames() -> Result<()> {
+    as_root("vlan_priority_tagged_frames", true, |rig| {
+        rig.each(BOTH, |rig, fam| {
+            priority_tagged_attack(rig, fam, &[(0x8100, 0)])
+        })
+    })
+}
+
+/// QinQ priority tags: an 802.1ad outer tag and an 802.1Q inner tag, both VLAN id 0. tc
+/// ingress sees the inner tag where the IP header should be.
+#[test]
+fn qinq_priority_tagged_frames() -> Result<()> {
+    as_root("qinq_priority_tagged_frames", true, |rig| {
+        rig.each(BOTH, |rig, fam| {
+            priority_tagged_attack(rig, fam, &[(0x88a8, 0), (0x8100, 0)])
+        })
+    })
+}
+
 // ---------------------------------------------------------------------------------------------
 // The mesh daemon (`portcullis run --mesh-credential`).
 

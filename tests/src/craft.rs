@@ -489,8 +489,14 @@ pub struct Reply {
 
 /// Parses an Ethernet frame carrying IPv4 or IPv6 (no extension headers) and TCP.
 pub fn parse(frame: &[u8]) -> Option<Reply> {
-    let ethertype = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
-    let ip = frame.get(14..)?;
+    let mut off = 12;
+    let mut ethertype = u16::from_be_bytes([*frame.get(off)?, *frame.get(off + 1)?]);
+    // Skip 802.1Q / 802.1ad tags.
+    while ethertype == 0x8100 || ethertype == 0x88a8 {
+        off += 4;
+        ethertype = u16::from_be_bytes([*frame.get(off)?, *frame.get(off + 1)?]);
+    }
+    let ip = frame.get(off + 2..)?;
     let (src, dst, tcp, total) = match ethertype {
         ETH_P_IP => {
             let ihl = usize::from(ip.first()? & 0x0f) * 4;
@@ -553,6 +559,8 @@ pub struct Flow<'a> {
     pub isn: u32,
     /// The server's initial sequence number (from its SYN-ACK).
     pub irs: u32,
+    /// The packet shape [`Flow::send`] uses.
+    pub shape: Shape,
 }
 
 impl<'a> Flow<'a> {
@@ -569,6 +577,7 @@ impl<'a> Flow<'a> {
             dport,
             isn,
             irs: 0,
+            shape: Shape::default(),
         }
     }
 
@@ -590,9 +599,9 @@ impl<'a> Flow<'a> {
         }
     }
 
-    /// Sends `seg` as a plain packet.
+    /// Sends `seg` in the flow's shape.
     pub fn send(&self, seg: &Seg) -> Result<()> {
-        self.send_shaped(seg, &Shape::default())
+        self.send_shaped(seg, &self.shape)
     }
 
     /// Sends `seg` in `shape`.
