@@ -420,6 +420,17 @@ impl Rig {
     fn each(
         &self,
         families: &[Family],
+        attack: impl FnMut(&Rig, Family) -> Result<()>,
+    ) -> Result<()> {
+        self.each_with(families, true, attack)
+    }
+
+    /// [`Rig::each`], with the controls only when `controls` (a steered port sends the
+    /// control's ClientHello to the terminator, not to the app).
+    fn each_with(
+        &self,
+        families: &[Family],
+        controls: bool,
         mut attack: impl FnMut(&Rig, Family) -> Result<()>,
     ) -> Result<()> {
         let mut failures = Vec::new();
@@ -429,7 +440,12 @@ impl Rig {
             }
             for &family in families {
                 let what = format!("{}: {family:?}, {phase:?}", self.name);
-                let outcome = self.controls(family).and_then(|()| {
+                let control = if controls {
+                    self.controls(family)
+                } else {
+                    Ok(())
+                };
+                let outcome = control.and_then(|()| {
                     let (before, seen, executed) = self.snapshot()?;
                     attack(self, family).context("sending the attack")?;
                     self.assert_blocked(before, seen, executed)
@@ -1315,6 +1331,37 @@ fn mesh_terminator_port_dialed_directly_is_refused() -> Result<()> {
                 "the terminator served the plaintext request:\n{log}"
             );
             Ok(())
+        },
+    )
+}
+
+/// A valid ClientHello head (record and handshake headers agree) followed by commands, on a
+/// port steered to the terminator: the terminator's handshake fails, the app reads nothing.
+/// After `kill -9` the steering falls back to the app and only the tc check is left, which
+/// cannot tell this from TLS: a STRICT port whose terminator is gone must not fall back.
+#[test]
+fn mesh_line_protocol_behind_a_valid_client_hello_head() -> Result<()> {
+    as_root(
+        "mesh_line_protocol_behind_a_valid_client_hello_head",
+        false,
+        |rig| {
+            rig.start_mesh(true)?;
+            rig.each_with(BOTH, false, |rig, fam| {
+                let mut f = rig.flow(fam);
+                f.handshake()?;
+                let mut payload = client_hello("server")[..11].to_vec();
+                payload.extend(b"\r\n");
+                payload.extend(plaintext());
+                f.send(&f.seg(ACK | PSH, 0, &payload))?;
+                // The counter check wants a reset or drop: plaintext on a second flow.
+                let _ = f.expect(Duration::from_millis(500), |r| r.flags & (RST | FIN) != 0);
+                f.abort();
+                let mut g = rig.flow(fam);
+                g.handshake()?;
+                g.send(&g.seg(ACK | PSH, 0, b"GET /control HTTP/1.1\r\n\r\n"))?;
+                let _ = g.reset_seen(Duration::from_secs(1));
+                Ok(())
+            })
         },
     )
 }
