@@ -61,6 +61,12 @@ const FLOOD_V6: [&str; 2] = ["fd00:231::4", "fd00:231::5"];
 const CLIENT_IF: &str = "pc-out";
 const APP_PORT: u16 = 80;
 
+/// Set (to anything) to run each attack with port 80 switched to PERMISSIVE: every attack
+/// test must then fail with `BYPASS`, which shows that the attack's packets are accepted by
+/// Linux and that its assertion can fail (a test that cannot fail is a defect). A check of
+/// the suite, not a mode for CI.
+const UNPROTECTED: &str = "PORTCULLIS_ADV_UNPROTECTED";
+
 /// How long the app gets to read what the server's stack accepted.
 const SETTLE: Duration = Duration::from_millis(300);
 
@@ -287,6 +293,17 @@ impl Rig {
             .is_some_and(|d| d.try_wait().is_none())
     }
 
+    /// `kernel set-mode <arg>` on the pinned maps.
+    fn set_mode(&self, arg: &str) -> Result<()> {
+        let out = run(self.kernel(&["set-mode"]).arg(arg))?;
+        ensure!(
+            out.status.success(),
+            "set-mode {arg}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
     /// `kill -9` the daemon; its pinned programs stay attached.
     fn kill9(&self) -> Result<()> {
         let Some(mut d) = self.daemon.borrow_mut().take() else {
@@ -447,8 +464,16 @@ impl Rig {
                 };
                 let outcome = control.and_then(|()| {
                     let (before, seen, executed) = self.snapshot()?;
-                    attack(self, family).context("sending the attack")?;
-                    self.assert_blocked(before, seen, executed)
+                    let unprotected = std::env::var_os(UNPROTECTED).is_some();
+                    if unprotected {
+                        self.set_mode("80=permissive")?;
+                    }
+                    let sent = attack(self, family).context("sending the attack");
+                    let verdict = sent.and_then(|()| self.assert_blocked(before, seen, executed));
+                    if unprotected {
+                        self.set_mode("80=strict")?;
+                    }
+                    verdict
                 });
                 match outcome {
                     Ok(()) => eprintln!("{what}: blocked"),
