@@ -123,9 +123,18 @@ fn ip_ok(args: &[&str]) -> Result<()> {
 impl Rig {
     /// Namespaces, the recording app on :80, neighbour entries for the crafted clients, and
     /// (when `daemon`) `kernel run` with port 80 STRICT on the server's veth.
-    fn new(name: &str, daemon: bool) -> Result<Self> {
+    fn new(name: &str, daemon: bool, sysctls: &[&str]) -> Result<Self> {
         let topo = Topology::create("adv")?;
         topo.checksum_offload_off()?;
+        // Before the app listens: some settings (Fast Open) are taken at listen().
+        for kv in sysctls {
+            let out = run(Topology::exec(&topo.server, "sysctl").args(["-w", kv]))?;
+            ensure!(
+                out.status.success(),
+                "sysctl -w {kv}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         let client_mac = mac_of(&topo.outside, CLIENT_IF)?;
         let server_mac = mac_of(&topo.server, SERVER_IF)?;
         let mac = client_mac
@@ -464,7 +473,7 @@ impl Rig {
                 };
                 let outcome = control.and_then(|()| {
                     let (before, seen, executed) = self.snapshot()?;
-                    let unprotected = std::env::var_os(UNPROTECTED).is_some();
+                    let unprotected = std::env::var_os(UNPROTECTED).is_some_and(|v| !v.is_empty());
                     if unprotected {
                         self.set_mode("80=permissive")?;
                     }
@@ -509,11 +518,22 @@ fn plaintext() -> Vec<u8> {
 
 /// Skips (loudly) when not root; otherwise builds the rig and runs the body.
 fn as_root(name: &str, daemon: bool, body: impl FnOnce(&Rig) -> Result<()>) -> Result<()> {
+    as_root_with(name, daemon, &[], body)
+}
+
+/// [`as_root`] with `sysctl -w` settings in the server's namespace, made before the app
+/// listens.
+fn as_root_with(
+    name: &str,
+    daemon: bool,
+    sysctls: &[&str],
+    body: impl FnOnce(&Rig) -> Result<()>,
+) -> Result<()> {
     if !is_root() {
         skip_not_root(name);
         return Ok(());
     }
-    let rig = Rig::new(name, daemon)?;
+    let rig = Rig::new(name, daemon, sysctls)?;
     let result = body(&rig);
     if result.is_err() {
         if let Some(d) = rig.daemon.borrow().as_ref() {
@@ -845,6 +865,87 @@ fn line_protocol_behind_three_tls_bytes() -> Result<()> {
 
 // ---------------------------------------------------------------------------------------------
 // Cases of our own.
+
+/// A RST inside the window but not at the exact next sequence number: Linux answers with a
+/// challenge ACK (RFC 5961) and keeps the connection, so a program that forgets the flow on
+/// any in-window RST is fooled.
+#[test]
+fn in_window_rst_not_at_the_exact_sequence() -> Result<()> {
+    as_root("in_window_rst_not_at_the_exact_sequence", true, |rig| {
+        rig.each(BOTH, |rig, fam| {
+            let mut f = rig.flow(fam);
+            f.handshake()?;
+            f.send(&f.seg(RST, 1000, &[]))?;
+            then_plaintext(&f)
+        })
+    })
+}
+
+/// A ClientHello decoy at ISN+1 without the ACK flag (Linux discards data without ACK on an
+/// established connection), then the plaintext at ISN+1.
+#[test]
+fn client_hello_decoy_without_ack_flag_then_plaintext() -> Result<()> {
+    as_root(
+        "client_hello_decoy_without_ack_flag_then_plaintext",
+        true,
+        |rig| {
+            rig.each(BOTH, |rig, fam| {
+                let mut f = rig.flow(fam);
+                f.handshake()?;
+                f.send(&f.seg(PSH, 0, &client_hello("server")))?;
+                then_plaintext(&f)
+            })
+        },
+    )
+}
+
+/// A ClientHello decoy at ISN+1 that acknowledges data the server never sent (Linux discards
+/// it), then the plaintext at ISN+1.
+#[test]
+fn client_hello_decoy_acking_unsent_data_then_plaintext() -> Result<()> {
+    as_root(
+        "client_hello_decoy_acking_unsent_data_then_plaintext",
+        true,
+        |rig| {
+            rig.each(BOTH, |rig, fam| {
+                let mut f = rig.flow(fam);
+                f.handshake()?;
+                let mut decoy = f.seg(ACK | PSH, 0, &client_hello("server"));
+                decoy.ack = decoy.ack.wrapping_add(100_000);
+                f.send(&decoy)?;
+                then_plaintext(&f)
+            })
+        },
+    )
+}
+
+/// TCP Fast Open accepted by the server without a cookie (`net.ipv4.tcp_fastopen` = 0x602 in
+/// the server's namespace, so SYN data reaches the app): a SYN carrying just `16 03 01`, then
+/// a newline and the plaintext right behind it.
+#[test]
+fn tcp_fast_open_three_tls_bytes_then_plaintext() -> Result<()> {
+    as_root_with(
+        "tcp_fast_open_three_tls_bytes_then_plaintext",
+        true,
+        &["net.ipv4.tcp_fastopen=1538"],
+        |rig| {
+            rig.each(BOTH, |rig, fam| {
+                let mut f = rig.flow(fam);
+                let mut syn = f.syn();
+                syn.payload = vec![0x16, 0x03, 0x01];
+                // The Fast Open option with an empty cookie: "no cookie needed" is the server's
+                // choice (0x400), but the option marks the SYN as a Fast Open one.
+                syn.options.extend([34, 2]);
+                f.handshake_with(syn)?;
+                let mut rest = b"\r\n".to_vec();
+                rest.extend(plaintext());
+                f.send(&f.seg(ACK | PSH, 3, &rest))?;
+                let _ = f.reset_seen(Duration::from_millis(500));
+                Ok(())
+            })
+        },
+    )
+}
 
 /// A decoy at ISN+1 that carries a ClientHello but a bad TCP checksum (the program sees it,
 /// the socket discards it), then the plaintext at the same sequence number with a good one.
