@@ -19,7 +19,9 @@
 //! `UNCOUNTED` when the app stayed clean but the kernel did not count a reset or drop.
 
 use std::cell::RefCell;
+use std::io::{ErrorKind, Read, Write};
 use std::net::IpAddr;
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -361,7 +363,27 @@ impl Rig {
     }
 
     /// The controls: plaintext is reset and counted and never read; a ClientHello is read.
+    /// First with a normal client (the outside namespace's own TCP stack), then crafted.
     fn controls(&self, family: Family) -> Result<()> {
+        let hello = client_hello("server");
+        let hellos = self.app.rec.count(&hello);
+        let reset = normal_client(
+            &self.topo.outside,
+            family,
+            b"GET /control HTTP/1.1\r\n\r\n",
+            true,
+        )?;
+        ensure!(reset, "control: a normal plaintext client was not reset");
+        normal_client(&self.topo.outside, family, &hello, false)?;
+        let start = Instant::now();
+        while self.app.rec.count(&hello) == hellos && start.elapsed() < Duration::from_secs(3) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        ensure!(
+            self.app.rec.count(&hello) > hellos,
+            "control: a normal client's ClientHello did not reach the app"
+        );
+
         let before = self.counters()?;
         let mut plain = self.flow(family);
         plain.handshake()?;
@@ -509,6 +531,34 @@ impl Drop for Rig {
         let _ = run(&mut self.kernel(&["uninstall"]));
         let _ = std::fs::remove_dir_all(&self.pin_dir);
     }
+}
+
+/// A normal client: the outside namespace's kernel connects to the server's port 80 and
+/// writes `bytes`. With `wait_reset`, reads and returns whether the read saw a reset;
+/// otherwise returns at once (the socket stays open until the app has read).
+fn normal_client(ns: &str, fam: Family, bytes: &[u8], wait_reset: bool) -> Result<bool> {
+    let addr: SocketAddr = match fam {
+        Family::V4 => (SERVER_V4, APP_PORT).into(),
+        Family::V6 => (SERVER_V6, APP_PORT).into(),
+    };
+    let bytes = bytes.to_vec();
+    let handle = Topology::spawn_in(ns, move || -> std::io::Result<bool> {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+        s.write_all(&bytes)?;
+        if !wait_reset {
+            // Give the app the bytes before the close.
+            std::thread::sleep(Duration::from_millis(50));
+            return Ok(false);
+        }
+        s.set_read_timeout(Some(Duration::from_secs(3)))?;
+        let mut buf = [0u8; 256];
+        Ok(matches!(s.read(&mut buf), Err(e) if e.kind() == ErrorKind::ConnectionReset))
+    })?;
+    handle
+        .join()
+        .map_err(|_| anyhow::anyhow!("client thread panicked"))?
+        .context("could not enter the client namespace")?
+        .with_context(|| format!("normal client to {addr}"))
 }
 
 /// The attacker's plaintext: an HTTP request and two line commands, all marked `pwned`.
@@ -815,7 +865,8 @@ fn flow_table_eviction_by_a_handshake_flood() -> Result<()> {
                     ..base.clone()
                 };
                 for sport in 1024..=65535u16 {
-                    if sent == 70_000 {
+                    // Bounded in count and in time.
+                    if sent == 70_000 || start.elapsed() > Duration::from_secs(10) {
                         break 'flood;
                     }
                     let isn = u32::from(sport).wrapping_mul(2_654_435_761);
