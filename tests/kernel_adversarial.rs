@@ -628,15 +628,21 @@ const BOTH: &[Family] = &[Family::V4, Family::V6];
 
 /// Sends the plaintext at ISN+1 after whatever `before` did, then tears the flow down.
 fn then_plaintext(flow: &Flow<'_>) -> Result<()> {
-    flow.send(&flow.seg(ACK | PSH, 0, &plaintext()))?;
-    // Either the server acknowledges the plaintext (it reached the socket) or resets.
+    // Either the server acknowledges the plaintext (it reached the socket) or resets; like a
+    // real client, retransmit when neither happens (a frame can be lost under a flood).
     let end = flow
         .isn
         .wrapping_add(1)
         .wrapping_add(plaintext().len() as u32);
-    let _ = flow.expect(Duration::from_secs(1), |r| {
-        r.flags & RST != 0 || r.ack == end
-    });
+    for _ in 0..3 {
+        flow.send(&flow.seg(ACK | PSH, 0, &plaintext()))?;
+        let answered = flow.expect(Duration::from_millis(700), |r| {
+            r.flags & RST != 0 || r.ack == end
+        });
+        if answered.is_some() {
+            break;
+        }
+    }
     Ok(())
 }
 
@@ -919,9 +925,16 @@ fn flow_table_eviction_by_a_handshake_flood() -> Result<()> {
                         flood.send(&f)?;
                     }
                     sent += 1;
+                    // Paced: the veth's receive backlog (1000 frames) drops what a raw socket
+                    // sends faster than the server's stack takes it.
+                    if sent.is_multiple_of(200) {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
                 }
             }
             eprintln!("flood: {sent} SYN+ACK pairs in {:?}", start.elapsed());
+            // Let the backlog drain before the held connection speaks.
+            std::thread::sleep(Duration::from_millis(100));
             rig.link.drain();
             then_plaintext(&held)
         })
