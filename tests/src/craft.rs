@@ -549,6 +549,24 @@ pub fn next_sport() -> u16 {
     20000 + ((u32::from(n) + std::process::id()) % 40000) as u16
 }
 
+/// The server never answered the SYN: the connection was refused before it existed (a test
+/// may count that as the attack being blocked).
+#[derive(Debug)]
+pub struct NoSynAck;
+
+impl std::fmt::Display for NoSynAck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("no SYN-ACK from the server")
+    }
+}
+
+impl std::error::Error for NoSynAck {}
+
+/// True when `err` (or its cause) is [`NoSynAck`].
+pub fn refused_at_handshake(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| e.is::<NoSynAck>())
+}
+
 /// One crafted TCP connection from the client side.
 pub struct Flow<'a> {
     pub link: &'a Link,
@@ -633,7 +651,7 @@ impl<'a> Flow<'a> {
             .expect(Duration::from_secs(3), |r| {
                 r.flags & (SYN | ACK) == SYN | ACK
             })
-            .context("no SYN-ACK from the server")?;
+            .ok_or(NoSynAck)?;
         self.irs = synack.seq;
         self.send(&self.seg(ACK, 0, &[]))
     }
