@@ -60,8 +60,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use e2e::craft::{
-    client_hello, mac_of, refused_at_handshake, Flow, Fragment, Link, Path, Seg, Shape, ACK,
-    DEST_OPTS, FIN, PSH, RST, SYN, URG,
+    client_hello, mac_of, refused_at_handshake, Flow, Fragment, Link, NoSynAck, Path, Seg, Shape,
+    ACK, DEST_OPTS, FIN, PSH, RST, SYN, URG,
 };
 use e2e::hello::RecordingApp;
 use e2e::netns::{Topology, SERVER_IF, SERVER_V4, SERVER_V6};
@@ -1100,6 +1100,32 @@ fn fragments_in_order() -> Result<()> {
     })
 }
 
+/// SYN cookies (`net.ipv4.tcp_syncookies=2` here; an attacker gets the same by filling the
+/// listener's SYN queue): no request socket exists, and the ACK that completes the handshake
+/// carries the plaintext, which the listener accepts with the cookie.
+#[test]
+fn syncookie_ack_carrying_plaintext() -> Result<()> {
+    as_root_with(
+        "syncookie_ack_carrying_plaintext",
+        true,
+        &["net.ipv4.tcp_syncookies=2"],
+        |rig| {
+            rig.each(BOTH, |rig, fam| {
+                let mut f = rig.flow(fam);
+                f.link.drain();
+                f.send(&f.syn())?;
+                let synack = f
+                    .expect(Duration::from_secs(3), |r| {
+                        r.flags & (SYN | ACK) == SYN | ACK
+                    })
+                    .ok_or(NoSynAck)?;
+                f.irs = synack.seq;
+                then_plaintext(&f)
+            })
+        },
+    )
+}
+
 /// A decoy at ISN+1 that carries a ClientHello but a bad TCP checksum (the program sees it,
 /// the socket discards it), then the plaintext at the same sequence number with a good one.
 #[test]
@@ -1466,60 +1492,71 @@ fn plaintext_to(rig: &Rig, fam: Family, port: u16) -> Result<()> {
 /// must not reach it, daemon running or killed.
 #[test]
 fn mesh_strict_covers_a_port_no_workload_entry_names() -> Result<()> {
-    as_root(
-        "mesh_strict_covers_a_port_no_workload_entry_names",
-        false,
-        |rig| {
-            let other = RecordingApp::start(&rig.topo.server, 8080)?;
-            rig.start_mesh(true)?;
-            let mut failures = Vec::new();
-            for phase in [Phase::DaemonRunning, Phase::AfterKill9] {
-                if phase == Phase::AfterKill9 {
-                    rig.kill9()?;
-                }
-                for fam in [Family::V4, Family::V6] {
-                    let what = format!("{fam:?}, {phase:?}");
-                    let outcome = (|| -> Result<()> {
-                        // Control: the named port's plaintext is reset in the kernel.
-                        // (Or refused at the handshake: a killed terminator's port may be.)
-                        let mut c = rig.flow(fam);
-                        match c.handshake() {
-                            Err(e) if refused_at_handshake(&e) => {}
-                            Err(e) => return Err(e),
-                            Ok(()) => {
-                                c.send(&c.seg(ACK | PSH, 0, b"GET /control HTTP/1.1\r\n\r\n"))?;
-                                ensure!(
-                                    c.reset_seen(Duration::from_secs(2)),
-                                    "control: plaintext to port 80 was not reset"
-                                );
-                            }
+    unnamed_port_case("mesh_strict_covers_a_port_no_workload_entry_names", 8080)
+}
+
+/// The same for an app port inside the ephemeral range (32768–60999): a workload may listen
+/// there, and Istio's STRICT covers it like any other inbound port.
+#[test]
+fn mesh_strict_covers_an_app_port_in_the_ephemeral_range() -> Result<()> {
+    unnamed_port_case(
+        "mesh_strict_covers_an_app_port_in_the_ephemeral_range",
+        40000,
+    )
+}
+
+/// Plaintext to the app's `port`, which no WorkloadEntry names, under mesh-wide STRICT.
+fn unnamed_port_case(name: &str, port: u16) -> Result<()> {
+    as_root(name, false, |rig| {
+        let other = RecordingApp::start(&rig.topo.server, port)?;
+        rig.start_mesh(true)?;
+        let mut failures = Vec::new();
+        for phase in [Phase::DaemonRunning, Phase::AfterKill9] {
+            if phase == Phase::AfterKill9 {
+                rig.kill9()?;
+            }
+            for fam in [Family::V4, Family::V6] {
+                let what = format!("{fam:?}, {phase:?}");
+                let outcome = (|| -> Result<()> {
+                    // Control: the named port's plaintext is reset in the kernel.
+                    // (Or refused at the handshake: a killed terminator's port may be.)
+                    let mut c = rig.flow(fam);
+                    match c.handshake() {
+                        Err(e) if refused_at_handshake(&e) => {}
+                        Err(e) => return Err(e),
+                        Ok(()) => {
+                            c.send(&c.seg(ACK | PSH, 0, b"GET /control HTTP/1.1\r\n\r\n"))?;
+                            ensure!(
+                                c.reset_seen(Duration::from_secs(2)),
+                                "control: plaintext to port 80 was not reset"
+                            );
                         }
-                        let before = rig.counters()?;
-                        let seen = other.rec.count(b"pwned");
-                        plaintext_to(rig, fam, 8080)?;
-                        std::thread::sleep(SETTLE);
-                        ensure!(
-                            other.rec.count(b"pwned") == seen && rig.app.rec.count(b"pwned") == 0,
-                            "BYPASS: the app on 8080 read the attacker's plaintext: {}",
-                            other.rec.last_with(b"pwned")
-                        );
-                        let after = rig.counters()?;
-                        ensure!(
-                            after.reset + after.dropped > before.reset + before.dropped,
-                            "UNCOUNTED: no reset or drop counted ({before:?} → {after:?})"
-                        );
-                        Ok(())
-                    })();
-                    if let Err(e) = outcome {
-                        eprintln!("{what}: {e:#}");
-                        failures.push(format!("{what}: {e:#}"));
                     }
+                    let before = rig.counters()?;
+                    let seen = other.rec.count(b"pwned");
+                    plaintext_to(rig, fam, port)?;
+                    std::thread::sleep(SETTLE);
+                    ensure!(
+                        other.rec.count(b"pwned") == seen && rig.app.rec.count(b"pwned") == 0,
+                        "BYPASS: the app on {port} read the attacker's plaintext: {}",
+                        other.rec.last_with(b"pwned")
+                    );
+                    let after = rig.counters()?;
+                    ensure!(
+                        after.reset + after.dropped > before.reset + before.dropped,
+                        "UNCOUNTED: no reset or drop counted ({before:?} → {after:?})"
+                    );
+                    Ok(())
+                })();
+                if let Err(e) = outcome {
+                    eprintln!("{what}: {e:#}");
+                    failures.push(format!("{what}: {e:#}"));
                 }
             }
-            ensure!(failures.is_empty(), "{}", failures.join("\n"));
-            Ok(())
-        },
-    )
+        }
+        ensure!(failures.is_empty(), "{}", failures.join("\n"));
+        Ok(())
+    })
 }
 
 /// `run --mesh-credential` without `--iface`: while the daemon runs, port 80 is steered to the
