@@ -38,6 +38,20 @@
 //! with FIN; IP options and one Destination Options header; fragments with the whole TCP
 //! header (in order or reversed); a single priority tag; Fast Open plaintext on the SYN.
 //!
+//! The SYN-cookie ACK, the ephemeral-range port and the Fast Open SYN with `16 03 01` were
+//! added after that run.
+//!
+//! # Measured on branch `kernel` d1ce6c2 (the socket-state check)
+//! Blocked: everything above, the SYN-cookie ACK and the Fast Open SYN included. Still
+//! through, all on a STRICT port that is not steered (`kernel attach`, no terminator) and all
+//! one limit the README states (only the first 11 bytes, the ClientHello's headers, are
+//! checked): a valid ClientHello head then commands; plaintext sent out of order behind it;
+//! and an overlapping retransmission whose tail goes past a ClientHello head (main blocked that
+//! one by judging every segment at ISN+1 again). Steered, the same bytes reach the terminator
+//! and not the app (`mesh_line_protocol_behind_a_valid_client_hello_head`). Not counted: an
+//! app port in the ephemeral range under mesh-wide STRICT stays clean while the daemon runs,
+//! because the terminator refuses the plaintext in userspace (tc skips that range).
+//!
 //! # Not covered, and why
 //! - VLAN ids other than 0: this kernel has no VLAN devices (`CONFIG_VLAN_8021Q` unset), so
 //!   the stack drops such frames as not for this host; only priority tags (id 0) are tested.
