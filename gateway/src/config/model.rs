@@ -194,6 +194,9 @@ pub struct MeshInbound {
     pub credential: Arc<Credential>,
     /// MUTUAL: clients must present a certificate from the mesh CA (`ca.crt`).
     pub tls: Arc<rustls::ServerConfig>,
+    /// What `tls` checks beyond the chain (the mesh's trust domains): kept to re-check open
+    /// connections after a reload.
+    pub client_checks: crate::tls::ClientCertChecks,
     /// AuthorizationPolicies compiled for this workload's namespace and labels.
     pub authz: Arc<crate::policy::authz::Authorizer>,
     /// PeerAuthentication mode of each workload port; the kernel maps get the same table.
