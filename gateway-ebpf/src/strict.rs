@@ -92,6 +92,8 @@
 //!    sees ECONNRESET instead of data. Dropping (`TC_ACT_SHOT`) would leave it ESTABLISHED.
 //!
 //! # Limits
+//! Every data segment to a STRICT port costs one socket lookup (an established-hash probe and
+//! a reference taken and dropped): the price of state that packets cannot write.
 //! A forged segment that covers `rcv_nxt` of a connection that has not sent its first payload
 //! resets it: that needs the 4-tuple and an in-window guess, like a blind RST (RFC 5961).
 //! Bytes after the first 11 are not judged here (see above). Traffic that reaches the socket
