@@ -3,6 +3,7 @@
 
 pub mod certs;
 pub mod chromium;
+pub mod craft;
 pub mod hello;
 pub mod netns;
 pub mod process;
