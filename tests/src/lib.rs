@@ -4,6 +4,8 @@
 pub mod certs;
 pub mod chromium;
 pub mod hello;
+pub mod hostile;
+pub mod load;
 pub mod netns;
 pub mod process;
 pub mod prometheus;

@@ -162,6 +162,12 @@ impl Walkthrough {
     /// `portcullis run` on the walkthrough, bound to 127.0.0.1 with a free port offset, with
     /// `extra` arguments; returns once the HTTPS port accepts connections.
     pub fn start_gateway(&self, extra: &[&str]) -> Result<Gateway> {
+        self.start_gateway_with(extra, None)
+    }
+
+    /// [`Self::start_gateway`] with the daemon's `RLIMIT_NOFILE` (soft and hard) set to
+    /// `nofile` before it execs, the way a service manager with a low limit starts it.
+    pub fn start_gateway_with(&self, extra: &[&str], nofile: Option<u64>) -> Result<Gateway> {
         let offset = port_offset()?;
         let mut cmd = Command::new(portcullis_bin()?);
         cmd.arg("run")
@@ -171,6 +177,23 @@ impl Walkthrough {
             .arg(&self.credentials)
             .args(["--bind", "127.0.0.1", "--port-offset", &offset.to_string()])
             .args(extra);
+        if let Some(limit) = nofile {
+            use std::os::unix::process::CommandExt;
+            let rlim = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            // SAFETY: setrlimit is async-signal-safe and touches only the child being exec'd.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rlim) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
         let daemon = Daemon::spawn("portcullis", cmd, &self.dir)?;
         wait_for_port(
             SocketAddr::from(([127, 0, 0, 1], 443 + offset)),
@@ -201,6 +224,17 @@ pub struct Gateway {
 impl Gateway {
     /// `https://test.com/<path>` with `identity`; returns the status code (`000`: no HTTP).
     pub fn https(&self, path: &str, identity: Identity) -> Result<String> {
+        Ok(self.https_with(path, identity, &[])?.0)
+    }
+
+    /// [`Self::https`] with `extra` curl arguments; returns (status code, body and whatever
+    /// `-w` added).
+    pub fn https_with(
+        &self,
+        path: &str,
+        identity: Identity,
+        extra: &[&str],
+    ) -> Result<(String, String)> {
         let resolve = format!("test.com:{}:127.0.0.1", self.https_port);
         let mut args: Vec<&str> = vec!["--resolve", &resolve, "--cacert"];
         args.push(self.ca.to_str().context("ca path")?);
@@ -217,8 +251,9 @@ impl Gateway {
                 key.to_str().context("key path")?,
             ]);
         }
+        args.extend(extra);
         let url = format!("https://test.com:{}{path}", self.https_port);
-        Ok(curl(&url, &args)?.0)
+        curl(&url, &args)
     }
 
     /// Plain HTTP on the port-80 server; returns the status code.

@@ -1,0 +1,347 @@
+//! The daemon's lifecycle loses no request (issue 14 part 2): SIGTERM/SIGINT drain with a
+//! stream of requests (slow ones in flight) on plain HTTP, mTLS HTTP/1.1 and mTLS HTTP/2; a
+//! second signal exits at once; the drain period is bounded; 100 reloads (good and bad
+//! configurations and certificates) under load; Gateway ports added and removed by a reload
+//! are bound and unbound live. Request counts are printed for the integrator.
+
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use e2e::hostile::Setup;
+use e2e::load::{Load, Transport};
+use e2e::walkthrough::{curl, Identity, WALKTHROUGH};
+
+fn transports(s: &Setup) -> Vec<Transport> {
+    let certs = &s.w.certs;
+    let mtls = |h2| Transport::Mtls {
+        port: s.gw.https_port,
+        h2,
+        ca: certs.ca_cert(),
+        cert: certs.client_cert(),
+        key: certs.client_key(),
+    };
+    vec![
+        Transport::Plain {
+            port: s.gw.http_port,
+        },
+        mtls(true),
+        mtls(false),
+        Transport::Plain {
+            port: s.gw.http_port,
+        },
+        mtls(true),
+        mtls(false),
+    ]
+}
+
+fn signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill has no memory preconditions; the pid is our own child.
+    unsafe {
+        libc::kill(pid as libc::pid_t, sig);
+    }
+}
+
+/// A curl to `path` over mTLS HTTP/2 (or plain HTTP), in the background.
+fn background(s: &Setup, path: &str, tls: bool) -> Result<Child> {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-sS",
+        "--max-time",
+        "30",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+    ]);
+    if tls {
+        let certs = &s.w.certs;
+        cmd.arg("--resolve")
+            .arg(format!("test.com:{}:127.0.0.1", s.gw.https_port))
+            .arg("--cacert")
+            .arg(certs.ca_cert())
+            .arg("--cert")
+            .arg(certs.client_cert())
+            .arg("--key")
+            .arg(certs.client_key())
+            .arg(format!("https://test.com:{}{path}", s.gw.https_port));
+    } else {
+        cmd.arg(format!("http://127.0.0.1:{}{path}", s.gw.http_port));
+    }
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("spawning curl")
+}
+
+fn finish(child: Child) -> String {
+    child
+        .wait_with_output()
+        .map(|o| {
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr).trim()
+            )
+        })
+        .unwrap_or_else(|e| format!("wait failed: {e}"))
+}
+
+/// Waits (bounded) for the daemon to exit; returns its status and when.
+fn wait_exit(s: &mut Setup, limit: Duration) -> Option<(std::process::ExitStatus, Duration)> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Some(status) = s.gw.daemon.try_wait() {
+            return Some((status, start.elapsed()));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+fn refused(port: u16) -> bool {
+    TcpStream::connect_timeout(
+        &SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_secs(1),
+    )
+    .is_err()
+}
+
+#[test]
+fn sigterm_drains_a_stream_of_requests_without_losing_one() -> Result<()> {
+    for (sig, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGINT, "SIGINT")] {
+        // Defaults only (drain period 5s), so this runs against the old code too.
+        let mut s = Setup::start(&[])?;
+        let load = Load::start(&transports(&s), 20, 5, Duration::from_secs(40));
+        std::thread::sleep(Duration::from_millis(1500));
+        let slow = vec![
+            background(&s, "/delay/3", true)?,
+            background(&s, "/delay/3", false)?,
+        ];
+        std::thread::sleep(Duration::from_millis(700));
+        let before = load.tally();
+        signal(s.gw.daemon.pid(), sig);
+        let sent_at = Instant::now();
+        std::thread::sleep(Duration::from_millis(500));
+        // The slow requests keep it draining; the listeners are already closed.
+        let draining = s.gw.daemon.try_wait().is_none();
+        let (http_closed, https_closed) = (refused(s.gw.http_port), refused(s.gw.https_port));
+        let exit = wait_exit(&mut s, Duration::from_secs(20));
+        let tally = load.stop();
+        let slow: Vec<String> = slow.into_iter().map(finish).collect();
+        eprintln!(
+            "{name}: served {} before the signal; in all {} served, {} refused after the \
+             listeners closed, {} LOST; slow requests in flight: {slow:?}; exit {exit:?} \
+             ({:?} after the signal)",
+            before.served,
+            tally.served,
+            tally.refused,
+            tally.lost,
+            sent_at.elapsed()
+        );
+        assert!(before.served > 0, "the load ran before the signal");
+        assert_eq!(
+            tally.lost, 0,
+            "requests lost in the drain: {:?}",
+            tally.lost_samples
+        );
+        assert_eq!(slow, ["200", "200"], "the in-flight slow requests finish");
+        assert!(draining, "the daemon drains while requests are in flight");
+        assert!(
+            http_closed && https_closed,
+            "the listeners are closed during the drain"
+        );
+        let (status, _) = exit.context("the daemon exits after draining")?;
+        assert_eq!(status.code(), Some(0), "{name} drain exits 0");
+        s.gw.daemon.kill();
+    }
+    Ok(())
+}
+
+#[test]
+fn a_second_signal_exits_at_once_and_the_drain_is_bounded() -> Result<()> {
+    for (sig, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGINT, "SIGINT")] {
+        let mut s = Setup::start(&["--drain-timeout", "30s"])?;
+        let slow = background(&s, "/delay/8", true)?;
+        std::thread::sleep(Duration::from_millis(1000));
+        signal(s.gw.daemon.pid(), sig);
+        std::thread::sleep(Duration::from_millis(500));
+        let draining = s.gw.daemon.try_wait().is_none();
+        signal(s.gw.daemon.pid(), sig);
+        let exit = wait_exit(&mut s, Duration::from_secs(5));
+        let slow = finish(slow);
+        eprintln!("second {name}: exit {exit:?}; the /delay/8 request in flight got {slow:?}");
+        assert!(
+            draining,
+            "the first {name} starts a drain (a request is in flight)"
+        );
+        let (status, _) = exit.context("a second signal exits at once")?;
+        eprintln!("second {name} exit status: {status}");
+        assert_ne!(slow, "200", "it did not wait for the in-flight request");
+    }
+
+    // The drain period ends the wait for a request that takes longer.
+    let mut s = Setup::start(&["--drain-timeout", "1s"])?;
+    let slow = background(&s, "/delay/8", false)?;
+    std::thread::sleep(Duration::from_millis(1000));
+    signal(s.gw.daemon.pid(), libc::SIGTERM);
+    let exit = wait_exit(&mut s, Duration::from_secs(6));
+    let slow = finish(slow);
+    eprintln!("drain-timeout 1s with /delay/8 in flight: exit {exit:?}; the request got {slow:?}");
+    exit.context("the daemon exits when the drain period ends")?;
+    assert_ne!(slow, "200", "the request outlived the drain period");
+    Ok(())
+}
+
+/// Writes a file whole, then renames it into place (what a careful operator's tooling does).
+fn replace(path: &std::path::Path, contents: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp-write");
+    std::fs::write(&tmp, contents)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+fn deny(path: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: reload-deny, namespace: istio-system}}\nspec:\n  action: DENY\n  rules:\n  - from: [{{source: {{principals: [test.client]}}}}]\n    to: [{{operation: {{paths: [{path}]}}}}]\n"
+    )
+}
+
+/// Waits (bounded) until `needle` appears in the log more than `count` times; returns the
+/// new count.
+fn wait_count(s: &Setup, needle: &str, count: usize, what: &str) -> Result<usize> {
+    for _ in 0..200 {
+        let n = s.gw.daemon.log().matches(needle).count();
+        if n > count {
+            return Ok(n);
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    bail!("{what}: no new {needle:?} in the log after 5s")
+}
+
+#[test]
+fn a_hundred_reloads_good_and_bad_under_load_lose_nothing() -> Result<()> {
+    let mut s = Setup::start(&["--reload-ms", "50"])?;
+    let extra = s.w.config.join("reload-deny.yaml");
+    let crt = s.w.credentials.join("test.com/tls.crt");
+    let leaf = std::fs::read(s.w.certs.server_cert())?;
+    let chain = [leaf.clone(), std::fs::read(s.w.certs.ca_cert())?].concat();
+    let wrong = std::fs::read(s.w.certs.client_cert())?;
+
+    let load = Load::start(&transports(&s), 20, 10, Duration::from_secs(100));
+    std::thread::sleep(Duration::from_millis(500));
+    let (mut good, mut bad) = (0, 0);
+    let mut reloaded = s.gw.daemon.log().matches("configuration reloaded").count();
+    let mut rejected =
+        s.gw.daemon
+            .log()
+            .matches("configuration not applied")
+            .count();
+    let mut last_good_path = String::new();
+    let started = Instant::now();
+    for i in 0..100 {
+        match i % 4 {
+            0 => {
+                last_good_path = format!("/status/{}", 200 + i);
+                replace(&extra, deny(&last_good_path).as_bytes())?;
+                reloaded = wait_count(&s, "configuration reloaded", reloaded, "good policy")?;
+                good += 1;
+            }
+            1 => {
+                // A certificate that does not match the key.
+                replace(&crt, &wrong)?;
+                rejected = wait_count(&s, "configuration not applied", rejected, "bad cert")?;
+                bad += 1;
+            }
+            2 => {
+                // A good certificate, alternately with and without its CA in the chain.
+                replace(&crt, if i % 8 == 2 { &chain } else { &leaf })?;
+                reloaded = wait_count(&s, "configuration reloaded", reloaded, "good cert")?;
+                good += 1;
+            }
+            _ => {
+                replace(
+                    &extra,
+                    deny("/status/200").replace("paths:", "pathz:").as_bytes(),
+                )?;
+                rejected = wait_count(&s, "configuration not applied", rejected, "bad policy")?;
+                bad += 1;
+            }
+        }
+    }
+    let took = started.elapsed();
+    std::thread::sleep(Duration::from_millis(500));
+    let tally = load.stop();
+    eprintln!(
+        "100 reloads ({good} good, {bad} bad, every one seen in the log) in {took:?} under \
+         load: {} requests served, {} refused, {} LOST",
+        tally.served, tally.refused, tally.lost
+    );
+    assert_eq!(
+        tally.lost + tally.refused,
+        0,
+        "failed: {:?}",
+        tally.lost_samples
+    );
+    assert!(tally.served > 0);
+    // The last edit was bad: the last good policy and certificate still serve.
+    assert_eq!(s.gw.https(&last_good_path, Identity::Client)?, "403");
+    assert_eq!(s.gw.https("/status/200", Identity::Client)?, "200");
+    s.assert_alive_and_serving("after the reloads")
+}
+
+#[test]
+fn gateway_ports_added_and_removed_by_a_reload_are_bound_live() -> Result<()> {
+    let mut s = Setup::start(&["--reload-ms", "50"])?;
+    let offset = s.gw.http_port - 80;
+    // A Gateway port number whose offset port is free now.
+    let number = (81..100)
+        .find(|n| std::net::TcpListener::bind(("127.0.0.1", n + offset)).is_ok())
+        .context("no free port for the added server")?;
+    let port = number + offset;
+    let with_port = WALKTHROUGH.replace(
+        "  - hosts: [test.com]\n",
+        &format!("  - hosts: ['*']\n    port: {{name: extra, number: {number}, protocol: HTTP}}\n  - hosts: [test.com]\n"),
+    );
+    assert_ne!(with_port, WALKTHROUGH);
+    let gateway_yaml = s.w.config.join("gateway.yaml");
+    let url = format!("http://127.0.0.1:{port}/status/200");
+    assert!(refused(port));
+    for round in 0..2 {
+        replace(&gateway_yaml, with_port.as_bytes())?;
+        let start = Instant::now();
+        let mut code = String::new();
+        while start.elapsed() < Duration::from_secs(10) {
+            code = curl(&url, &[])?.0;
+            if code == "200" {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!(
+            "round {round}: added port {port} answers {code} after {:?}",
+            start.elapsed()
+        );
+        assert_eq!(code, "200", "a port added by a reload is bound live");
+        assert_eq!(
+            s.gw.http("/status/200")?,
+            "200",
+            "the old ports still serve"
+        );
+
+        replace(&gateway_yaml, WALKTHROUGH.as_bytes())?;
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) && !refused(port) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!(
+            "round {round}: removed port {port} refused after {:?}",
+            start.elapsed()
+        );
+        assert!(refused(port), "a port removed by a reload is unbound live");
+        assert_eq!(s.gw.https("/status/200", Identity::Client)?, "200");
+    }
+    s.assert_alive_and_serving("after the port changes")
+}
