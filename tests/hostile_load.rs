@@ -290,14 +290,15 @@ fn oversized_and_too_many_headers_get_431() -> Result<()> {
 fn two_thousand_slow_clients_do_not_starve_a_normal_mtls_client() -> Result<()> {
     let nofile = raise_nofile()?;
     eprintln!("test RLIMIT_NOFILE: {nofile}");
-    let deadline = Duration::from_secs(4);
+    // Long enough that all 2,000 are open at once (opening them takes a few seconds).
+    let deadline = Duration::from_secs(8);
     let mut s = Setup::start(&[
         "--tls-handshake-timeout",
-        "4s",
+        "8s",
         "--header-read-timeout",
-        "4s",
+        "8s",
         "--idle-timeout",
-        "4s",
+        "8s",
         "--max-connections-per-source",
         "100",
     ])?;

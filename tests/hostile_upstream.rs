@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use e2e::free_port;
 use e2e::hostile::{wait_limit, Setup};
-use e2e::walkthrough::{curl, routing};
+use e2e::walkthrough::curl;
 use socket2::{Domain, Protocol, Socket, Type};
 
 /// A misbehaving upstream on loopback, stopped on drop.
@@ -104,49 +104,35 @@ impl Drop for BadUpstream {
     }
 }
 
-/// Routes `/hang` (with a 1s VirtualService timeout), `/reset`, `/absent` and `/syn` to their
-/// upstreams; everything else to the walkthrough's httpbin.
-fn routes(httpbin: u16, hang: u16, reset: u16, absent: u16, syn: u16) -> String {
-    let entry = |name: &str, port: u16| {
-        format!(
-            "---\napiVersion: networking.istio.io/v1beta1\nkind: ServiceEntry\n\
-             metadata: {{name: {name}, namespace: default}}\n\
-             spec:\n  hosts: [{name}.default.svc.cluster.local]\n  \
-             ports: [{{number: 8000, name: http, protocol: HTTP}}]\n  resolution: STATIC\n  \
-             endpoints: [{{address: 127.0.0.1, ports: {{http: {port}}}}}]\n"
-        )
-    };
-    let route = |prefix: &str, name: &str, extra: &str| {
-        format!(
-            "  - match: [{{uri: {{prefix: /{prefix}}}}}]\n    route:\n    - destination: \
-             {{host: {name}.default.svc.cluster.local, port: {{number: 8000}}}}\n{extra}"
-        )
-    };
-    let mut yaml = "apiVersion: networking.istio.io/v1beta1\nkind: VirtualService\n\
-         metadata: {name: bad-upstreams, namespace: default}\nspec:\n  hosts: ['*']\n  \
-         gateways: [httpbin]\n  http:\n"
-        .to_owned();
-    yaml += &route("hang", "hang", "    timeout: 1s\n");
-    yaml += &route("reset", "reset", "");
-    yaml += &route("absent", "absent", "");
-    yaml += &route("syn", "syn", "");
-    yaml += "  - route:\n    - destination: {host: httpbin.default.svc.cluster.local, port: {number: 8000}}\n";
+/// A VirtualService for host `NAME.test` to a ServiceEntry `NAME` on `port`, for each bad
+/// upstream; `hang` has a 1s route timeout. (The walkthrough's `*` route still goes to
+/// httpbin.)
+fn routes(hang: u16, reset: u16, absent: u16, syn: u16) -> String {
+    let mut yaml = String::new();
     for (name, port) in [
         ("hang", hang),
         ("reset", reset),
         ("absent", absent),
         ("syn", syn),
     ] {
-        yaml += &entry(name, port);
+        let timeout = if name == "hang" {
+            "    timeout: 1s\n"
+        } else {
+            ""
+        };
+        yaml += &format!(
+            "---\napiVersion: networking.istio.io/v1beta1\nkind: VirtualService\n\
+             metadata: {{name: {name}, namespace: default}}\n\
+             spec:\n  hosts: [{name}.test]\n  gateways: [httpbin]\n  http:\n  \
+             - route:\n    - destination: {{host: {name}.default.svc.cluster.local, \
+             port: {{number: 8000}}}}\n{timeout}\
+             ---\napiVersion: networking.istio.io/v1beta1\nkind: ServiceEntry\n\
+             metadata: {{name: {name}, namespace: default}}\n\
+             spec:\n  hosts: [{name}.default.svc.cluster.local]\n  \
+             ports: [{{number: 8000, name: http, protocol: HTTP}}]\n  resolution: STATIC\n  \
+             endpoints: [{{address: 127.0.0.1, ports: {{http: {port}}}}}]\n"
+        );
     }
-    // The walkthrough's ServiceEntry for httpbin, without its catch-all VirtualService.
-    let walkthrough = routing(httpbin);
-    let httpbin_entry = walkthrough
-        .split("---\n")
-        .find(|d| d.contains("kind: ServiceEntry"))
-        .unwrap_or_default();
-    yaml += "---\n";
-    yaml += httpbin_entry;
     yaml
 }
 
@@ -182,28 +168,21 @@ fn start(extra: &[&str]) -> Result<(Setup, Upstreams)> {
         absent: free_port()?,
     };
     let s = Setup::start_custom(extra, None, |w| {
-        let routing_file = w.config.join("routing.yaml");
-        let old = std::fs::read_to_string(&routing_file)?;
-        let httpbin: u16 = old
-            .split("http: ")
-            .nth(1)
-            .and_then(|r| r.split('}').next())
-            .and_then(|p| p.trim().parse().ok())
-            .ok_or_else(|| anyhow::anyhow!("no httpbin port in {old}"))?;
         std::fs::write(
-            &routing_file,
-            routes(httpbin, up.hang.port, up.reset.port, up.absent, up.syn.port),
+            w.config.join("bad-upstreams.yaml"),
+            routes(up.hang.port, up.reset.port, up.absent, up.syn.port),
         )?;
         Ok(())
     })?;
     Ok((s, up))
 }
 
-fn get(s: &Setup, path: &str) -> Result<(String, String, Duration)> {
+/// GET `path` on the plain-HTTP port with `Host: host`.
+fn get(s: &Setup, host: &str, path: &str) -> Result<(String, String, Duration)> {
     let start = Instant::now();
     let (code, body) = curl(
         &format!("http://127.0.0.1:{}{path}", s.gw.http_port),
-        &["--max-time", "20"],
+        &["--max-time", "20", "-H", &format!("Host: {host}")],
     )?;
     Ok((code, body, start.elapsed()))
 }
@@ -213,7 +192,7 @@ fn misbehaving_upstreams_get_an_answer_with_envoys_flag_never_a_hang() -> Result
     // Defaults only, so this runs against the old code too.
     let (mut s, _up) = start(&[])?;
 
-    let (code, body, took) = get(&s, "/hang/1")?;
+    let (code, body, took) = get(&s, "hang.test", "/hang/1")?;
     let line = access_line(&s, "/hang/1");
     eprintln!(
         "upstream that never answers (route timeout 1s): {code} {body:?} in {took:?}\n  {line}"
@@ -222,7 +201,7 @@ fn misbehaving_upstreams_get_an_answer_with_envoys_flag_never_a_hang() -> Result
     assert_eq!(body, "upstream request timeout");
     assert!(line.contains("response_flags=UT"), "{line}");
 
-    let (code, body, took) = get(&s, "/reset/1")?;
+    let (code, body, took) = get(&s, "reset.test", "/reset/1")?;
     let line = access_line(&s, "/reset/1");
     eprintln!("upstream that resets: {code} {body:?} in {took:?}\n  {line}");
     assert!(code == "502" || code == "503", "{code} {body}");
@@ -231,7 +210,7 @@ fn misbehaving_upstreams_get_an_answer_with_envoys_flag_never_a_hang() -> Result
         "a reset carries a flag: {line}"
     );
 
-    let (code, body, took) = get(&s, "/absent/1")?;
+    let (code, body, took) = get(&s, "absent.test", "/absent/1")?;
     let line = access_line(&s, "/absent/1");
     eprintln!("upstream that is not there: {code} {body:?} in {took:?}\n  {line}");
     assert_eq!(code, "503");
@@ -244,7 +223,7 @@ fn misbehaving_upstreams_get_an_answer_with_envoys_flag_never_a_hang() -> Result
 #[test]
 fn upstream_whose_syns_are_dropped_hits_the_connect_timeout() -> Result<()> {
     let (mut s, _up) = start(&["--upstream-connect-timeout", "1s"])?;
-    let (code, body, took) = get(&s, "/syn/1")?;
+    let (code, body, took) = get(&s, "syn.test", "/syn/1")?;
     let line = access_line(&s, "/syn/1");
     eprintln!("upstream whose SYNs are dropped (connect timeout 1s): {code} {body:?} in {took:?}\n  {line}");
     assert_eq!(code, "503");

@@ -113,7 +113,7 @@ fn sigterm_drains_a_stream_of_requests_without_losing_one() -> Result<()> {
     for (sig, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGINT, "SIGINT")] {
         // Defaults only (drain period 5s), so this runs against the old code too.
         let mut s = Setup::start(&[])?;
-        let load = Load::start(&transports(&s), 20, 5, Duration::from_secs(40));
+        let load = Load::start(&transports(&s), 5, 7, Duration::from_secs(40));
         std::thread::sleep(Duration::from_millis(1500));
         let slow = vec![
             background(&s, "/delay/3", true)?,
@@ -230,7 +230,7 @@ fn a_hundred_reloads_good_and_bad_under_load_lose_nothing() -> Result<()> {
     let chain = [leaf.clone(), std::fs::read(s.w.certs.ca_cert())?].concat();
     let wrong = std::fs::read(s.w.certs.client_cert())?;
 
-    let load = Load::start(&transports(&s), 20, 10, Duration::from_secs(100));
+    let load = Load::start(&transports(&s), 5, 9, Duration::from_secs(100));
     std::thread::sleep(Duration::from_millis(500));
     let (mut good, mut bad) = (0, 0);
     let mut reloaded = s.gw.daemon.log().matches("configuration reloaded").count();
