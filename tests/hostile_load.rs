@@ -485,7 +485,7 @@ fn over_the_global_cap_connections_are_closed_at_once_and_service_recovers() -> 
 #[test]
 fn eleven_hundred_idle_sockets_under_a_1024_descriptor_limit_lock_nobody_out() -> Result<()> {
     raise_nofile()?;
-    let mut s = Setup::start_with(&[], Some(1024))?;
+    let mut s = Setup::start_with(&[], Some((1024, 1024)))?;
     let pid = s.gw.daemon.pid();
     let attacker = source(0);
     let mut sockets = Vec::new();
@@ -525,4 +525,24 @@ fn eleven_hundred_idle_sockets_under_a_1024_descriptor_limit_lock_nobody_out() -
     );
     drop(sockets);
     s.assert_alive_and_serving("after the attacker left")
+}
+
+/// A daemon started with the usual soft limit of 1,024 descriptors raises it to the hard limit.
+#[test]
+fn the_daemon_raises_its_descriptor_limit_to_the_hard_limit() -> Result<()> {
+    let mut s = Setup::start_with(&[], Some((1024, 8192)))?;
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", s.gw.daemon.pid()))?;
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap_or_default()
+        .to_owned();
+    eprintln!("daemon started with soft 1024, hard 8192: {line}");
+    let soft: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(
+        soft,
+        ["8192", "8192"],
+        "soft limit raised to the hard one: {line}"
+    );
+    s.assert_alive_and_serving("with the raised limit")
 }

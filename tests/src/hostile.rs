@@ -333,14 +333,14 @@ impl Setup {
         Self::start_with(extra, None)
     }
 
-    pub fn start_with(extra: &[&str], nofile: Option<u64>) -> Result<Self> {
+    pub fn start_with(extra: &[&str], nofile: Option<(u64, u64)>) -> Result<Self> {
         Self::start_custom(extra, nofile, |_| Ok(()))
     }
 
     /// [`Self::start_with`], after `prepare` has changed the walkthrough's files.
     pub fn start_custom(
         extra: &[&str],
-        nofile: Option<u64>,
+        nofile: Option<(u64, u64)>,
         prepare: impl FnOnce(&Walkthrough) -> Result<()>,
     ) -> Result<Self> {
         let tmp = tempfile::tempdir()?;

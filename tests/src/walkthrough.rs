@@ -165,9 +165,13 @@ impl Walkthrough {
         self.start_gateway_with(extra, None)
     }
 
-    /// [`Self::start_gateway`] with the daemon's `RLIMIT_NOFILE` (soft and hard) set to
-    /// `nofile` before it execs, the way a service manager with a low limit starts it.
-    pub fn start_gateway_with(&self, extra: &[&str], nofile: Option<u64>) -> Result<Gateway> {
+    /// [`Self::start_gateway`] with the daemon's `RLIMIT_NOFILE` set to `nofile` (soft, hard)
+    /// before it execs, the way a service manager with a low limit starts it.
+    pub fn start_gateway_with(
+        &self,
+        extra: &[&str],
+        nofile: Option<(u64, u64)>,
+    ) -> Result<Gateway> {
         let offset = port_offset()?;
         let mut cmd = Command::new(portcullis_bin()?);
         cmd.arg("run")
@@ -177,11 +181,11 @@ impl Walkthrough {
             .arg(&self.credentials)
             .args(["--bind", "127.0.0.1", "--port-offset", &offset.to_string()])
             .args(extra);
-        if let Some(limit) = nofile {
+        if let Some((soft, hard)) = nofile {
             use std::os::unix::process::CommandExt;
             let rlim = libc::rlimit {
-                rlim_cur: limit,
-                rlim_max: limit,
+                rlim_cur: soft,
+                rlim_max: hard,
             };
             // SAFETY: setrlimit is async-signal-safe and touches only the child being exec'd.
             unsafe {
