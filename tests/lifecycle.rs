@@ -194,6 +194,82 @@ fn a_second_signal_exits_at_once_and_the_drain_is_bounded() -> Result<()> {
     Ok(())
 }
 
+/// During the drain an HTTP/1 response in flight says `Connection: close` and the connection
+/// then closes; an HTTP/2 connection with a stream in flight gets a GOAWAY and still its
+/// answer.
+#[test]
+fn the_drain_says_connection_close_and_goaway() -> Result<()> {
+    use std::io::{Read, Write};
+    let mut s = Setup::start(&[])?;
+    let mut h1 = TcpStream::connect(("127.0.0.1", s.gw.http_port))?;
+    h1.write_all(b"GET /delay/4 HTTP/1.1\r\nHost: test.com\r\n\r\n")?;
+    let certs = &s.w.certs;
+    let h2 = Command::new("timeout")
+        .arg("30")
+        .arg("python3")
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/h2/abuse.py"))
+        .args([
+            "streams", "--count", "1", "--wait", "10", "--path", "/delay/4",
+        ])
+        .args(["--port", &s.gw.https_port.to_string()])
+        .arg("--ca")
+        .arg(certs.ca_cert())
+        .arg("--cert")
+        .arg(certs.client_cert())
+        .arg("--key")
+        .arg(certs.client_key())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("spawning abuse.py")?;
+    // Python starts and shakes hands in well under 2s; both requests are then in flight.
+    std::thread::sleep(Duration::from_millis(2000));
+    signal(s.gw.daemon.pid(), libc::SIGTERM);
+
+    h1.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut response = Vec::new();
+    let eof = loop {
+        let mut buf = [0u8; 4096];
+        match h1.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => response.extend_from_slice(&buf[..n]),
+            Err(_) => break false,
+        }
+    };
+    let response = String::from_utf8_lossy(&response).to_lowercase();
+    let head = response
+        .split("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let h2 = finish(h2);
+    eprintln!("HTTP/1 response in flight during the drain:\n{head}\n(then EOF: {eof})");
+    eprintln!("HTTP/2 stream in flight during the drain: {h2}");
+    let exit = wait_exit(&mut s, Duration::from_secs(15));
+    eprintln!("exit {exit:?}");
+    assert!(
+        head.starts_with("http/1.1 200"),
+        "the in-flight request finishes: {head}"
+    );
+    assert!(
+        head.contains("\r\nconnection: close"),
+        "a response during the drain says Connection: close: {head}"
+    );
+    assert!(eof, "the connection closes after that response");
+    let report: serde_json::Value =
+        serde_json::from_str(h2.trim()).with_context(|| format!("abuse.py printed {h2:?}"))?;
+    assert_eq!(
+        report["statuses"]["200"], 1,
+        "the HTTP/2 stream finishes: {report}"
+    );
+    assert!(
+        !report["goaway"].is_null(),
+        "HTTP/2 gets a GOAWAY: {report}"
+    );
+    assert_eq!(exit.context("the daemon exits")?.0.code(), Some(0));
+    Ok(())
+}
+
 /// Writes a file whole, then renames it into place (what a careful operator's tooling does).
 fn replace(path: &std::path::Path, contents: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp-write");
