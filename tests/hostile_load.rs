@@ -546,3 +546,58 @@ fn the_daemon_raises_its_descriptor_limit_to_the_hard_limit() -> Result<()> {
     );
     s.assert_alive_and_serving("with the raised limit")
 }
+
+/// `--max-connection-age`: a busy keep-alive connection is closed gracefully once it is old
+/// enough: a response says `Connection: close`, no request is lost.
+#[test]
+fn max_connection_age_closes_a_busy_connection_gracefully() -> Result<()> {
+    let mut s = Setup::start(&["--max-connection-age", "2s"])?;
+    let mut conn = TcpStream::connect(s.http_addr())?;
+    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let start = Instant::now();
+    let mut served = 0;
+    let mut closed_by = None;
+    while start.elapsed() < Duration::from_secs(10) {
+        conn.write_all(b"GET /get HTTP/1.1\r\nHost: test.com\r\n\r\n")?;
+        let mut head = Vec::new();
+        let mut buf = [0u8; 8192];
+        // The body is small: read until the whole response (headers + content-length) is in.
+        loop {
+            let n = conn.read(&mut buf)?;
+            assert!(
+                n > 0,
+                "a request was lost: the connection closed without an answer"
+            );
+            head.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&head).to_lowercase();
+            if let Some((h, body)) = text.split_once("\r\n\r\n") {
+                let len: usize = h
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                if body.len() >= len {
+                    break;
+                }
+            }
+        }
+        let text = String::from_utf8_lossy(&head).to_lowercase();
+        assert!(text.starts_with("http/1.1 200"), "{text}");
+        served += 1;
+        if text.contains("\r\nconnection: close") {
+            closed_by = Some(start.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    eprintln!(
+        "max-connection-age 2s: {served} requests served, Connection: close after {closed_by:?}"
+    );
+    assert!(closed_by.is_some(), "an old connection is told to close");
+    assert!(
+        wait_closed(&mut conn, Duration::from_secs(5)).is_some(),
+        "and is closed"
+    );
+    wait_limit(&s.admin, "max_connection_age", 1.0)?;
+    s.assert_alive_and_serving("after the connection aged out")
+}
