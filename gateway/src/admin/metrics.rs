@@ -25,6 +25,7 @@ use rustls::{AlertDescription, CertificateError};
 use crate::config::model::Credentials;
 use crate::policy::authz::{Decision, DenyReason, Verdict};
 use crate::proxy::conn::ConnInfo;
+use crate::proxy::limits::LimitReason;
 
 /// What Istio writes for a label it cannot fill.
 const UNKNOWN: &str = "unknown";
@@ -128,6 +129,11 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    reason: LimitReason,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KernelLabels {
     port: u16,
     /// `steered`, `reset` (plaintext under STRICT), `passed`, `dropped` (not judgeable).
@@ -214,6 +220,8 @@ pub mod flags {
     pub const UPSTREAM_RESET: &str = "UC";
     /// The upstream did not answer within the route timeout (`UT`).
     pub const UPSTREAM_TIMEOUT: &str = "UT";
+    /// The upstream's connection cap was full (Envoy's circuit breaker).
+    pub const UPSTREAM_OVERFLOW: &str = "UO";
 }
 
 /// One finished HTTP request, as the proxy knows it.
@@ -312,6 +320,7 @@ pub struct Metrics {
     tls_failures: Family<ReasonLabels, Counter>,
     certificate_expiry: Family<CredentialLabels, Gauge>,
     kernel: Family<KernelLabels, Counter>,
+    limits: Family<LimitLabels, Counter>,
 }
 
 impl fmt::Debug for Metrics {
@@ -334,6 +343,16 @@ impl Metrics {
         let tls_failures = Family::default();
         let certificate_expiry = Family::default();
         let kernel = Family::default();
+        let limits: Family<LimitLabels, Counter> = Family::default();
+        // Every reason from the start, so a scrape shows 0 rather than nothing.
+        for reason in LimitReason::ALL {
+            let _ = limits.get_or_create(&LimitLabels { reason });
+        }
+        registry.register(
+            "portcullis_limits",
+            "Deadlines and caps that fired, by reason (see README: deadlines and caps)",
+            Family::clone(&limits),
+        );
         // Counters get their `_total` suffix from the encoder.
         registry.register(
             "istio_requests",
@@ -410,7 +429,13 @@ impl Metrics {
             tls_failures,
             certificate_expiry,
             kernel,
+            limits,
         }
+    }
+
+    /// Counts one firing of a deadline or cap (see [`LimitReason::fire`]).
+    pub fn record_limit(&self, reason: LimitReason) {
+        self.limits.get_or_create(&LimitLabels { reason }).inc();
     }
 
     /// The workload this process reports as (`destination_workload`).

@@ -63,12 +63,7 @@ pub fn compile_mesh(
     let authz = Authorizer::compile(&resources.authorization_policies, &scope)
         .map_err(|ConfigErrors(mut e)| errors.append(&mut e))
         .ok()?;
-    // Port modes are this node's business only: the other WorkloadEntries are destinations.
-    let own = Resources {
-        workload_entries: vec![local.clone()],
-        ..resources.clone()
-    };
-    let modes = crate::policy::peer_auth::port_modes(&own, &settings.root_namespace)
+    let modes = workload_port_modes(resources, settings)
         .map_err(|mut e| errors.append(&mut e))
         .ok()?;
     let destinations = destinations(resources, local, settings, errors);
@@ -83,6 +78,25 @@ pub fn compile_mesh(
         workload_namespace: local.namespace().to_owned(),
         destinations,
     })
+}
+
+/// The PeerAuthentication mode of every port of this node's workload: what the kernel maps
+/// hold. `portcullis run --mesh-credential` and `portcullis kernel run` both use this, so the
+/// same YAML gives the same maps. No WorkloadEntry: no ports.
+pub fn workload_port_modes(
+    resources: &Resources,
+    settings: &Settings,
+) -> Result<BTreeMap<u16, crate::policy::peer_auth::PeerAuthMode>, Vec<ConfigError>> {
+    if resources.workload_entries.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let local = local_workload(resources, settings).map_err(|e| vec![e])?;
+    // Port modes are this node's business only: the other WorkloadEntries are destinations.
+    let own = Resources {
+        workload_entries: vec![local.clone()],
+        ..resources.clone()
+    };
+    crate::policy::peer_auth::port_modes(&own, &settings.root_namespace)
 }
 
 /// This node's WorkloadEntry: the one `--workload` names, or the only one.

@@ -12,6 +12,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
 use super::conn::ConnInfo;
+use super::limits::LimitReason;
+use super::upstream::{is_connect_timeout, WithPermit};
 use super::Gateway;
 use crate::admin::access_log::AccessEntry;
 use crate::admin::metrics::{flags, RequestProtocol, RequestRecord};
@@ -165,7 +167,17 @@ async fn route_and_forward<'s>(
     // Inbound mesh connections go to the local app on their original port; gateway
     // connections are routed by their VirtualServices.
     let (authz, endpoint, timeout, service) = if let Some(inbound) = &conn.inbound {
-        (&*inbound.authz, inbound.app.to_string(), None, "inbound")
+        // The newest snapshot's policies, not the ones the connection was accepted under.
+        let Some(mesh) = snapshot.mesh.as_ref() else {
+            return Outcome {
+                resp: local(StatusCode::SERVICE_UNAVAILABLE, "no mesh configuration"),
+                decision: None,
+                upstream: None,
+                service: None,
+                flags: flags::NO_ROUTE,
+            };
+        };
+        (&*mesh.authz, inbound.app.to_string(), None, "inbound")
     } else {
         let host = authority_host(authority);
         let Some(gateway_ref) = server_gateway(snapshot, conn, &host) else {
@@ -232,17 +244,30 @@ async fn route_and_forward<'s>(
             );
         }
     };
+    let Some(permit) = gateway.upstream.admit(&endpoint) else {
+        LimitReason::upstream_overflow.fire(&gateway.metrics, Some(conn.peer));
+        return routed(
+            local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+            ),
+            decision,
+            Some(endpoint),
+            flags::UPSTREAM_OVERFLOW,
+        );
+    };
     let call = gateway.upstream.client().request(outbound);
     let result = match timeout {
         Some(t) => match tokio::time::timeout(t, call).await {
             Ok(r) => r,
             Err(_) => {
+                LimitReason::upstream_request_timeout.fire(&gateway.metrics, Some(conn.peer));
                 return routed(
                     local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
                     decision,
                     Some(endpoint),
                     flags::UPSTREAM_TIMEOUT,
-                )
+                );
             }
         },
         None => call.await,
@@ -251,7 +276,7 @@ async fn route_and_forward<'s>(
         Ok(mut resp) => {
             strip_hop_by_hop(resp.headers_mut());
             routed(
-                resp.map(BodyExt::boxed),
+                resp.map(|body| WithPermit::new(body, permit).boxed()),
                 decision,
                 Some(endpoint),
                 flags::NONE,
@@ -259,6 +284,9 @@ async fn route_and_forward<'s>(
         }
         Err(e) => {
             tracing::warn!(upstream = %endpoint, service = %service, error = %e, "upstream request failed");
+            if is_connect_timeout(&e) {
+                LimitReason::upstream_connect_timeout.fire(&gateway.metrics, Some(conn.peer));
+            }
             let (resp, flag) = if e.is_connect() {
                 (local(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error or disconnect/reset before headers. reset reason: connection failure"), flags::UPSTREAM_FAILURE)
             } else {
