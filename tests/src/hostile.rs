@@ -277,6 +277,21 @@ pub fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
 
+/// Waits (bounded, 10s) until process `pid` holds at least `at_least` descriptors: the
+/// connections a test opened have been accepted, not just queued.
+pub fn wait_fds(pid: u32, at_least: usize) -> Result<()> {
+    for _ in 0..200 {
+        if fd_count(pid) >= at_least {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!(
+        "the daemon holds {} descriptors, not the {at_least} expected",
+        fd_count(pid)
+    )
+}
+
 /// `portcullis_limits_total` by reason, from the admin listener at `admin` (`ADDR:PORT`).
 pub fn limits(admin: &str) -> Result<BTreeMap<String, f64>> {
     let (code, body) = curl(&format!("http://{admin}/stats/prometheus"), &[])?;
