@@ -255,10 +255,10 @@ fn header_cases(s: &mut Setup, cases: &[(&str, Vec<String>, &str)]) -> Result<()
         )?;
         let mut h1 = args.clone();
         h1.extend(["--http1.1", "-o", "/dev/null"]);
-        let (tls1, _) = s.gw.https_with("/get", Identity::Client, &h1)?;
+        let (tls1, _) = s.gw.https_full("/get", Identity::Client, &h1)?;
         let mut h2 = args.clone();
         h2.extend(["--http2", "-o", "/dev/null"]);
-        let (tls2, _) = s.gw.https_with("/get", Identity::Client, &h2)?;
+        let (tls2, _) = s.gw.https_full("/get", Identity::Client, &h2)?;
         eprintln!("{what}: plain HTTP/1.1 {plain}, TLS HTTP/1.1 {tls1}, HTTP/2 {tls2}");
         if [plain.as_str(), tls1.as_str(), tls2.as_str()] != [*want; 3] {
             wrong.push(format!(

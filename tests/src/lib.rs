@@ -9,6 +9,7 @@ pub mod load;
 pub mod netns;
 pub mod process;
 pub mod prometheus;
+pub mod rawhttp;
 pub mod walkthrough;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::hosts::{authority_host, best_match, HostMatch};
-use crate::tls::{Credential, ServerTlsMode};
+use crate::tls::{ClientCertChecks, Credential, ServerTlsMode};
 
 /// A Gateway named `namespace/name`, as VirtualServices refer to it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
@@ -72,6 +72,9 @@ pub enum ServerTls {
         mode: ServerTlsMode,
         credential_name: String,
         config: Arc<rustls::ServerConfig>,
+        /// What MUTUAL asks of a client beyond the chain (SANs, pins, CRL), as built into
+        /// `config`; kept to describe the server and to re-check open connections.
+        client_checks: ClientCertChecks,
     },
     /// Route by SNI and forward the bytes untouched.
     Passthrough,
@@ -188,6 +191,9 @@ pub struct MeshInbound {
     pub credential: Arc<Credential>,
     /// MUTUAL: clients must present a certificate from the mesh CA (`ca.crt`).
     pub tls: Arc<rustls::ServerConfig>,
+    /// What `tls` checks beyond the chain (the mesh's trust domains): kept to re-check open
+    /// connections after a reload.
+    pub client_checks: crate::tls::ClientCertChecks,
     /// AuthorizationPolicies compiled for this workload's namespace and labels.
     pub authz: Arc<crate::policy::authz::Authorizer>,
     /// PeerAuthentication mode of each workload port; the kernel maps get the same table.

@@ -16,9 +16,10 @@ use super::conn::{ConnInfo, InboundTarget};
 use super::io::Prefixed;
 use super::limits::LimitReason;
 use super::listener::{read_first_bytes, serve_http, terminate};
-use super::serve::{self, accept_loop, ConnPermit, DrainSignal};
+use super::serve::{self, accept_loop, ConnPermit, DrainSignal, Revalidate};
 use super::{Gateway, Stats};
 use crate::policy::peer_auth::PeerAuthMode;
+use crate::tls::verify_client_chain;
 
 /// Default app address: the workload's own loopback.
 pub const APP_LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -169,7 +170,10 @@ async fn handle(
             )
             .await;
             match tls {
-                Ok(Some(tls)) => serve_http(gateway.clone(), conn, tls, drain, None).await,
+                Ok(Some(tls)) => {
+                    let revalidate = recheck_peer(&gateway, &conn);
+                    serve_http(gateway.clone(), conn, tls, drain, revalidate).await
+                }
                 Ok(None) => {}
                 Err(()) => LimitReason::tls_handshake_timeout.fire(&gateway.metrics, Some(peer)),
             }
@@ -191,6 +195,29 @@ async fn handle(
             .await
         }
     }
+}
+
+/// After a reload: does the mesh credential's CA (and trust domains) still accept this
+/// peer's certificate? A rotated mesh CA closes connections from peers it no longer trusts.
+fn recheck_peer(gateway: &Arc<Gateway>, conn: &ConnInfo) -> Option<Revalidate> {
+    if conn.peer_chain.is_empty() {
+        return None;
+    }
+    let (gateway, chain) = (gateway.clone(), conn.peer_chain.clone());
+    Some(Box::new(move || {
+        let snapshot = gateway.snapshot();
+        let verdict = match snapshot.mesh.as_ref() {
+            Some(mesh) => verify_client_chain(&mesh.credential, &mesh.client_checks, &chain),
+            None => Err("the configuration no longer has a mesh section".to_owned()),
+        };
+        match verdict {
+            Ok(()) => true,
+            Err(why) => {
+                tracing::warn!(reason = %why, "peer certificate re-checked after a reload: refused");
+                false
+            }
+        }
+    }))
 }
 
 #[cfg(test)]
@@ -286,6 +313,7 @@ mod tests {
         let mut snapshot =
             compile(Resources::default(), Settings::default()).expect("empty snapshot");
         snapshot.mesh = Some(MeshInbound {
+            client_checks: Default::default(),
             credential_name: "server".into(),
             credential: Arc::new(cred),
             tls,

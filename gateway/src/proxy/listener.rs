@@ -20,6 +20,7 @@ use crate::admin::metrics::{flags, HandshakeFailure, RequestProtocol};
 use crate::config::model::ServerTls;
 use crate::identity::PeerCertificate;
 use crate::tls::sniff::{classify, ClientHelloInfo, FirstBytes, MAX_HELLO};
+use crate::tls::{verify_client_chain, ServerTlsMode};
 
 /// Why no first bytes could be read: typed, because the callers treat "closed before
 /// anything" (a health check, or the kernel's STRICT reset) differently from a bad client.
@@ -287,12 +288,55 @@ async fn handle_connection(
             )
             .await;
             match tls {
-                Ok(Some(tls)) => serve_http(gateway, conn, tls, drain, None).await,
+                Ok(Some(tls)) => {
+                    let revalidate = recheck_client(&gateway, &conn);
+                    serve_http(gateway, conn, tls, drain, revalidate).await
+                }
                 Ok(None) => {}
                 Err(()) => LimitReason::tls_handshake_timeout.fire(&gateway.metrics, Some(peer)),
             }
         }
     }
+}
+
+/// After a reload: does the server this connection was accepted by (same port, same SNI)
+/// still accept its client certificate? Its CA, CRL or subjectAltNames may have changed (issue
+/// 12 part 4). `None` for connections without a client certificate: nothing to re-check.
+fn recheck_client(gateway: &Arc<Gateway>, conn: &ConnInfo) -> Option<Revalidate> {
+    if conn.peer_chain.is_empty() {
+        return None;
+    }
+    let (gateway, port, sni) = (gateway.clone(), conn.port, conn.sni.clone());
+    let chain = conn.peer_chain.clone();
+    Some(Box::new(move || {
+        let snapshot = gateway.snapshot();
+        let server = snapshot
+            .listeners
+            .iter()
+            .find(|l| l.port == port)
+            .and_then(|l| l.server_for_sni(sni.as_deref()));
+        let verdict = match server.and_then(|s| s.tls.as_ref()) {
+            Some(ServerTls::Terminate {
+                mode: ServerTlsMode::Mutual,
+                credential_name,
+                client_checks,
+                ..
+            }) => match snapshot.credentials.get(credential_name) {
+                Some(cred) => verify_client_chain(cred, client_checks, &chain),
+                None => Err(format!("credential {credential_name} is gone")),
+            },
+            // SIMPLE now: the server asks nothing of the client any more.
+            Some(ServerTls::Terminate { .. }) => Ok(()),
+            _ => Err("no server for this port and SNI any more".to_owned()),
+        };
+        match verdict {
+            Ok(()) => true,
+            Err(why) => {
+                tracing::warn!(reason = %why, "client certificate re-checked after a reload: refused");
+                false
+            }
+        }
+    }))
 }
 
 /// Completes the TLS handshake and records the verified client identity in `conn`.

@@ -368,6 +368,7 @@ mod tests {
         )
         .expect("cred");
         MeshInbound {
+            client_checks: Default::default(),
             credential_name: workload.into(),
             tls: server_config(
                 &cred,
