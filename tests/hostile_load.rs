@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use e2e::hostile::{
     connect_from, fd_count, limits, proc_status_kb, raise_nofile, source, step_until_closed,
-    wait_closed, wait_fds, wait_limit, Setup, Shape, Slow,
+    wait_accepted, wait_closed, wait_limit, Setup, Shape, Slow,
 };
 use e2e::walkthrough::Identity;
 
@@ -424,11 +424,10 @@ fn over_the_per_source_cap_connections_are_closed_at_once() -> Result<()> {
         "60s",
     ])?;
     let attacker = source(0);
-    let base = fd_count(s.gw.daemon.pid());
     let mut held = (0..20)
         .map(|_| Slow::open(Shape::HttpSilent, attacker, s.http_addr()))
         .collect::<std::io::Result<Vec<_>>>()?;
-    wait_fds(s.gw.daemon.pid(), base + 20)?;
+    wait_accepted(s.gw.http_port)?;
     let now = Instant::now();
     assert_eq!(
         held.iter_mut()
@@ -471,11 +470,10 @@ fn over_the_global_cap_connections_are_closed_at_once_and_service_recovers() -> 
         "60s",
     ])?;
     // 40 connections from 40 addresses: no source is near its own cap.
-    let base = fd_count(s.gw.daemon.pid());
     let held = (0..40)
         .map(|i| Slow::open(Shape::HttpSilent, source(i), s.http_addr()))
         .collect::<std::io::Result<Vec<_>>>()?;
-    wait_fds(s.gw.daemon.pid(), base + 40)?;
+    wait_accepted(s.gw.http_port)?;
     let mut over_closed = Vec::new();
     for i in 0..10 {
         let dst = if i % 2 == 0 {

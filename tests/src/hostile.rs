@@ -277,19 +277,24 @@ pub fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
 
-/// Waits (bounded, 10s) until process `pid` holds at least `at_least` descriptors: the
-/// connections a test opened have been accepted, not just queued.
-pub fn wait_fds(pid: u32, at_least: usize) -> Result<()> {
+/// Waits (bounded, 10s) until the accept queue of the listener on `port` is empty (`ss`'s
+/// Recv-Q of a listening socket): the connections a test opened were accepted and admitted or
+/// refused, not just queued by the kernel.
+pub fn wait_accepted(port: u16) -> Result<()> {
+    let mut last = String::new();
     for _ in 0..200 {
-        if fd_count(pid) >= at_least {
+        let out =
+            crate::process::run(Command::new("ss").args(["-Hltn", &format!("sport = :{port}")]))?;
+        last = String::from_utf8_lossy(&out.stdout).into_owned();
+        let queued: Option<u64> = last.split_whitespace().nth(1).and_then(|q| q.parse().ok());
+        if queued == Some(0) {
+            // The accept loop admits right after accepting; give the last one a moment.
+            std::thread::sleep(Duration::from_millis(200));
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    bail!(
-        "the daemon holds {} descriptors, not the {at_least} expected",
-        fd_count(pid)
-    )
+    bail!("the accept queue of port {port} never emptied: {last}")
 }
 
 /// `portcullis_limits_total` by reason, from the admin listener at `admin` (`ADDR:PORT`).
