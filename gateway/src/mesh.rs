@@ -13,6 +13,7 @@ use std::sync::Arc;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::model::MeshInbound;
+use crate::config::model::DEFAULT_PORT;
 use crate::config::Snapshot;
 use std::sync::Mutex;
 
@@ -31,7 +32,8 @@ pub struct MeshOptions {
     /// Load the kernel programs (root). Without them the terminator only serves clients that
     /// dial it directly.
     pub kernel: bool,
-    /// Interfaces whose ingress gets the STRICT reset (`lo` too for local clients).
+    /// Interfaces whose ingress gets the STRICT reset; empty means every interface that
+    /// carries an address (loopback included).
     pub interfaces: Vec<String>,
     /// The bpffs pin directory.
     pub pin_dir: PathBuf,
@@ -94,6 +96,12 @@ pub enum MeshError {
     #[error(transparent)]
     Kernel(#[from] crate::kernel::KernelError),
 }
+
+/// Istio's reserved proxy ports (admin, outbound, inbound, HBONE, health, DNS, telemetry):
+/// exceptions to the workload-wide default.
+const RESERVED_PORTS: [u16; 9] = [
+    15000, 15001, 15004, 15006, 15008, 15020, 15021, 15053, 15090,
+];
 
 /// Binds a listener for the mesh side (dual-stack for `[::]`).
 pub fn bind_listener(addr: SocketAddr) -> Result<std::net::TcpListener, MeshError> {
@@ -214,7 +222,12 @@ impl KernelSync {
         self
     }
 
-    /// The port settings a snapshot asks for.
+    /// The port settings a snapshot asks for. Ports are steered unless DISABLE; the
+    /// workload-wide default ([`DEFAULT_PORT`]) only under STRICT, since steering every port
+    /// under PERMISSIVE would put server-speaks-first protocols (SSH) behind a terminator that
+    /// waits for the client's first bytes. Under a default, the proxy's own ports are
+    /// exceptions, as in Istio's sidecar: the admin listener is never steered to the
+    /// terminator, nor the terminator to itself.
     pub fn desired(&self, snapshot: &Snapshot) -> BTreeMap<u16, PortSetting> {
         let modes = match &snapshot.mesh {
             Some(mesh) => mesh.modes.clone(),
@@ -225,18 +238,27 @@ impl KernelSync {
             }
         };
         let mut desired: BTreeMap<u16, PortSetting> = modes
-            .into_iter()
-            .map(|(port, mode)| {
+            .iter()
+            .map(|(&port, &mode)| {
+                let steer = match port {
+                    DEFAULT_PORT => mode == PeerAuthMode::Strict,
+                    _ => mode != PeerAuthMode::Disable,
+                };
                 (
                     port,
                     PortSetting {
                         mode,
-                        steer: self.steer && mode != PeerAuthMode::Disable,
+                        steer: self.steer && steer,
                     },
                 )
             })
             .collect();
         desired.extend(self.overrides.iter().map(|(p, s)| (*p, *s)));
+        if desired.contains_key(&DEFAULT_PORT) {
+            for port in RESERVED_PORTS {
+                desired.entry(port).or_insert(PortSetting::NONE);
+            }
+        }
         desired
     }
 

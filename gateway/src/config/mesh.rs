@@ -95,21 +95,28 @@ pub fn compile_mesh(
 
 /// The PeerAuthentication mode of every port of this node's workload: what the kernel maps
 /// hold. `portcullis run --mesh-credential` and `portcullis kernel run` both use this, so the
-/// same YAML gives the same maps. No WorkloadEntry: no ports.
+/// same YAML gives the same maps. The workload-wide default (STRICT on every port not
+/// named) is the entry at [`super::model::DEFAULT_PORT`].
 pub fn workload_port_modes(
     resources: &Resources,
     settings: &Settings,
 ) -> Result<BTreeMap<u16, crate::policy::peer_auth::PeerAuthMode>, Vec<ConfigError>> {
-    if resources.workload_entries.is_empty() {
-        return Ok(BTreeMap::new());
-    }
-    let local = local_workload(resources, settings).map_err(|e| vec![e])?;
     // Port modes are this node's business only: the other WorkloadEntries are destinations.
-    let own = Resources {
-        workload_entries: vec![local.clone()],
-        ..resources.clone()
+    // Without any WorkloadEntry (`kernel run --config` of policies only) the whole config.
+    let own = if resources.workload_entries.is_empty() {
+        resources.clone()
+    } else {
+        let local = local_workload(resources, settings).map_err(|e| vec![e])?;
+        Resources {
+            workload_entries: vec![local.clone()],
+            ..resources.clone()
+        }
     };
-    crate::policy::peer_auth::port_modes(&own, &settings.root_namespace)
+    let root = &settings.root_namespace;
+    let mut modes = crate::policy::peer_auth::port_modes(&own, root)?;
+    let default = crate::policy::peer_auth::default_mode(&own, root)?;
+    modes.extend(default.map(|mode| (super::model::DEFAULT_PORT, mode)));
+    Ok(modes)
 }
 
 /// This node's WorkloadEntry: the one `--workload` names, or the only one.
@@ -244,8 +251,8 @@ mod tests {
         assert_eq!(mesh.workload, "default/sleep");
         assert_eq!(
             mesh.modes.keys().copied().collect::<Vec<_>>(),
-            vec![8080],
-            "only this node's ports get modes"
+            vec![super::super::model::DEFAULT_PORT, 8080],
+            "only this node's ports get modes, plus the workload-wide one"
         );
         let dest = &mesh.destinations[&"10.0.0.1:80".parse().expect("addr")];
         assert_eq!(dest.service, "hello.shop.svc.cluster.local");

@@ -15,6 +15,7 @@ use super::capture::{attached_cgroups, install_capture, open_capture, CaptureOpt
 use super::loader::{install, open, status, uninstall, InstallOptions, Origin};
 use super::maps::{KernelMaps, PortSetting};
 use crate::config::mesh::workload_port_modes;
+use crate::config::model::DEFAULT_PORT;
 use crate::config::{compile, load_paths, ConfigErrors, Resources, Settings, Snapshot};
 use crate::mesh::KernelSync;
 use crate::policy::peer_auth::{PeerAuthMode, DEFAULT_ROOT_NAMESPACE};
@@ -106,14 +107,19 @@ pub struct PinDirArg {
 pub struct AttachArgs {
     #[command(flatten)]
     pub pin: PinDirArg,
-    /// Interface whose ingress gets the STRICT classifier; repeat it (add `lo` for local
-    /// clients).
+    /// Interface whose ingress gets the STRICT classifier; repeatable. Without it, every
+    /// interface that carries an address gets it (loopback included).
     #[arg(long = "iface", value_name = "NAME")]
     pub interfaces: Vec<String>,
     /// Port mode, `PORT=strict|permissive|disable`; repeatable. With `run --config` these
     /// override what the config says.
     #[arg(long = "port", value_name = "PORT=MODE")]
     pub ports: Vec<PortArg>,
+    /// Mode of every port without a `--port` (or config) entry of its own, on the node's
+    /// non-loopback addresses: `strict|permissive|disable`. With `run --config` it overrides
+    /// the workload-wide PeerAuthentication.
+    #[arg(long = "default", value_name = "MODE", value_parser = parse_mode)]
+    pub default_mode: Option<PeerAuthMode>,
     /// Steer the configured ports to the terminator's listener (sk_lookup).
     #[arg(long)]
     pub steer: bool,
@@ -195,12 +201,18 @@ impl FromStr for PortArg {
     }
 }
 
+fn parse_mode(s: &str) -> Result<PeerAuthMode, String> {
+    PeerAuthMode::parse(&s.to_ascii_uppercase())?
+        .ok_or_else(|| format!("`{s}`: UNSET is not a mode here"))
+}
+
 /// Runs a `portcullis kernel` subcommand.
 pub async fn run(args: KernelArgs) -> Result<()> {
     match args.command {
         KernelCommand::Attach(a) => {
             let mut maps = attach(&a)?;
-            let desired = from_flags(&a.ports, a.steer);
+            let mut desired = from_flags(&a.ports, a.steer);
+            desired.extend(default_from_flag(&a));
             apply(&mut maps, &desired)?;
             Ok(())
         }
@@ -333,12 +345,28 @@ fn from_flags(ports: &[PortArg], steer: bool) -> BTreeMap<u16, PortSetting> {
         .collect()
 }
 
+/// `--default MODE` as the map's default entry (key 0).
+fn default_from_flag(a: &AttachArgs) -> Option<(u16, PortSetting)> {
+    a.default_mode.map(|mode| {
+        (
+            DEFAULT_PORT,
+            PortSetting {
+                mode,
+                steer: a.steer,
+            },
+        )
+    })
+}
+
 fn apply(maps: &mut KernelMaps, desired: &BTreeMap<u16, PortSetting>) -> Result<()> {
     let changed = maps.sync_ports(desired)?;
     if changed > 0 {
         let list: Vec<String> = desired
             .iter()
-            .map(|(port, s)| format!("{port}={}", s.mode))
+            .map(|(port, s)| match *port {
+                DEFAULT_PORT => format!("default={}", s.mode),
+                port => format!("{port}={}", s.mode),
+            })
             .collect();
         eprintln!("portcullis kernel: port modes now [{}]", list.join(", "));
     }
@@ -367,13 +395,17 @@ fn compile_for_kernel(r: &RunArgs) -> Result<Snapshot, ConfigErrors> {
 
 /// `kernel run`: the daemon's reconciler with the kernel maps as its only subscriber.
 async fn run_daemon(r: RunArgs) -> Result<()> {
-    if r.config.is_empty() && r.attach.ports.is_empty() {
-        bail!("`kernel run` needs --config (Istio YAML) or --port PORT=MODE");
+    if r.config.is_empty() && r.attach.ports.is_empty() && r.attach.default_mode.is_none() {
+        bail!("`kernel run` needs --config (Istio YAML), --port PORT=MODE or --default MODE");
     }
     let initial = compile_for_kernel(&r).map_err(|e| anyhow::anyhow!("{e}"))?;
     let maps = attach(&r.attach)?;
-    let mut sync = KernelSync::new(Some(maps), None, r.attach.steer)
-        .with_overrides(from_flags(&r.attach.ports, r.attach.steer));
+    let mut sync = KernelSync::new(Some(maps), None, r.attach.steer).with_overrides(
+        from_flags(&r.attach.ports, r.attach.steer)
+            .into_iter()
+            .chain(default_from_flag(&r.attach))
+            .collect(),
+    );
     let changed = sync.apply(&initial)?;
     eprintln!(
         "portcullis kernel: port modes now [{}] ({changed} changed)",
@@ -422,6 +454,11 @@ fn print_status(st: &super::loader::Status) {
         .map(|(name, id)| format!("{name}={id}"))
         .collect();
     println!("programs:  {}", ids.join(" "));
+    println!(
+        "default:   {}{}",
+        st.default.mode,
+        if st.default.steer { ", steered" } else { "" }
+    );
     for (port, s) in &st.ports {
         println!(
             "port {port}: {}{}",
