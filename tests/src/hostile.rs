@@ -369,7 +369,22 @@ impl Setup {
         let admin = format!("127.0.0.1:{}", free_port()?);
         let mut args = vec!["--admin", &admin];
         args.extend(extra);
-        let gw = w.start_gateway_with(&args, nofile)?;
+        // Tests run in parallel and each picks free ports a moment before binding them: a
+        // gateway that lost the race exits (while its port answers for another test's
+        // gateway), so a start is only good when the daemon is still alive; else retry.
+        let mut attempt = 0;
+        let gw = loop {
+            let mut gw = w.start_gateway_with(&args, nofile)?;
+            std::thread::sleep(Duration::from_millis(300));
+            if gw.daemon.try_wait().is_none() || attempt == 3 {
+                break gw;
+            }
+            eprintln!(
+                "gateway exited at start (port race?), retrying:\n{}",
+                gw.daemon.log()
+            );
+            attempt += 1;
+        };
         Ok(Self {
             gw,
             admin,
