@@ -1,6 +1,7 @@
-//! Developer workflows for Portcullis: `cargo xtask build|run|demo|test|bench`.
+//! Developer workflows for Portcullis: `cargo xtask build|run|demo|test|bench|prereqs`.
 
 mod bench;
+mod prereqs;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
@@ -58,6 +59,9 @@ enum Cmd {
     },
     /// Benchmarks against nginx, HAProxy and no proxy, written to BENCHMARKS.md.
     Bench(bench::BenchArgs),
+    /// Check every prerequisite (Debian packages, nightly rust-src, bpf-linker, …) and install
+    /// what is missing; `build`, `run`, `demo` and `test` do this first.
+    Prereqs,
 }
 
 fn workspace() -> PathBuf {
@@ -210,6 +214,10 @@ fn main() -> std::process::ExitCode {
 
 fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
+        Cmd::Bench(_) | Cmd::Prereqs => {}
+        _ => prereqs::ensure(true)?,
+    }
+    match cli.command {
         Cmd::Build { release } => build(release).map(|p| println!("{}", p.display())),
         Cmd::Run {
             release,
@@ -225,5 +233,6 @@ fn dispatch(cli: Cli) -> Result<()> {
             cargo_test_args,
         } => test(no_lint, &cargo_test_args),
         Cmd::Bench(args) => bench::run(args, &workspace(), &target_dir()),
+        Cmd::Prereqs => prereqs::ensure(false),
     }
 }

@@ -1,0 +1,299 @@
+//! The one list of what Portcullis needs on a machine, checked before `run`, `demo`, `test`
+//! and `build`, and installed when missing (`cargo xtask prereqs`; `.ci/install-prereqs` calls
+//! it too).
+//!
+//! Each [`Step`] has a cheap check and an install. A warm machine costs a second of checks; a
+//! fresh Debian one gets everything, one progress line per step with the time it took. Steps
+//! that change the system (apt, pip, mounts) need root: as another user the missing ones are
+//! named with the one command to run, and nothing else happens.
+
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+
+/// Debian packages: what the build, the end-to-end tests and the demos run.
+/// - build-essential: a C compiler for the host crates (ring) — `.ci/install-prereqs` makes sure
+///   of it before xtask itself builds;
+/// - llvm-22-dev: bpf-linker links the kernel programs against it;
+/// - curl, openssl, iproute2, ethtool, procps, psmisc: the end-to-end tests' tools;
+/// - prometheus, chromium: the mesh graph tests and the demo's screenshot;
+/// - tshark: the demo's proof that only TLS crosses the link;
+/// - python3-pip: the PyPI step below.
+const APT_PACKAGES: &[&str] = &[
+    "build-essential",
+    "llvm-22-dev",
+    "curl",
+    "openssl",
+    "iproute2",
+    "ethtool",
+    "procps",
+    "psmisc",
+    "prometheus",
+    "chromium",
+    "tshark",
+    "python3-pip",
+];
+
+/// One prerequisite: how to tell it is there, and how to get it.
+struct Step {
+    name: &'static str,
+    /// Installing changes the system (apt, pip, mounts), not just the user's toolchains.
+    needs_root: bool,
+    /// `Ok(None)`: present. `Ok(Some(what))`: missing, `what` says which part.
+    check: fn() -> Result<Option<String>>,
+    install: fn(&str) -> Result<()>,
+}
+
+const STEPS: &[Step] = &[
+    Step {
+        name: "Debian packages",
+        needs_root: true,
+        check: missing_apt,
+        install: install_apt,
+    },
+    Step {
+        name: "Rust nightly toolchain with rust-src (the kernel crate's build-std)",
+        needs_root: false,
+        check: missing_nightly_src,
+        install: install_nightly_src,
+    },
+    Step {
+        name: "bpf-linker (against LLVM 22)",
+        needs_root: false,
+        check: missing_bpf_linker,
+        install: install_bpf_linker,
+    },
+    Step {
+        name: "PyPI httpbin and gunicorn (one end-to-end upstream)",
+        needs_root: true,
+        check: missing_httpbin,
+        install: install_httpbin,
+    },
+    Step {
+        name: "bpffs on /sys/fs/bpf (pinned programs and maps)",
+        needs_root: true,
+        check: missing_bpffs,
+        install: mount_bpffs,
+    },
+];
+
+/// Checks every step and installs what is missing. With `quiet`, steps already satisfied
+/// print nothing (the check before `run`/`test`); `cargo xtask prereqs` prints them all.
+pub fn ensure(quiet: bool) -> Result<()> {
+    let started = Instant::now();
+    let root = crate::is_root();
+    let total = STEPS.len();
+    let mut for_root = Vec::new();
+    for (i, step) in STEPS.iter().enumerate() {
+        let t = Instant::now();
+        let missing = (step.check)().with_context(|| format!("checking {}", step.name))?;
+        let Some(what) = missing else {
+            if !quiet {
+                eprintln!(
+                    "prereqs [{}/{total}] {}: present ({:.1}s)",
+                    i + 1,
+                    step.name,
+                    t.elapsed().as_secs_f64()
+                );
+            }
+            continue;
+        };
+        if step.needs_root && !root {
+            eprintln!("prereqs [{}/{total}] {}: MISSING {what}", i + 1, step.name);
+            for_root.push(step.name);
+            continue;
+        }
+        eprintln!(
+            "prereqs [{}/{total}] {}: installing {what} …",
+            i + 1,
+            step.name
+        );
+        (step.install)(&what).with_context(|| format!("installing {}", step.name))?;
+        if let Some(still) = (step.check)()? {
+            bail!("{}: still missing after the install: {still}", step.name);
+        }
+        eprintln!(
+            "prereqs [{}/{total}] {}: installed ({:.1}s)",
+            i + 1,
+            step.name,
+            t.elapsed().as_secs_f64()
+        );
+    }
+    if !for_root.is_empty() {
+        bail!(
+            "missing prerequisites that need root ({}). Run, once:\n\n    sudo env \"PATH=$PATH\" cargo xtask prereqs\n",
+            for_root.join("; ")
+        );
+    }
+    if !quiet {
+        eprintln!(
+            "prereqs: all {total} steps ok ({:.1}s)",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+/// Runs `cmd` with its output passed through; fails with the command on a non-zero exit.
+fn sh(cmd: &mut Command) -> Result<()> {
+    eprintln!("prereqs: {cmd:?}");
+    let st = cmd
+        .stdin(Stdio::null())
+        .status()
+        .with_context(|| format!("running {cmd:?}"))?;
+    if !st.success() {
+        bail!("{cmd:?} failed with {st}");
+    }
+    Ok(())
+}
+
+/// True when `cmd` runs and exits 0 (output discarded).
+fn succeeds(cmd: &mut Command) -> bool {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The standard output of `cmd`, or empty when it cannot run.
+fn stdout_of(cmd: &mut Command) -> String {
+    cmd.stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+fn missing_apt() -> Result<Option<String>> {
+    // One dpkg-query for all of them: `<name> <status>` per installed (or known) package.
+    let out = stdout_of(
+        Command::new("dpkg-query")
+            .args(["-W", "-f", "${Package} ${Status}\\n"])
+            .args(APT_PACKAGES),
+    );
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            !out.lines()
+                .any(|l| l.starts_with(&format!("{p} ")) && l.ends_with("install ok installed"))
+        })
+        .collect();
+    Ok((!missing.is_empty()).then(|| missing.join(" ")))
+}
+
+fn install_apt(what: &str) -> Result<()> {
+    sh(Command::new("apt-get").args(["update", "-q"]))?;
+    sh(Command::new("apt-get")
+        .args(["install", "-y", "-q"])
+        .args(what.split(' '))
+        // tshark asks whether non-root users may capture: the default (no) is fine.
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn missing_nightly_src() -> Result<Option<String>> {
+    let installed = stdout_of(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]));
+    Ok((!installed.lines().any(|l| l.starts_with("rust-src")))
+        .then(|| "nightly rust-src".to_owned()))
+}
+
+fn install_nightly_src(_: &str) -> Result<()> {
+    // An installed nightly only gets the component: updating it could move the kernel crate's
+    // compiler under its pinned aya.
+    if succeeds(Command::new("rustup").args(["run", "nightly", "rustc", "--version"])) {
+        return sh(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]));
+    }
+    sh(Command::new("rustup").args([
+        "toolchain",
+        "install",
+        "nightly",
+        "--profile",
+        "minimal",
+        "--component",
+        "rust-src",
+    ]))
+}
+
+fn missing_bpf_linker() -> Result<Option<String>> {
+    Ok((!succeeds(Command::new("bpf-linker").arg("--version"))).then(|| "bpf-linker".to_owned()))
+}
+
+fn install_bpf_linker(_: &str) -> Result<()> {
+    // Its build links LLVM 22 (the Debian package above) and takes a few minutes.
+    sh(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ])
+            .env("LLVM_PREFIX", "/usr/lib/llvm-22"),
+    )
+}
+
+fn missing_httpbin() -> Result<Option<String>> {
+    Ok(
+        (!succeeds(Command::new("python3").args(["-c", "import httpbin, gunicorn"])))
+            .then(|| "httpbin gunicorn".to_owned()),
+    )
+}
+
+fn install_httpbin(_: &str) -> Result<()> {
+    // Debian's own python3 refuses pip installs into it (PEP 668) unless told to.
+    sh(Command::new("python3")
+        .args(["-m", "pip", "install", "-q", "httpbin", "gunicorn"])
+        .env("PIP_BREAK_SYSTEM_PACKAGES", "1"))
+}
+
+fn missing_bpffs() -> Result<Option<String>> {
+    let mounts = std::fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
+    let mounted = mounts.lines().any(|l| {
+        let mut f = l.split_whitespace();
+        let (_, at, kind) = (f.next(), f.next(), f.next());
+        at == Some("/sys/fs/bpf") && kind == Some("bpf")
+    });
+    Ok((!mounted).then(|| "the bpf mount".to_owned()))
+}
+
+fn mount_bpffs(_: &str) -> Result<()> {
+    std::fs::create_dir_all("/sys/fs/bpf").context("creating /sys/fs/bpf")?;
+    sh(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_step_has_a_distinct_name() {
+        let mut names: Vec<&str> = STEPS.iter().map(|s| s.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), STEPS.len());
+    }
+
+    #[test]
+    fn apt_packages_are_listed_once() {
+        let mut p = APT_PACKAGES.to_vec();
+        p.sort_unstable();
+        p.dedup();
+        assert_eq!(p.len(), APT_PACKAGES.len());
+    }
+}
