@@ -91,7 +91,7 @@ struct ConfigArgs {
     /// This gateway's labels, matched by `Gateway.spec.selector` and policy selectors.
     #[arg(long = "label", value_name = "KEY=VALUE", default_value = "istio=ingressgateway", value_parser = parse_label)]
     labels: Vec<(String, String)>,
-    /// The namespace this gateway runs in.
+    /// The namespace this gateway runs in. Secrets are read from this namespace only.
     #[arg(long, default_value = "istio-system")]
     namespace: String,
     /// Istio's root namespace: policies there apply to every workload.
@@ -105,9 +105,13 @@ struct ConfigArgs {
     /// describes several workloads; the others are mesh destinations.
     #[arg(long, value_name = "NAME")]
     workload: Option<String>,
-    /// SPIFFE trust domain of workload identities.
+    /// SPIFFE trust domain of workload identities. The mesh side refuses peers of any other.
     #[arg(long, default_value = "cluster.local")]
     trust_domain: String,
+    /// Another trust domain whose workloads the mesh side accepts (repeatable; Istio's
+    /// `trustDomainAliases`).
+    #[arg(long = "trust-domain-alias", value_name = "DOMAIN")]
+    trust_domain_aliases: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -263,6 +267,7 @@ fn load(args: &ConfigArgs) -> Result<config::Snapshot, config::ConfigErrors> {
         mesh_credential: args.mesh_credential.clone(),
         local_workload: args.workload.clone(),
         trust_domain: args.trust_domain.clone(),
+        trust_domain_aliases: args.trust_domain_aliases.clone(),
     };
     config::compile(config::load_paths(&args.paths())?, settings)
 }
@@ -310,6 +315,9 @@ fn run_command(cli: Cli) -> Result<()> {
 
 fn check(args: &ConfigArgs) -> Result<()> {
     let snapshot = load(args)?;
+    for w in &snapshot.warnings {
+        println!("{w}");
+    }
     println!(
         "configuration OK: {} listener(s), {} virtual service(s), {} credential(s), {} authorization policies",
         snapshot.listeners.len(),
@@ -363,6 +371,9 @@ fn explain_cmd(args: ExplainArgs) -> Result<()> {
     };
     let explanation = explain(&snapshot.authz, &req)?;
     print!("{explanation}");
+    for w in &snapshot.warnings {
+        println!("note: {w}");
+    }
     if !explanation.decision.is_allowed() {
         std::process::exit(1);
     }

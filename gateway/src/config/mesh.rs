@@ -13,7 +13,7 @@ use super::resources::WorkloadEntrySpec;
 use super::{ConfigError, ConfigErrors, Doc, Resources};
 use crate::identity::Identity;
 use crate::policy::authz::{Authorizer, AuthzScope};
-use crate::tls::{server_config, ServerTlsMode, TlsVersions};
+use crate::tls::{server_config_with, ClientCertChecks, ServerOptions, ServerTlsMode, TlsVersions};
 
 /// Builds the mesh section for the credential `name` (the `--mesh-credential` flag).
 pub fn compile_mesh(
@@ -21,9 +21,10 @@ pub fn compile_mesh(
     resources: &Resources,
     settings: &Settings,
     errors: &mut Vec<ConfigError>,
+    warnings: &mut Vec<super::ConfigWarning>,
 ) -> Option<MeshInbound> {
     let flag_error = |msg: String| ConfigError::file("--mesh-credential", msg);
-    let cred = match load_credential(&flag_error, name, settings, resources) {
+    let cred = match load_credential(&flag_error, name, settings, resources, warnings) {
         Ok(c) => Arc::new(c),
         Err(e) => {
             errors.push(e);
@@ -43,12 +44,22 @@ pub fn compile_mesh(
             return None;
         }
     };
-    let tls = match server_config(
-        &cred,
-        ServerTlsMode::Mutual,
-        TlsVersions::default(),
-        &[b"h2", b"http/1.1"],
-    ) {
+    // Istio's sidecars accept peers of the mesh's trust domain and its aliases only, even
+    // when another domain's certificates chain to the same CA.
+    let trust_domains = std::iter::once(settings.trust_domain.clone())
+        .chain(settings.trust_domain_aliases.iter().cloned())
+        .collect();
+    let options = ServerOptions {
+        mode: ServerTlsMode::Mutual,
+        versions: TlsVersions::default(),
+        cipher_suites: Vec::new(),
+        client_checks: ClientCertChecks {
+            trust_domains,
+            ..ClientCertChecks::default()
+        },
+        alpn: &[b"h2", b"http/1.1"],
+    };
+    let tls = match server_config_with(&cred, &options) {
         Ok(t) => t,
         Err(e) => {
             errors.push(flag_error(format!("credential {name:?}: {e}")));

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::hosts::{authority_host, best_match, HostMatch};
-use crate::tls::{Credential, ServerTlsMode};
+use crate::tls::{ClientCertChecks, Credential, ServerTlsMode};
 
 /// A Gateway named `namespace/name`, as VirtualServices refer to it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
@@ -72,6 +72,9 @@ pub enum ServerTls {
         mode: ServerTlsMode,
         credential_name: String,
         config: Arc<rustls::ServerConfig>,
+        /// What MUTUAL asks of a client beyond the chain (SANs, pins, CRL), as built into
+        /// `config`; kept to describe the server and to re-check open connections.
+        client_checks: ClientCertChecks,
     },
     /// Route by SNI and forward the bytes untouched.
     Passthrough,
