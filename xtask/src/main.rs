@@ -49,7 +49,11 @@ enum Cmd {
     Bench(bench::BenchArgs),
     /// Check every prerequisite (Debian packages, nightly rust-src, bpf-linker, …) and install
     /// what is missing; `build`, `run`, `demo` and `test` do this first.
-    Prereqs,
+    Prereqs {
+        /// Also what `cargo xtask vagrant` needs (Vagrant, libvirt, QEMU, debootstrap).
+        #[arg(long)]
+        vagrant: bool,
+    },
 }
 
 fn workspace() -> PathBuf {
@@ -209,7 +213,7 @@ fn main() -> std::process::ExitCode {
 
 fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
-        Cmd::Bench(_) | Cmd::Prereqs => {}
+        Cmd::Bench(_) | Cmd::Prereqs { .. } => {}
         _ => prereqs::ensure(true)?,
     }
     match cli.command {
@@ -224,6 +228,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             cargo_test_args,
         } => test(no_lint, &cargo_test_args),
         Cmd::Bench(args) => bench::run(args, &workspace(), &target_dir()),
-        Cmd::Prereqs => prereqs::ensure(false),
+        Cmd::Prereqs { vagrant: false } => prereqs::ensure(false),
+        Cmd::Prereqs { vagrant: true } => prereqs::ensure_vagrant(),
     }
 }

@@ -78,14 +78,47 @@ const STEPS: &[Step] = &[
     },
 ];
 
+/// What `cargo xtask vagrant` needs on top (only that command checks these): Vagrant with its
+/// libvirt provider, libvirt, QEMU (software emulation), debootstrap for the local box.
+const VAGRANT_PACKAGES: &[&str] = &[
+    "vagrant",
+    "vagrant-libvirt",
+    "libvirt-daemon",
+    "libvirt-daemon-driver-qemu",
+    "libvirt-clients",
+    "qemu-system-x86",
+    "qemu-block-extra",
+    "qemu-utils",
+    "debootstrap",
+    "dnsmasq-base",
+    "fdisk",
+];
+
+const VAGRANT_STEPS: &[Step] = &[Step {
+    name: "Vagrant, vagrant-libvirt, libvirt, QEMU 7.2, debootstrap (cargo xtask vagrant)",
+    needs_root: true,
+    check: missing_vagrant,
+    install: install_vagrant,
+}];
+
+/// [`ensure`] for `cargo xtask vagrant`: the common steps, then Vagrant's.
+pub fn ensure_vagrant() -> Result<()> {
+    ensure(true)?;
+    run_steps(VAGRANT_STEPS, false)
+}
+
 /// Checks every step and installs what is missing. With `quiet`, steps already satisfied
 /// print nothing (the check before `run`/`test`); `cargo xtask prereqs` prints them all.
 pub fn ensure(quiet: bool) -> Result<()> {
+    run_steps(STEPS, quiet)
+}
+
+fn run_steps(steps: &[Step], quiet: bool) -> Result<()> {
     let started = Instant::now();
     let root = crate::is_root();
-    let total = STEPS.len();
+    let total = steps.len();
     let mut for_root = Vec::new();
-    for (i, step) in STEPS.iter().enumerate() {
+    for (i, step) in steps.iter().enumerate() {
         let t = Instant::now();
         let missing = (step.check)().with_context(|| format!("checking {}", step.name))?;
         let Some(what) = missing else {
@@ -166,22 +199,61 @@ fn stdout_of(cmd: &mut Command) -> String {
         .unwrap_or_default()
 }
 
-fn missing_apt() -> Result<Option<String>> {
-    // One dpkg-query for all of them: `<name> <status>` per installed (or known) package.
+/// The packages of `wanted` that dpkg does not have installed, and the installed versions.
+fn dpkg_missing(wanted: &[&str]) -> (Vec<String>, String) {
+    // One dpkg-query for all of them: `<name> <version> <status>` per known package.
     let out = stdout_of(
         Command::new("dpkg-query")
-            .args(["-W", "-f", "${Package} ${Status}\\n"])
-            .args(APT_PACKAGES),
+            .args(["-W", "-f", "${Package} ${Version} ${Status}\\n"])
+            .args(wanted),
     );
-    let missing: Vec<&str> = APT_PACKAGES
+    let missing = wanted
         .iter()
-        .copied()
         .filter(|p| {
             !out.lines()
                 .any(|l| l.starts_with(&format!("{p} ")) && l.ends_with("install ok installed"))
         })
+        .map(|p| (*p).to_owned())
         .collect();
+    (missing, out)
+}
+
+fn missing_apt() -> Result<Option<String>> {
+    let (missing, _) = dpkg_missing(APT_PACKAGES);
     Ok((!missing.is_empty()).then(|| missing.join(" ")))
+}
+
+fn missing_vagrant() -> Result<Option<String>> {
+    let (mut missing, out) = dpkg_missing(VAGRANT_PACKAGES);
+    // Debian's qemu-system 7.2 cannot sit beside the backports qemu-utils 10 some machines
+    // ship: the 7.2 one is part of the set.
+    if !missing.iter().any(|p| p == "qemu-utils")
+        && !out.lines().any(|l| l.starts_with("qemu-utils 1:7.2"))
+    {
+        missing.push("qemu-utils".to_owned());
+    }
+    Ok((!missing.is_empty()).then(|| missing.join(" ")))
+}
+
+fn install_vagrant(what: &str) -> Result<()> {
+    sh(Command::new("apt-get").args(["update", "-q"]))?;
+    let madison = stdout_of(Command::new("apt-cache").args(["madison", "qemu-utils"]));
+    let qemu_utils = madison
+        .lines()
+        .filter_map(|l| l.split('|').nth(1).map(str::trim))
+        .find(|v| v.starts_with("1:7.2"))
+        .context("apt offers no qemu-utils 7.2 (Debian 12's), which qemu-system-x86 7.2 needs")?;
+    sh(Command::new("apt-get")
+        .args([
+            "install",
+            "-y",
+            "-q",
+            "--no-install-recommends",
+            "--allow-downgrades",
+        ])
+        .args(what.split(' ').filter(|p| *p != "qemu-utils"))
+        .arg(format!("qemu-utils={qemu_utils}"))
+        .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
 fn install_apt(what: &str) -> Result<()> {
