@@ -6,6 +6,10 @@
 #   node.sh up client STATE     a `sleep` workload in a cgroup + Portcullis capturing it
 #   node.sh workload STATE CMD… run CMD as the client workload (inside its cgroup)
 #   node.sh down STATE          stop everything, detach and unpin the kernel programs
+#   node.sh bundle OUT SERVER_ADDR CLIENT_ADDR
+#                               what both nodes get (run where the binary was built): OUT/certs
+#                               (one mesh CA; hello, sleep, impostor), OUT/mesh.yaml with the
+#                               addresses, and the story's strict.yaml and deny-admin.yaml
 #
 # STATE holds config/ (the mesh's Istio YAML, watched by the daemon) and certs/ (credential
 # directories made by `portcullis certs --workload NAME=SPIFFE_ID …`). Environment:
@@ -90,8 +94,9 @@ up() {
         mkdir -p "$CGROUP"
         echo "$CGROUP" > "$state/run/made-cgroup"
       fi
-      if [ ! -f "$state/run/sleep.pid" ]; then
-        # The workload itself: a process that lives in the cgroup, as a pod's would.
+      # A cgroup made here gets the workload itself: a process living in it, as a pod's would.
+      # (A given one, like a VM's user.slice, already holds its workload: the login sessions.)
+      if [ -f "$state/run/made-cgroup" ] && [ ! -f "$state/run/sleep.pid" ]; then
         setsid sh -c "echo \$\$ > '$CGROUP/cgroup.procs' && exec sleep infinity" </dev/null >/dev/null 2>&1 &
         echo $! > "$state/run/sleep.pid"
       fi
@@ -126,8 +131,21 @@ down() {
   fi
 }
 
+bundle() {
+  local out=${1:?OUT} server=${2:?SERVER_ADDR} client=${3:?CLIENT_ADDR} here
+  here=$(dirname "$0")
+  mkdir -p "$out"
+  [ -d "$out/certs" ] || "$PORTCULLIS" certs --out "$out/certs" \
+    --workload hello=spiffe://cluster.local/ns/default/sa/hello \
+    --workload sleep=spiffe://cluster.local/ns/default/sa/sleep \
+    --workload impostor=spiffe://cluster.local/ns/default/sa/impostor >/dev/null
+  sed -e "s/SERVER_ADDR/$server/" -e "s/CLIENT_ADDR/$client/" "$here/mesh.yaml" > "$out/mesh.yaml"
+  cp "$here/strict.yaml" "$here/deny-admin.yaml" "$out/"
+}
+
 case $cmd in
   up) up "$@" ;;
+  bundle) bundle "$@" ;;
   workload) workload "$@" ;;
   down) down "$@" ;;
   *) say "unknown command $cmd"; exit 2 ;;

@@ -47,6 +47,9 @@ enum Cmd {
     Demo(demo::DemoArgs),
     /// Benchmarks against nginx, HAProxy and no proxy, written to BENCHMARKS.md.
     Bench(bench::BenchArgs),
+    /// The mesh story's steps 1, 3, 4, 5 on two Vagrant VMs (local box, libvirt in a network
+    /// namespace, software emulation), then everything torn down. Root; several minutes.
+    Vagrant,
     /// Check every prerequisite (Debian packages, nightly rust-src, bpf-linker, …) and install
     /// what is missing; `build`, `run`, `demo` and `test` do this first.
     Prereqs {
@@ -214,6 +217,7 @@ fn main() -> std::process::ExitCode {
 fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
         Cmd::Bench(_) | Cmd::Prereqs { .. } => {}
+        Cmd::Vagrant => prereqs::ensure_vagrant()?,
         _ => prereqs::ensure(true)?,
     }
     match cli.command {
@@ -228,6 +232,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             cargo_test_args,
         } => test(no_lint, &cargo_test_args),
         Cmd::Bench(args) => bench::run(args, &workspace(), &target_dir()),
+        Cmd::Vagrant => demo::vagrant(&build(false)?),
         Cmd::Prereqs { vagrant: false } => prereqs::ensure(false),
         Cmd::Prereqs { vagrant: true } => prereqs::ensure_vagrant(),
     }

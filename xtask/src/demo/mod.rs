@@ -3,6 +3,7 @@
 mod mesh;
 mod netns;
 mod sh;
+mod vagrant;
 mod wire;
 
 use std::net::SocketAddr;
@@ -12,6 +13,7 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 
 pub use mesh::run as mesh;
+pub use vagrant::run as vagrant;
 
 #[derive(Args)]
 pub struct DemoArgs {
