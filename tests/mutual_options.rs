@@ -311,5 +311,50 @@ fn mutual_options_hold_against_openssl_made_certificates() -> Result<()> {
             "{extra}: {out}"
         );
     }
+
+    // 5. Rules that can never match: `check` warns with file:line and why, `explain` notes
+    //    it, and neither refuses the configuration. (Hosts: the port-80 server serves `*`; the
+    //    unit tests in policy/lint.rs cover a host no server serves.)
+    std::fs::write(&gateway_file, gateway_yaml(""))?;
+    let lint = w.config.join("lint.yaml");
+    std::fs::write(
+        &lint,
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: lint, namespace: istio-system}\nspec:\n  action: DENY\n  rules:\n  - from: [{source: {principals: [test.client]}}]\n    to: [{operation: {ports: ['80'], paths: ['/status/418?x=1']}}]\n",
+    )?;
+    let (ok, out) = check(&w)?;
+    assert!(ok, "{out}");
+    let at = |line: u32| format!("warning: {}:{line} ", lint.display());
+    for (line, why) in [
+        (
+            7,
+            "source.principals`: can never match: no server on port(s) [80] is MUTUAL",
+        ),
+        (8, "without the query string"),
+    ] {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(&at(line)) && l.contains(why)),
+            "{line} {why}: {out}"
+        );
+    }
+    let explain = run(Command::new(portcullis_bin()?)
+        .arg("explain")
+        .arg("-c")
+        .arg(&w.config)
+        .arg("--credentials")
+        .arg(&w.credentials)
+        .args([
+            "--host",
+            "test.com",
+            "--path",
+            "/status/418",
+            "--port",
+            "80",
+        ]))?;
+    let text = String::from_utf8_lossy(&explain.stdout);
+    assert!(
+        text.contains("note: warning:") && text.contains("never match"),
+        "{text}"
+    );
     Ok(())
 }

@@ -62,12 +62,14 @@ enum Command {
     /// Show which AuthorizationPolicy allows or denies a request, and why.
     ///
     /// Compiles the configuration exactly as `run` does and evaluates the described request
-    /// with the same code the daemon's 403 path uses. Prints ALLOW or DENY, the policy and
-    /// rule index that decided (or, when no ALLOW policy matched, every ALLOW policy tried),
-    /// and the policies that apply to this gateway.
+    /// with the same code the daemon's 403 path uses, after the same path normalization
+    /// (--path-normalization). Prints ALLOW or DENY, the policy and rule index that decided
+    /// (or, when no ALLOW policy matched, every ALLOW policy tried), the normalized path, and
+    /// the policies that apply to this gateway; or REFUSED when the daemon would answer 400
+    /// to the path before asking any policy.
     ///
-    /// Exit status: 0 when the request is allowed, 1 when it is denied, 2 on a usage or
-    /// configuration error.
+    /// Exit status: 0 when the request is allowed, 1 when it is denied or refused, 2 on a
+    /// usage or configuration error.
     Explain(ExplainArgs),
 }
 
@@ -108,6 +110,13 @@ struct ConfigArgs {
     /// SPIFFE trust domain of workload identities. The mesh side refuses peers of any other.
     #[arg(long, default_value = "cluster.local")]
     trust_domain: String,
+    /// How request paths are normalized before routing and authorization, by Istio's
+    /// `meshConfig.pathNormalization` names: NONE, BASE, MERGE_SLASHES or
+    /// DECODE_AND_MERGE_SLASHES. The upstream receives the normalized path. Istio's default
+    /// is BASE; ours, MERGE_SLASHES, also merges `//`. In every mode but NONE and
+    /// DECODE_AND_MERGE_SLASHES an encoded slash (%2F, %5C) is refused with 400.
+    #[arg(long, value_name = "MODE", default_value = "MERGE_SLASHES")]
+    path_normalization: portcullis::policy::path::PathNormalization,
     /// Another trust domain whose workloads the mesh side accepts (repeatable; Istio's
     /// `trustDomainAliases`).
     #[arg(long = "trust-domain-alias", value_name = "DOMAIN")]
@@ -267,6 +276,7 @@ fn load(args: &ConfigArgs) -> Result<config::Snapshot, config::ConfigErrors> {
         mesh_credential: args.mesh_credential.clone(),
         local_workload: args.workload.clone(),
         trust_domain: args.trust_domain.clone(),
+        path_normalization: args.path_normalization,
         trust_domain_aliases: args.trust_domain_aliases.clone(),
     };
     config::compile(config::load_paths(&args.paths())?, settings)
@@ -325,6 +335,10 @@ fn check(args: &ConfigArgs) -> Result<()> {
         snapshot.credentials.len(),
         snapshot.resources.authorization_policies.len(),
     );
+    println!(
+        "  path normalization: {}",
+        snapshot.settings.path_normalization
+    );
     for l in &snapshot.listeners {
         for s in &l.servers {
             let hosts: Vec<String> = s.hosts.iter().map(ToString::to_string).collect();
@@ -334,9 +348,16 @@ fn check(args: &ConfigArgs) -> Result<()> {
                 Some(config::model::ServerTls::Terminate {
                     mode,
                     credential_name,
+                    client_checks,
                     ..
                 }) => {
-                    format!("TLS {mode:?} with credential {credential_name}")
+                    let checks = client_checks.describe();
+                    let checks = if checks.is_empty() {
+                        checks
+                    } else {
+                        format!(", clients checked for {checks}")
+                    };
+                    format!("TLS {mode:?} with credential {credential_name}{checks}")
                 }
             };
             println!(
@@ -365,16 +386,25 @@ fn explain_cmd(args: ExplainArgs) -> Result<()> {
         method: args.method,
         host: args.host,
         path: args.path,
+        path_normalization: snapshot.settings.path_normalization,
         port: args.port,
         headers: args.headers,
         sni,
     };
     let explanation = explain(&snapshot.authz, &req)?;
     print!("{explanation}");
+    // Rules of the policies in play that can never match (what `check` warns about).
+    let in_play: Vec<String> = explanation
+        .applicable
+        .iter()
+        .map(|(_, p)| format!("AuthorizationPolicy {}/{}", p.namespace, p.name))
+        .collect();
     for w in &snapshot.warnings {
-        println!("note: {w}");
+        if w.0.resource.as_ref().is_some_and(|r| in_play.contains(r)) {
+            println!("note: {w}");
+        }
     }
-    if !explanation.decision.is_allowed() {
+    if !explanation.is_allowed() {
         std::process::exit(1);
     }
     Ok(())

@@ -71,6 +71,12 @@ const STEPS: &[Step] = &[
         install: install_httpbin,
     },
     Step {
+        name: "PyPI h2 (the raw HTTP/2 client of the path-normalization and routing tests)",
+        needs_root: true,
+        check: missing_h2,
+        install: install_h2,
+    },
+    Step {
         name: "bpffs on /sys/fs/bpf (pinned programs and maps)",
         needs_root: true,
         check: missing_bpffs,
@@ -331,6 +337,16 @@ fn install_httpbin(_: &str) -> Result<()> {
     // Debian's own python3 refuses pip installs into it (PEP 668) unless told to.
     sh(Command::new("python3")
         .args(["-m", "pip", "install", "-q", "httpbin", "gunicorn"])
+        .env("PIP_BREAK_SYSTEM_PACKAGES", "1"))
+}
+
+fn missing_h2() -> Result<Option<String>> {
+    Ok((!succeeds(Command::new("python3").args(["-c", "import h2"]))).then(|| "h2".to_owned()))
+}
+
+fn install_h2(_: &str) -> Result<()> {
+    sh(Command::new("python3")
+        .args(["-m", "pip", "install", "-q", "h2"])
         .env("PIP_BREAK_SYSTEM_PACKAGES", "1"))
 }
 

@@ -10,6 +10,7 @@ use super::resources::Labels;
 use super::routes::routes;
 use super::{ConfigErrors, Resources};
 use crate::policy::authz::{Authorizer, AuthzScope};
+use crate::policy::path::PathNormalization;
 
 /// Settings that come from the command line, not from YAML.
 #[derive(Clone, Debug)]
@@ -29,6 +30,9 @@ pub struct Settings {
     pub local_workload: Option<String>,
     /// The SPIFFE trust domain of workload identities.
     pub trust_domain: String,
+    /// How request paths are normalized before routing and authorization (`run`, `check` and
+    /// `explain` all take it from here, so they agree).
+    pub path_normalization: PathNormalization,
     /// Other trust domains whose workloads the mesh side accepts (Istio's
     /// `meshConfig.trustDomainAliases`); peers from any other trust domain are refused.
     pub trust_domain_aliases: Vec<String>,
@@ -44,6 +48,7 @@ impl Default for Settings {
             mesh_credential: None,
             local_workload: None,
             trust_domain: "cluster.local".to_owned(),
+            path_normalization: PathNormalization::default(),
             trust_domain_aliases: Vec::new(),
         }
     }

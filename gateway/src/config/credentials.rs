@@ -18,6 +18,9 @@ use crate::tls::Credential;
 
 /// The suffix of Istio's companion CA secret.
 const CACERT_SUFFIX: &str = "-cacert";
+/// The keys read from a credential Secret, and from its `-cacert` companion.
+const MAIN_KEYS: [&str; 4] = ["tls.crt", "tls.key", "ca.crt", "ca.crl"];
+const CACERT_KEYS: [&str; 2] = ["ca.crt", "ca.crl"];
 
 /// Finds `name` as a Secret in the gateway's namespace or as a directory `<dir>/<name>/`,
 /// and parses it. `referrer` makes the error at the place that named the credential (a
@@ -123,6 +126,26 @@ fn from_secrets(
     companion: Option<&Doc<SecretBody>>,
     warnings: &mut Vec<ConfigWarning>,
 ) -> Result<Credential, ConfigError> {
+    // A key that is not read is most likely a typo (`ca.clr`) or another tool's spelling
+    // (Istio's generic `cert`/`key`/`cacert`): say so rather than drop it quietly.
+    for (doc, known) in [
+        (Some(secret), &MAIN_KEYS[..]),
+        (companion, &CACERT_KEYS[..]),
+    ] {
+        let Some(doc) = doc else { continue };
+        for key in doc.spec.data.keys().chain(doc.spec.string_data.keys()) {
+            if !known.contains(&key.as_str()) {
+                warnings.push(ConfigWarning(doc.error(
+                    &format!("data.{key}"),
+                    key,
+                    format!(
+                        "key {key:?} is not read (a credential Secret holds {})",
+                        known.join(", ")
+                    ),
+                )));
+            }
+        }
+    }
     let cert = secret_key(secret, "tls.crt")?
         .ok_or_else(|| secret.error("data", "data", "the secret has no `tls.crt`"))?;
     let key = secret_key(secret, "tls.key")?

@@ -258,4 +258,61 @@ mod tests {
             "{err}"
         );
     }
+
+    #[test]
+    fn mesh_peers_from_another_trust_domain_are_refused_unless_aliased() {
+        use crate::tls::testing::{handshake, leaf, test_ca};
+        let ca = test_ca("Mesh CA");
+        let dir = tempfile::tempdir().expect("tmp");
+        let own = leaf(
+            &ca,
+            &["test.com"],
+            &["spiffe://cluster.local/ns/default/sa/sleep"],
+            1,
+        );
+        let cred = dir.path().join("certs/sleep");
+        std::fs::create_dir_all(&cred).expect("mkdir");
+        std::fs::write(cred.join("tls.crt"), &own.cert_pem).expect("write");
+        std::fs::write(cred.join("tls.key"), &own.key_pem).expect("write");
+        std::fs::write(cred.join("ca.crt"), ca.cert.pem()).expect("write");
+        let file = dir.path().join("mesh.yaml");
+        std::fs::write(&file, TWO_WORKLOADS).expect("write");
+        let mesh = |aliases: &[&str]| {
+            let settings = Settings {
+                credential_dirs: vec![dir.path().join("certs")],
+                mesh_credential: Some("sleep".into()),
+                local_workload: Some("sleep".into()),
+                trust_domain_aliases: aliases.iter().map(|a| (*a).to_owned()).collect(),
+                ..Settings::default()
+            };
+            compile(
+                load_paths(std::slice::from_ref(&file)).expect("load"),
+                settings,
+            )
+            .expect("compiles")
+            .mesh
+            .expect("mesh section")
+        };
+        let peer = leaf(
+            &ca,
+            &["test.com"],
+            &["spiffe://cluster.local/ns/shop/sa/hello"],
+            2,
+        );
+        let foreign = leaf(
+            &ca,
+            &["test.com"],
+            &["spiffe://partner.example/ns/shop/sa/hello"],
+            3,
+        );
+        let plain = mesh(&[]);
+        assert_eq!(
+            handshake(plain.tls.clone(), &ca, Some(&peer), false),
+            Ok(())
+        );
+        let err = handshake(plain.tls, &ca, Some(&foreign), false).expect_err("foreign domain");
+        assert!(err.contains("ForeignTrustDomain"), "{err}");
+        let aliased = mesh(&["partner.example"]);
+        assert_eq!(handshake(aliased.tls, &ca, Some(&foreign), false), Ok(()));
+    }
 }

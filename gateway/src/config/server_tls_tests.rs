@@ -224,6 +224,31 @@ fn cipher_suites_are_mapped_or_refused_by_name() {
         handshake(cfg.clone(), &pki.ca, Some(&pki.good), true),
         Ok(())
     );
+    // A TLS 1.2 client offering only another suite is refused: the list is enforced.
+    let suite = |name: &str| -> Vec<rustls::SupportedCipherSuite> {
+        crate::tls::ciphers::cipher_suites(&[name.to_owned()])
+            .expect("known")
+            .into_iter()
+            .filter(|s| matches!(s, rustls::SupportedCipherSuite::Tls12(_)))
+            .collect()
+    };
+    let offer = |cfg: std::sync::Arc<rustls::ServerConfig>, name: &str| {
+        crate::tls::testing::handshake_with_suites(
+            cfg,
+            &pki.ca,
+            Some(&pki.good),
+            true,
+            Some(suite(name)),
+        )
+    };
+    assert_eq!(offer(cfg.clone(), "ECDHE-ECDSA-AES256-GCM-SHA384"), Ok(()));
+    assert!(offer(cfg.clone(), "ECDHE-ECDSA-AES128-GCM-SHA256").is_err());
+    // Without cipherSuites, that client is served.
+    let (snap, _d) = compile_mutual(&pki, "", None, "");
+    assert_eq!(
+        offer(server(&snap.expect("ok")), "ECDHE-ECDSA-AES128-GCM-SHA256"),
+        Ok(())
+    );
     let (snap, _d) = compile_mutual(
         &pki,
         "      cipherSuites: [ECDHE-ECDSA-AES128-SHA]\n",
@@ -241,15 +266,24 @@ fn cipher_suites_are_mapped_or_refused_by_name() {
         err.0[0].field.as_deref(),
         Some("spec.servers[0].tls.cipherSuites")
     );
-    // RSA suites only, for an ECDSA certificate, TLS 1.2 only: no handshake can succeed.
+    // RSA suites only, for an ECDSA certificate, TLS 1.2 only: no handshake could succeed,
+    // so it is a configuration error rather than a server that refuses everyone.
     let (snap, _d) = compile_mutual(
         &pki,
         "      maxProtocolVersion: TLSV1_2\n      cipherSuites: [ECDHE-RSA-AES128-GCM-SHA256]\n",
         None,
         "",
     );
-    let cfg = server(&snap.expect("compiles"));
-    assert!(handshake(cfg, &pki.ca, Some(&pki.good), true).is_err());
+    let err = snap.expect_err("unusable suites");
+    assert!(
+        err.to_string()
+            .contains("no cipher suite of cipherSuites can be used"),
+        "{err}"
+    );
+    assert_eq!(
+        err.0[0].field.as_deref(),
+        Some("spec.servers[0].tls.cipherSuites")
+    );
 }
 
 #[test]
@@ -447,4 +481,37 @@ fn the_cacert_directory_wins_too() {
         Ok(())
     );
     assert!(!snap.warnings.is_empty(), "the shadowed ca.crt is reported");
+}
+
+#[test]
+fn a_secret_key_that_is_not_read_is_reported() {
+    let pki = pki();
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("gw.yaml");
+    let crl = crl_pem(&pki.ca, &[3]);
+    let docs = secret(
+        "test.com",
+        "istio-system",
+        &[
+            ("tls.crt", &pki.server.cert_pem),
+            ("tls.key", &pki.server.key_pem),
+            ("ca.crt", &pki.ca.cert.pem()),
+            ("ca.clr", &crl),
+        ],
+    );
+    std::fs::write(&file, format!("apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: istio-system}}\nspec:\n  servers:\n  - hosts: [test.com]\n    port: {{number: 443, name: https, protocol: HTTPS}}\n    tls: {{mode: MUTUAL, credentialName: test.com}}\n{docs}")).expect("write");
+    let snap = load_paths(&[file])
+        .and_then(|r| compile(r, Settings::default()))
+        .expect("compiles");
+    let w: Vec<String> = snap.warnings.iter().map(ToString::to_string).collect();
+    assert!(
+        w.iter()
+            .any(|w| w.contains("data.ca.clr") && w.contains("is not read")),
+        "{w:?}"
+    );
+    // The typo means no CRL: the revoked client is served, which is why the warning matters.
+    assert_eq!(
+        handshake(server(&snap), &pki.ca, Some(&pki.revoked), false),
+        Ok(())
+    );
 }

@@ -2,4 +2,5 @@
 pub mod authz;
 pub mod explain;
 pub mod lint;
+pub mod path;
 pub mod peer_auth;

@@ -64,6 +64,33 @@ impl ClientCertChecks {
             && self.trust_domains.is_empty()
     }
 
+    /// A short description for `check`: `subjectAltNames [..], 1 SPKI pin, CRL`.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.subject_alt_names.is_empty() {
+            parts.push(format!(
+                "subjectAltNames [{}]",
+                self.subject_alt_names.join(", ")
+            ));
+        }
+        if !self.spki_sha256.is_empty() {
+            parts.push(format!("{} SPKI pin(s)", self.spki_sha256.len()));
+        }
+        if !self.cert_sha256.is_empty() {
+            parts.push(format!(
+                "{} certificate hash pin(s)",
+                self.cert_sha256.len()
+            ));
+        }
+        if self.revocation.is_some() {
+            parts.push("ca.crl".to_owned());
+        }
+        if !self.trust_domains.is_empty() {
+            parts.push(format!("trust domains [{}]", self.trust_domains.join(", ")));
+        }
+        parts.join(", ")
+    }
+
     /// Runs every check on a DER leaf certificate whose chain is already verified.
     pub fn check(&self, der: &[u8], now: UnixTime) -> Result<(), ClientCertRejected> {
         let (_, cert) = X509Certificate::from_der(der)

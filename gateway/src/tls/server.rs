@@ -76,6 +76,23 @@ pub fn server_config_with(
     let (mode, versions, alpn) = (options.mode, options.versions, options.alpn);
     let mut crypto = provider();
     if !options.cipher_suites.is_empty() {
+        // A list that leaves no suite for this certificate's key at the allowed versions
+        // would fail every handshake; say so at load time instead.
+        let alg = cred.certified_key.key.algorithm();
+        let usable = options.cipher_suites.iter().any(|s| {
+            let version_on = match s {
+                SupportedCipherSuite::Tls13(_) => !versions.max_tls12,
+                SupportedCipherSuite::Tls12(_) => !versions.min_tls13,
+            };
+            version_on && s.usable_for_signature_algorithm(alg)
+        });
+        if !usable {
+            return Err(CredentialError::Settings {
+                reason: format!(
+                    "no cipher suite of cipherSuites can be used with this {alg:?} certificate at the allowed protocol versions"
+                ),
+            });
+        }
         crypto.cipher_suites = options.cipher_suites.clone();
     }
     let crypto = Arc::new(crypto);

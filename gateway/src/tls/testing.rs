@@ -90,6 +90,21 @@ pub(crate) fn handshake(
     client_cert: Option<&Leaf>,
     tls12_only: bool,
 ) -> Result<(), String> {
+    handshake_with_suites(server, ca, client_cert, tls12_only, None)
+}
+
+/// [`handshake`] with the client offering only `suites` (None: rustls' defaults).
+pub(crate) fn handshake_with_suites(
+    server: Arc<rustls::ServerConfig>,
+    ca: &TestCa,
+    client_cert: Option<&Leaf>,
+    tls12_only: bool,
+    suites: Option<Vec<rustls::SupportedCipherSuite>>,
+) -> Result<(), String> {
+    let mut provider = crate::tls::provider();
+    if let Some(suites) = suites {
+        provider.cipher_suites = suites;
+    }
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.cert.der().clone()).expect("root");
     let versions: &[&rustls::SupportedProtocolVersion] = if tls12_only {
@@ -97,7 +112,7 @@ pub(crate) fn handshake(
     } else {
         &[&rustls::version::TLS13, &rustls::version::TLS12]
     };
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(crate::tls::provider()))
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
         .with_protocol_versions(versions)
         .expect("versions")
         .with_root_certificates(roots);
