@@ -85,6 +85,7 @@ Vagrant.configure("2") do |config|
   end
 end
 EOF
-tar -C "$work" -czf "$out.tmp" metadata.json box.img Vagrantfile
+# box.img is compressed qcow2 already: a plain tar (vagrant reads both).
+tar -C "$work" -cf "$out.tmp" metadata.json box.img Vagrantfile
 mv "$out.tmp" "$out"
 step "box ready: $out ($(du -h "$out" | cut -f1))"

@@ -91,6 +91,8 @@ const VAGRANT_PACKAGES: &[&str] = &[
     "vagrant-libvirt",
     "libvirt-daemon",
     "libvirt-daemon-driver-qemu",
+    // Makes the libvirt-qemu user and brings iptables, which libvirt's NAT networks need.
+    "libvirt-daemon-system",
     "libvirt-clients",
     "qemu-system-x86",
     "qemu-block-extra",

@@ -134,7 +134,8 @@ impl Run {
         // in the daemons' own mount namespace cures that without touching the host's.
         let kvm = self.dir.join("kvm");
         let script = format!(
-            "set -e; mknod -m 666 {kvm} c 10 232; mount --bind {kvm} /dev/kvm; \
+            "set -e; mkdir -p /var/log/libvirt /var/lib/libvirt/images /run/libvirt; \
+             mknod -m 666 {kvm} c 10 232; mount --bind {kvm} /dev/kvm; \
              virtlogd -d -p {dir}/virtlogd.pid; libvirtd -d -p {dir}/libvirtd.pid",
             kvm = kvm.display(),
             dir = self.dir.display()
