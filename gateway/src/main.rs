@@ -159,8 +159,8 @@ struct MeshArgs {
     /// serves IPv4 and IPv6.
     #[arg(long, default_value = "[::]:15006")]
     terminator: SocketAddr,
-    /// Interface whose ingress gets the in-kernel STRICT reset (repeatable; add `lo` for local
-    /// clients).
+    /// Interface whose ingress gets the in-kernel STRICT reset (repeatable). Without it, every
+    /// interface that carries an address gets it (loopback included): fail closed by default.
     #[arg(long = "iface", value_name = "NAME")]
     interfaces: Vec<String>,
     /// Do not load the kernel programs (no steering, no in-kernel reset): the terminator then

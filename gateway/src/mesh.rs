@@ -33,7 +33,8 @@ pub struct MeshOptions {
     /// Load the kernel programs (root). Without them the terminator only serves clients that
     /// dial it directly.
     pub kernel: bool,
-    /// Interfaces whose ingress gets the STRICT reset (`lo` too for local clients).
+    /// Interfaces whose ingress gets the STRICT reset; empty means every interface that
+    /// carries an address (loopback included).
     pub interfaces: Vec<String>,
     /// The bpffs pin directory.
     pub pin_dir: PathBuf,
@@ -98,21 +99,36 @@ pub enum MeshError {
 }
 
 /// The kernel settings a mesh config asks for: every workload port with its mode, steered to
-/// the terminator unless DISABLE.
+/// the terminator unless DISABLE. The workload-wide default (key 0) is steered only under
+/// STRICT: steering every port under PERMISSIVE would put server-speaks-first protocols
+/// (SSH) behind a terminator that waits for the client's first bytes.
 pub fn kernel_ports(mesh: &MeshInbound) -> BTreeMap<u16, PortSetting> {
     mesh.modes
         .iter()
         .map(|(&port, &mode)| {
-            (
-                port,
-                PortSetting {
-                    mode,
-                    steer: mode != PeerAuthMode::Disable,
-                },
-            )
+            let steer = match port {
+                crate::config::model::DEFAULT_PORT => mode == PeerAuthMode::Strict,
+                _ => mode != PeerAuthMode::Disable,
+            };
+            (port, PortSetting { mode, steer })
         })
+        .chain(
+            // The proxy's own ports are never the workload's, as in Istio's sidecar: the
+            // workload-wide default must not steer the admin listener to the terminator, nor
+            // the terminator to itself.
+            RESERVED_PORTS
+                .iter()
+                .filter(|port| !mesh.modes.contains_key(port))
+                .map(|&port| (port, PortSetting::NONE)),
+        )
         .collect()
 }
+
+/// Istio's reserved proxy ports (admin, outbound, inbound, HBONE, health, DNS, telemetry):
+/// exceptions to the workload-wide default.
+const RESERVED_PORTS: [u16; 9] = [
+    15000, 15001, 15004, 15006, 15008, 15020, 15021, 15053, 15090,
+];
 
 /// Binds a listener for the mesh side (dual-stack for `[::]`).
 pub fn bind_listener(addr: SocketAddr) -> Result<std::net::TcpListener, MeshError> {

@@ -79,9 +79,13 @@ pub fn compile_mesh(
         workload_entries: vec![local.clone()],
         ..resources.clone()
     };
-    let modes = crate::policy::peer_auth::port_modes(&own, &settings.root_namespace)
+    let mut modes = crate::policy::peer_auth::port_modes(&own, &settings.root_namespace)
         .map_err(|mut e| errors.append(&mut e))
         .ok()?;
+    let default = crate::policy::peer_auth::default_mode(&own, &settings.root_namespace)
+        .map_err(|mut e| errors.append(&mut e))
+        .ok()?;
+    modes.extend(default.map(|mode| (super::model::DEFAULT_PORT, mode)));
     let destinations = destinations(resources, local, settings, errors);
     Some(MeshInbound {
         credential_name: name.to_owned(),
@@ -228,8 +232,8 @@ mod tests {
         assert_eq!(mesh.workload, "default/sleep");
         assert_eq!(
             mesh.modes.keys().copied().collect::<Vec<_>>(),
-            vec![8080],
-            "only this node's ports get modes"
+            vec![super::super::model::DEFAULT_PORT, 8080],
+            "only this node's ports get modes, plus the workload-wide one"
         );
         let dest = &mesh.destinations[&"10.0.0.1:80".parse().expect("addr")];
         assert_eq!(dest.service, "hello.shop.svc.cluster.local");

@@ -181,6 +181,9 @@ impl Routes {
 /// Credentials by `credentialName`, parsed and checked.
 pub type Credentials = BTreeMap<String, Arc<Credential>>;
 
+/// The key of [`MeshInbound::modes`] that holds the mode of every port not listed.
+pub const DEFAULT_PORT: u16 = 0;
+
 /// This node's side of the mesh: its workload, its identity, what steered connections to it
 /// are checked against, and the mesh destinations its clients' connections are upgraded for.
 #[derive(Clone, Debug)]
@@ -194,6 +197,8 @@ pub struct MeshInbound {
     /// AuthorizationPolicies compiled for this workload's namespace and labels.
     pub authz: Arc<crate::policy::authz::Authorizer>,
     /// PeerAuthentication mode of each workload port; the kernel maps get the same table.
+    /// Key [`DEFAULT_PORT`] (0, never a TCP port) holds the workload-wide mode, which every
+    /// port without a key of its own follows (Istio's STRICT covers every inbound port).
     pub modes: BTreeMap<u16, crate::policy::peer_auth::PeerAuthMode>,
     /// This node's WorkloadEntry: `namespace/name`.
     pub workload: String,
@@ -216,10 +221,12 @@ pub struct MeshDestination {
 }
 
 impl MeshInbound {
-    /// A port's mode; ports no workload declares are DISABLE (the mesh leaves them alone).
+    /// A port's mode: its own, else the workload-wide one at [`DEFAULT_PORT`], else DISABLE
+    /// (the mesh leaves the port alone).
     pub fn mode(&self, port: u16) -> crate::policy::peer_auth::PeerAuthMode {
         self.modes
             .get(&port)
+            .or_else(|| self.modes.get(&DEFAULT_PORT))
             .copied()
             .unwrap_or(crate::policy::peer_auth::PeerAuthMode::Disable)
     }

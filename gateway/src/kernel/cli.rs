@@ -15,7 +15,8 @@ use super::capture::{attached_cgroups, install_capture, open_capture, CaptureOpt
 use super::loader::{install, open, status, uninstall, InstallOptions, Origin};
 use super::maps::{KernelMaps, PortSetting};
 use crate::config::load_paths;
-use crate::policy::peer_auth::{port_modes, PeerAuthMode, DEFAULT_ROOT_NAMESPACE};
+use crate::config::model::DEFAULT_PORT;
+use crate::policy::peer_auth::{default_mode, port_modes, PeerAuthMode, DEFAULT_ROOT_NAMESPACE};
 
 /// The kernel path: sk_lookup steering, the STRICT plaintext reset, outbound capture.
 #[derive(Debug, Args)]
@@ -103,14 +104,19 @@ pub struct PinDirArg {
 pub struct AttachArgs {
     #[command(flatten)]
     pub pin: PinDirArg,
-    /// Interface whose ingress gets the STRICT classifier; repeat it (add `lo` for local
-    /// clients).
+    /// Interface whose ingress gets the STRICT classifier; repeatable. Without it, every
+    /// interface that carries an address gets it (loopback included).
     #[arg(long = "iface", value_name = "NAME")]
     pub interfaces: Vec<String>,
     /// Port mode, `PORT=strict|permissive|disable`; repeatable. With `run --config` these
     /// override what the config says.
     #[arg(long = "port", value_name = "PORT=MODE")]
     pub ports: Vec<PortArg>,
+    /// Mode of every port without a `--port` (or config) entry of its own, on the node's
+    /// non-loopback addresses: `strict|permissive|disable`. With `run --config` it overrides
+    /// the workload-wide PeerAuthentication.
+    #[arg(long = "default", value_name = "MODE", value_parser = parse_mode)]
+    pub default_mode: Option<PeerAuthMode>,
     /// Steer the configured ports to the terminator's listener (sk_lookup).
     #[arg(long)]
     pub steer: bool,
@@ -188,12 +194,18 @@ impl FromStr for PortArg {
     }
 }
 
+fn parse_mode(s: &str) -> Result<PeerAuthMode, String> {
+    PeerAuthMode::parse(&s.to_ascii_uppercase())?
+        .ok_or_else(|| format!("`{s}`: UNSET is not a mode here"))
+}
+
 /// Runs a `portcullis kernel` subcommand.
 pub fn run(args: KernelArgs) -> Result<()> {
     match args.command {
         KernelCommand::Attach(a) => {
             let mut maps = attach(&a)?;
-            let desired = from_flags(&a.ports, a.steer);
+            let mut desired = from_flags(&a.ports, a.steer);
+            desired.extend(default_from_flag(&a));
             apply(&mut maps, &desired)?;
             Ok(())
         }
@@ -326,12 +338,28 @@ fn from_flags(ports: &[PortArg], steer: bool) -> BTreeMap<u16, PortSetting> {
         .collect()
 }
 
+/// `--default MODE` as the map's default entry (key 0).
+fn default_from_flag(a: &AttachArgs) -> Option<(u16, PortSetting)> {
+    a.default_mode.map(|mode| {
+        (
+            DEFAULT_PORT,
+            PortSetting {
+                mode,
+                steer: a.steer,
+            },
+        )
+    })
+}
+
 fn apply(maps: &mut KernelMaps, desired: &BTreeMap<u16, PortSetting>) -> Result<()> {
     let changed = maps.sync_ports(desired)?;
     if changed > 0 {
         let list: Vec<String> = desired
             .iter()
-            .map(|(port, s)| format!("{port}={}", s.mode))
+            .map(|(port, s)| match *port {
+                DEFAULT_PORT => format!("default={}", s.mode),
+                port => format!("{port}={}", s.mode),
+            })
             .collect();
         eprintln!("portcullis kernel: port modes now [{}]", list.join(", "));
     }
@@ -352,13 +380,27 @@ fn desired_from_config(r: &RunArgs) -> Result<BTreeMap<u16, PortSetting>> {
             (port, PortSetting { mode, steer })
         })
         .collect();
+    let default = default_mode(&resources, &r.root_namespace).map_err(|errs| {
+        let text: Vec<String> = errs.iter().map(ToString::to_string).collect();
+        anyhow::anyhow!("{}", text.join("\n"))
+    })?;
+    desired.extend(default.map(|mode| {
+        (
+            DEFAULT_PORT,
+            PortSetting {
+                mode,
+                steer: r.attach.steer,
+            },
+        )
+    }));
     desired.extend(from_flags(&r.attach.ports, r.attach.steer));
+    desired.extend(default_from_flag(&r.attach));
     Ok(desired)
 }
 
 fn run_daemon(r: &RunArgs) -> Result<()> {
-    if r.config.is_empty() && r.attach.ports.is_empty() {
-        bail!("`kernel run` needs --config (Istio YAML) or --port PORT=MODE");
+    if r.config.is_empty() && r.attach.ports.is_empty() && r.attach.default_mode.is_none() {
+        bail!("`kernel run` needs --config (Istio YAML), --port PORT=MODE or --default MODE");
     }
     let mut maps = attach(&r.attach)?;
     let poll = Duration::from_millis(r.poll_ms.max(10));
@@ -403,6 +445,11 @@ fn print_status(st: &super::loader::Status) {
         .map(|(name, id)| format!("{name}={id}"))
         .collect();
     println!("programs:  {}", ids.join(" "));
+    println!(
+        "default:   {}{}",
+        st.default.mode,
+        if st.default.steer { ", steered" } else { "" }
+    );
     for (port, s) in &st.ports {
         println!(
             "port {port}: {}{}",
