@@ -187,14 +187,20 @@ impl Run {
             "vagrant up: client and server (software emulation; a few minutes)",
         );
         self.up = true;
-        let up = sh::output(&mut self.vagrant(&["up", "--provider=libvirt"]))?;
-        std::fs::write(self.dir.join("vagrant-up.log"), &up.stdout)?;
+        // Minutes of output: to a file beside the cache (kept), its tail on a failure.
+        let log = crate::target_dir().join("vagrant/vagrant-up.log");
+        println!("         (vagrant's output: {})", log.display());
+        let file = std::fs::File::create(&log)?;
+        let up = sh::output(
+            self.vagrant(&["up", "--provider=libvirt"])
+                .stdout(file.try_clone()?)
+                .stderr(file),
+        )?;
         if !up.status.success() {
             bail!(
-                "vagrant up failed ({}):\n{}\n{}",
+                "vagrant up failed ({}):\n{}",
                 up.status,
-                tail(&String::from_utf8_lossy(&up.stdout), 40),
-                String::from_utf8_lossy(&up.stderr)
+                tail(&std::fs::read_to_string(&log).unwrap_or_default(), 40)
             );
         }
         progress(self.started, "both VMs up and provisioned by node.sh");
