@@ -108,7 +108,17 @@ impl Run {
 
     /// `vagrant ssh VM -c SCRIPT`, printed like the demo's commands.
     fn ssh(&self, vm: &str, script: &str) -> Result<(Option<i32>, String)> {
-        let out = sh::output(&mut self.vagrant(&["ssh", vm, "-c", script]))?;
+        // 255 is ssh's own failure (the emulated VM too slow to answer), not the command's:
+        // try again rather than report it as the step's result.
+        let mut out = sh::output(&mut self.vagrant(&["ssh", vm, "-c", script]))?;
+        for _ in 0..2 {
+            if out.status.code() != Some(255) {
+                break;
+            }
+            println!("  (vagrant ssh {vm}: ssh itself failed; retrying)");
+            std::thread::sleep(Duration::from_secs(5));
+            out = sh::output(&mut self.vagrant(&["ssh", vm, "-c", script]))?;
+        }
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
