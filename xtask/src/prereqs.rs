@@ -71,7 +71,7 @@ const STEPS: &[Step] = &[
         install: install_httpbin,
     },
     Step {
-        name: "PyPI h2 (the raw HTTP/2 client of the path-normalization and routing tests)",
+        name: "PyPI h2, hpack, hyperframe (raw and hostile HTTP/2 clients of the e2e tests)",
         needs_root: true,
         check: missing_h2,
         install: install_h2,
@@ -343,7 +343,10 @@ fn install_httpbin(_: &str) -> Result<()> {
 }
 
 fn missing_h2() -> Result<Option<String>> {
-    Ok((!succeeds(Command::new("python3").args(["-c", "import h2"]))).then(|| "h2".to_owned()))
+    Ok(
+        (!succeeds(Command::new("python3").args(["-c", "import h2, hpack, hyperframe"])))
+            .then(|| "h2".to_owned()),
+    )
 }
 
 fn install_h2(_: &str) -> Result<()> {

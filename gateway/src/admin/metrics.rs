@@ -25,6 +25,7 @@ use rustls::{AlertDescription, CertificateError};
 use crate::config::model::Credentials;
 use crate::policy::authz::{Decision, DenyReason, Verdict};
 use crate::proxy::conn::ConnInfo;
+use crate::proxy::limits::LimitReason;
 
 /// What Istio writes for a label it cannot fill.
 const UNKNOWN: &str = "unknown";
@@ -133,6 +134,11 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    reason: LimitReason,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KernelLabels {
     port: u16,
     /// `steered`, `reset` (plaintext under STRICT), `passed`, `dropped` (not judgeable).
@@ -219,6 +225,8 @@ pub mod flags {
     pub const UPSTREAM_RESET: &str = "UC";
     /// The upstream did not answer within the route timeout (`UT`).
     pub const UPSTREAM_TIMEOUT: &str = "UT";
+    /// The upstream's connection cap was full (Envoy's circuit breaker).
+    pub const UPSTREAM_OVERFLOW: &str = "UO";
     /// The request was malformed or ambiguous and refused before routing (`DPE`).
     pub const DOWNSTREAM_PROTOCOL_ERROR: &str = "DPE";
 }
@@ -320,6 +328,7 @@ pub struct Metrics {
     tls_failures: Family<ReasonLabels, Counter>,
     certificate_expiry: Family<CredentialLabels, Gauge>,
     kernel: Family<KernelLabels, Counter>,
+    limits: Family<LimitLabels, Counter>,
 }
 
 impl fmt::Debug for Metrics {
@@ -343,6 +352,16 @@ impl Metrics {
         let tls_failures = Family::default();
         let certificate_expiry = Family::default();
         let kernel = Family::default();
+        let limits: Family<LimitLabels, Counter> = Family::default();
+        // Every reason from the start, so a scrape shows 0 rather than nothing.
+        for reason in LimitReason::ALL {
+            let _ = limits.get_or_create(&LimitLabels { reason });
+        }
+        registry.register(
+            "portcullis_limits",
+            "Deadlines and caps that fired, by reason (see README: deadlines and caps)",
+            Family::clone(&limits),
+        );
         // Counters get their `_total` suffix from the encoder.
         registry.register(
             "istio_requests",
@@ -425,7 +444,13 @@ impl Metrics {
             tls_failures,
             certificate_expiry,
             kernel,
+            limits,
         }
+    }
+
+    /// Counts one firing of a deadline or cap (see [`LimitReason::fire`]).
+    pub fn record_limit(&self, reason: LimitReason) {
+        self.limits.get_or_create(&LimitLabels { reason }).inc();
     }
 
     /// The workload this process reports as (`destination_workload`).

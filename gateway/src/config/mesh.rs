@@ -59,6 +59,7 @@ pub fn compile_mesh(
         },
         alpn: &[b"h2", b"http/1.1"],
     };
+    let client_checks = options.client_checks.clone();
     let tls = match server_config_with(&cred, &options) {
         Ok(t) => t,
         Err(e) => {
@@ -74,20 +75,12 @@ pub fn compile_mesh(
     let authz = Authorizer::compile(&resources.authorization_policies, &scope)
         .map_err(|ConfigErrors(mut e)| errors.append(&mut e))
         .ok()?;
-    // Port modes are this node's business only: the other WorkloadEntries are destinations.
-    let own = Resources {
-        workload_entries: vec![local.clone()],
-        ..resources.clone()
-    };
-    let mut modes = crate::policy::peer_auth::port_modes(&own, &settings.root_namespace)
+    let modes = workload_port_modes(resources, settings)
         .map_err(|mut e| errors.append(&mut e))
         .ok()?;
-    let default = crate::policy::peer_auth::default_mode(&own, &settings.root_namespace)
-        .map_err(|mut e| errors.append(&mut e))
-        .ok()?;
-    modes.extend(default.map(|mode| (super::model::DEFAULT_PORT, mode)));
     let destinations = destinations(resources, local, settings, errors);
     Some(MeshInbound {
+        client_checks,
         credential_name: name.to_owned(),
         credential: cred,
         tls,
@@ -98,6 +91,32 @@ pub fn compile_mesh(
         workload_namespace: local.namespace().to_owned(),
         destinations,
     })
+}
+
+/// The PeerAuthentication mode of every port of this node's workload: what the kernel maps
+/// hold. `portcullis run --mesh-credential` and `portcullis kernel run` both use this, so the
+/// same YAML gives the same maps. The workload-wide default (STRICT on every port not
+/// named) is the entry at [`super::model::DEFAULT_PORT`].
+pub fn workload_port_modes(
+    resources: &Resources,
+    settings: &Settings,
+) -> Result<BTreeMap<u16, crate::policy::peer_auth::PeerAuthMode>, Vec<ConfigError>> {
+    // Port modes are this node's business only: the other WorkloadEntries are destinations.
+    // Without any WorkloadEntry (`kernel run --config` of policies only) the whole config.
+    let own = if resources.workload_entries.is_empty() {
+        resources.clone()
+    } else {
+        let local = local_workload(resources, settings).map_err(|e| vec![e])?;
+        Resources {
+            workload_entries: vec![local.clone()],
+            ..resources.clone()
+        }
+    };
+    let root = &settings.root_namespace;
+    let mut modes = crate::policy::peer_auth::port_modes(&own, root)?;
+    let default = crate::policy::peer_auth::default_mode(&own, root)?;
+    modes.extend(default.map(|mode| (super::model::DEFAULT_PORT, mode)));
+    Ok(modes)
 }
 
 /// This node's WorkloadEntry: the one `--workload` names, or the only one.

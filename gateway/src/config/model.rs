@@ -73,7 +73,8 @@ pub enum ServerTls {
         credential_name: String,
         config: Arc<rustls::ServerConfig>,
         /// What MUTUAL asks of a client beyond the chain (SANs, pins, CRL), as built into
-        /// `config`; kept to describe the server and to re-check open connections.
+        /// `config`; kept to describe the server and to re-check open connections
+        /// (`crate::tls::verify_client_chain`).
         client_checks: ClientCertChecks,
     },
     /// Route by SNI and forward the bytes untouched.
@@ -194,6 +195,9 @@ pub struct MeshInbound {
     pub credential: Arc<Credential>,
     /// MUTUAL: clients must present a certificate from the mesh CA (`ca.crt`).
     pub tls: Arc<rustls::ServerConfig>,
+    /// What `tls` checks beyond the chain (the mesh's trust domains): kept to re-check open
+    /// connections after a reload.
+    pub client_checks: crate::tls::ClientCertChecks,
     /// AuthorizationPolicies compiled for this workload's namespace and labels.
     pub authz: Arc<crate::policy::authz::Authorizer>,
     /// PeerAuthentication mode of each workload port; the kernel maps get the same table.

@@ -13,7 +13,10 @@ pub(crate) mod testing;
 
 pub use client_auth::ClientCertChecks;
 pub use credential::{Credential, CredentialError};
-pub use server::{server_config, server_config_with, ServerOptions, ServerTlsMode, TlsVersions};
+pub use server::{
+    client_verifier, server_config, server_config_with, verify_client_chain, ServerOptions,
+    ServerTlsMode, TlsVersions,
+};
 
 /// The one crypto provider every configuration uses.
 pub fn provider() -> rustls::crypto::CryptoProvider {

@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{ServerConfig, SupportedCipherSuite};
@@ -68,6 +70,57 @@ pub fn server_config(
     )
 }
 
+/// The MUTUAL client verifier of a credential (its `ca.crt`, its `ca.crl`) and `checks`:
+/// what [`server_config_with`] builds in, and what re-checks an open connection's client
+/// after a reload ([`verify_client_chain`]).
+pub fn client_verifier(
+    cred: &Credential,
+    checks: &ClientCertChecks,
+) -> Result<Arc<dyn ClientCertVerifier>, CredentialError> {
+    let roots = cred
+        .roots
+        .clone()
+        .ok_or(CredentialError::NoCertificate { field: "ca.crt" })?;
+    let mut verifier = WebPkiClientVerifier::builder_with_provider(roots, Arc::new(provider()));
+    let mut checks = checks.clone();
+    if let Some(crl) = &cred.crl {
+        // webpki checks the v2 CRLs it can read; `checks` refuses an unknown status
+        // and reads the v1 CRLs `openssl ca -gencrl` makes by default.
+        verifier = verifier
+            .with_crls(crl.webpki_crls())
+            .only_check_end_entity_revocation()
+            .allow_unknown_revocation_status()
+            .enforce_revocation_expiration();
+        checks.revocation = Some(crl.clone());
+    }
+    let verifier = verifier
+        .build()
+        .map_err(|e| CredentialError::BadTrustAnchor {
+            reason: e.to_string(),
+        })?;
+    Ok(if checks.is_empty() {
+        verifier
+    } else {
+        Arc::new(CheckedClientVerifier::new(verifier, checks))
+    })
+}
+
+/// Whether a client chain (leaf first, as the client presented it) passes `cred` and
+/// `checks` now: an open connection's certificate, re-checked after the server's CA, CRL or
+/// subjectAltNames changed.
+pub fn verify_client_chain(
+    cred: &Credential,
+    checks: &ClientCertChecks,
+    chain: &[CertificateDer<'static>],
+) -> Result<(), String> {
+    let (leaf, intermediates) = chain.split_first().ok_or("no client certificate")?;
+    let verifier = client_verifier(cred, checks).map_err(|e| e.to_string())?;
+    verifier
+        .verify_client_cert(leaf, intermediates, UnixTime::now())
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
 /// Builds a server configuration from a credential and every option of [`ServerOptions`].
 pub fn server_config_with(
     cred: &Credential,
@@ -110,35 +163,7 @@ pub fn server_config_with(
     let builder = match mode {
         ServerTlsMode::Simple => builder.with_no_client_auth(),
         ServerTlsMode::Mutual => {
-            let roots = cred
-                .roots
-                .clone()
-                .ok_or(CredentialError::NoCertificate { field: "ca.crt" })?;
-            let mut verifier =
-                WebPkiClientVerifier::builder_with_provider(roots, Arc::new(provider()));
-            let mut checks = options.client_checks.clone();
-            if let Some(crl) = &cred.crl {
-                // webpki checks the v2 CRLs it can read; `checks` refuses an unknown status
-                // and reads the v1 CRLs `openssl ca -gencrl` makes by default.
-                verifier = verifier
-                    .with_crls(crl.webpki_crls())
-                    .only_check_end_entity_revocation()
-                    .allow_unknown_revocation_status()
-                    .enforce_revocation_expiration();
-                checks.revocation = Some(crl.clone());
-            }
-            let verifier = verifier
-                .build()
-                .map_err(|e| CredentialError::BadTrustAnchor {
-                    reason: e.to_string(),
-                })?;
-            if checks.is_empty() {
-                builder.with_client_cert_verifier(verifier)
-            } else {
-                builder.with_client_cert_verifier(Arc::new(CheckedClientVerifier::new(
-                    verifier, checks,
-                )))
-            }
+            builder.with_client_cert_verifier(client_verifier(cred, &options.client_checks)?)
         }
     };
     let mut config = builder.with_cert_resolver(Arc::new(FixedCert(cred.certified_key.clone())));
