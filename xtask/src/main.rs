@@ -1,6 +1,7 @@
-//! Developer workflows for Portcullis: `cargo xtask build|run|demo|test|bench`.
+//! Developer workflows for Portcullis: `cargo xtask build|run|demo|test|bench|fuzz`.
 
 mod bench;
+mod fuzz;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
@@ -31,7 +32,8 @@ enum Cmd {
         #[arg(long)]
         port_offset: Option<u16>,
     },
-    /// The whole test suite, as CI runs it: fmt, clippy, build, unit and end-to-end tests.
+    /// The whole test suite, as CI runs it: fmt, clippy, build, unit and end-to-end tests,
+    /// then each fuzz target for 60 s.
     Test {
         /// Skip `cargo fmt --check` and clippy.
         #[arg(long)]
@@ -58,6 +60,8 @@ enum Cmd {
     },
     /// Benchmarks against nginx, HAProxy and no proxy, written to BENCHMARKS.md.
     Bench(bench::BenchArgs),
+    /// The cargo-fuzz targets in fuzz/, each for a bounded time on a copy of its corpus.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn workspace() -> PathBuf {
@@ -194,7 +198,8 @@ fn test(no_lint: bool, extra: &[String]) -> Result<()> {
     if !extra.is_empty() {
         cmd.arg("--").args(extra);
     }
-    status(&mut cmd)
+    status(&mut cmd)?;
+    fuzz::in_test(&workspace(), &target_dir())
 }
 
 /// Errors print as one cause chain, not a backtrace: the failing command is the message.
@@ -225,5 +230,6 @@ fn dispatch(cli: Cli) -> Result<()> {
             cargo_test_args,
         } => test(no_lint, &cargo_test_args),
         Cmd::Bench(args) => bench::run(args, &workspace(), &target_dir()),
+        Cmd::Fuzz(args) => fuzz::run(args, &workspace(), &target_dir()),
     }
 }

@@ -59,6 +59,19 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<Resources, ConfigErrors> {
     }
 }
 
+/// Loads one YAML text the way [`load_paths`] loads a file; `file` is only named in errors,
+/// never opened. The YAML fuzzing entry point (`fuzz/fuzz_targets/config.rs`).
+pub fn load_str(file: &Path, text: &str) -> Result<Resources, ConfigErrors> {
+    let mut errors = Vec::new();
+    let mut resources = Resources::default();
+    resources.add_file(file, text, &mut errors);
+    if errors.is_empty() {
+        Ok(resources)
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
 fn yaml_files(path: &Path) -> Result<Vec<PathBuf>, ConfigError> {
     let meta = std::fs::metadata(path)
         .map_err(|e| ConfigError::file(path, format!("cannot read: {e}")))?;
