@@ -339,8 +339,10 @@ fn mesh_clients_are_steered_to_the_terminator_and_plaintext_follows_peer_authent
         daemon.log()
     );
 
-    // Fail closed: back to STRICT, then the daemon dies. The pinned programs keep resetting
-    // plaintext; mTLS clients are no longer steered (the terminator's socket is gone).
+    // Fail closed: back to STRICT, then the daemon dies. The terminator's socket is gone, so
+    // the pinned steering program refuses new connections to the STRICT port (the SYN finds
+    // no socket and is answered with a RST) instead of handing them to the app: no client,
+    // plaintext or not, reaches the app unjudged, and none takes a slot in its accept queue.
     set_mode("STRICT")?;
     wait_for("STRICT in the kernel", Duration::from_secs(5), || {
         Ok(pins
@@ -350,18 +352,25 @@ fn mesh_clients_are_steered_to_the_terminator_and_plaintext_follows_peer_authent
     })?;
     daemon.kill();
     let read_before = app.bytes_read();
+    let accepted_before = app.stats.accepted.load(std::sync::atomic::Ordering::SeqCst);
+    let reset_before = pins.port80("reset")?;
     for family in ["-4", "-6"] {
         let r = curl(&topo.outside, None, family, "/")?;
         ensure!(
-            r.code == Some(56),
-            "plaintext {family} after the daemon died: exit {:?} {:?}",
+            r.code == Some(7),
+            "plaintext {family} after the daemon died is refused: exit {:?} {:?}",
             r.code,
             r.stderr
         );
     }
     ensure!(
-        app.bytes_read() == read_before,
-        "the app read plaintext after the daemon died"
+        app.bytes_read() == read_before
+            && app.stats.accepted.load(std::sync::atomic::Ordering::SeqCst) == accepted_before,
+        "the app accepted or read something after the daemon died"
+    );
+    ensure!(
+        pins.port80("reset")? >= reset_before + 2,
+        "the refusals are counted as resets"
     );
     Ok(())
 }

@@ -16,8 +16,8 @@ pub const MAP_PORTS: &str = "PORTS";
 pub const MAP_COUNTERS: &str = "COUNTERS";
 /// Map: per-CPU, per-port counters, [`PortCounters`] keyed by port (host order `u16`).
 pub const MAP_PORT_COUNTERS: &str = "PORT_COUNTERS";
-/// Map: flows waiting for their first payload, ISN keyed by [`FlowKey`] (LRU).
-pub const MAP_FLOWS: &str = "FLOWS";
+/// Map: node-wide settings, one [`KernelConfig`] at index 0 (array).
+pub const MAP_CONFIG: &str = "CONFIG";
 
 /// Map: mesh destinations whose plaintext connects are captured, a `u8` (always 1) keyed by
 /// [`Endpoint4`] (hash).
@@ -45,10 +45,6 @@ pub const PROG_CAPTURE_SOCKOPS: &str = "capture_sockops";
 
 /// Capacity of [`MAP_PORTS`] and [`MAP_PORT_COUNTERS`].
 pub const MAX_PORTS: u32 = 1024;
-/// Capacity of [`MAP_FLOWS`]: handshakes in flight to STRICT ports. When more SYNs than this
-/// arrive before their first payloads, the oldest entries are evicted and those flows pass
-/// unjudged (documented limit of the per-flow design).
-pub const MAX_PENDING_FLOWS: u32 = 65536;
 
 /// Capacity of [`MAP_MESH_DESTS`].
 pub const MAX_MESH_DESTS: u32 = 4096;
@@ -85,12 +81,14 @@ pub struct PortPolicy {
 pub enum Counter {
     /// Connections delivered to the terminator by the steering program.
     Steered = 0,
-    /// Plaintext first segments answered with a reset under STRICT.
+    /// Plaintext first payloads answered with a reset under STRICT, and connections to a
+    /// steered STRICT port refused while the terminator is down.
     Reset = 1,
     /// First segments judged and let through (TLS handshake, or no longer STRICT).
     Passed = 2,
     /// Segments to a STRICT port dropped because they cannot be judged safely (IPv4 options,
-    /// IPv6 extension headers, fragments, or a failed reset).
+    /// IPv6 extension headers, fragments, in-packet VLAN tags, a SYN carrying data that is not
+    /// a ClientHello, data completing a handshake, or a failed reset).
     Dropped = 3,
 }
 
@@ -112,21 +110,46 @@ pub struct PortCounters {
     pub dropped: u64,
 }
 
-/// A TCP flow as seen on ingress. IPv4 addresses sit in `addr[0]`, the rest zero. Addresses
-/// and ports are in network byte order, exactly as read from the packet.
+/// Node-wide settings. Value of [`MAP_CONFIG`] (index 0); all zero until user space writes it,
+/// which means "no default": only the ports in [`MAP_PORTS`] are judged.
+///
+/// A port with an entry in [`MAP_PORTS`] follows that entry (Istio's `portLevelMtls` and the
+/// named workload ports); every other port of a non-loopback local address follows the
+/// default (the workload-wide PeerAuthentication).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FlowKey {
-    /// Client (source) address.
-    pub saddr: [u32; 4],
-    /// Local (destination) address.
-    pub daddr: [u32; 4],
-    /// Client port, network order.
-    pub sport: u16,
-    /// Local port, network order.
-    pub dport: u16,
-    /// 4 or 6.
-    pub family: u32,
+pub struct KernelConfig {
+    /// The [`mode`] of ports without an entry in [`MAP_PORTS`].
+    pub default_mode: u8,
+    /// Non-zero: new connections to ports without an entry are steered to the terminator.
+    pub default_steer: u8,
+    /// Non-zero when any port (or the default) is STRICT. Packets whose port cannot be known
+    /// (non-first fragments, headers the program does not walk) are dropped while it is set.
+    pub strict_anywhere: u8,
+    /// Explicit padding so both sides agree on every byte.
+    pub _pad: u8,
+    /// The local ephemeral port range (`net.ipv4.ip_local_port_range`), host order. The
+    /// default mode's tc check skips these ports: the node's own outbound connections live
+    /// there, and their replies are not client first payloads. Both zero: no range.
+    pub ephemeral_low: u16,
+    /// Upper end of the ephemeral range, inclusive.
+    pub ephemeral_high: u16,
+}
+
+impl KernelConfig {
+    /// The policy a port without an entry gets.
+    pub const fn default_policy(&self) -> PortPolicy {
+        PortPolicy {
+            mode: self.default_mode,
+            steer: self.default_steer,
+            _pad: [0; 2],
+        }
+    }
+
+    /// Whether `port` (host order) is in the ephemeral range.
+    pub const fn is_ephemeral(&self, port: u16) -> bool {
+        self.ephemeral_low != 0 && port >= self.ephemeral_low && port <= self.ephemeral_high
+    }
 }
 
 /// An IPv4 address and TCP port, both in network byte order (as `bpf_sock_addr` holds them):
@@ -192,7 +215,7 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::PortCounters {}
     // SAFETY: as above.
-    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::KernelConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Endpoint4 {}
     // SAFETY: as above.

@@ -5,31 +5,52 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
 };
-use gateway_common::{Counter, PortCounters, PortPolicy, COUNTER_SLOTS, MAX_PORTS};
+use gateway_common::{Counter, KernelConfig, PortCounters, PortPolicy, COUNTER_SLOTS, MAX_PORTS};
 
-/// Policy per local port (host byte order). Written by user space at runtime; a port with no
-/// entry is not ours and both programs leave it alone.
+/// Policy per local port (host byte order): the exceptions to the default in [`CONFIG`].
+/// Written by user space at runtime.
 #[map]
 pub static PORTS: HashMap<u16, PortPolicy> = HashMap::with_max_entries(MAX_PORTS, 0);
+
+/// Node-wide settings at index 0: the default mode of ports without an entry in [`PORTS`].
+#[map]
+pub static CONFIG: Array<KernelConfig> = Array::with_max_entries(1, 0);
 
 /// Totals per CPU, indexed by [`Counter`].
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
 
 /// Per-port counters per CPU. User space creates the entry with the port's policy, so the hot
-/// path only looks up and increments (no map update from the kernel side).
+/// path only looks up and increments (no map update from the kernel side). Ports that follow
+/// the default have no row: only the totals count them.
 #[map]
 pub static PORT_COUNTERS: PerCpuHashMap<u16, PortCounters> =
     PerCpuHashMap::with_max_entries(MAX_PORTS, 0);
 
-/// The policy of `port` (host order), if user space configured it.
+/// The node-wide settings; all zero (no default, nothing STRICT) until user space writes them.
 #[inline(always)]
-pub fn port_policy(port: u16) -> Option<PortPolicy> {
+pub fn config() -> KernelConfig {
+    CONFIG.get(0).copied().unwrap_or_default()
+}
+
+/// The policy of `port` (host order): its own entry, else the default.
+#[inline(always)]
+pub fn port_policy(port: u16, config: &KernelConfig) -> PortPolicy {
     // SAFETY: the value is plain data copied out at once; a concurrent update can at worst give
     // the old or the new policy.
-    unsafe { PORTS.get(port) }.copied()
+    match unsafe { PORTS.get(port) } {
+        Some(policy) => *policy,
+        None => config.default_policy(),
+    }
+}
+
+/// Whether `port` has an entry of its own (as opposed to following the default).
+#[inline(always)]
+pub fn has_entry(port: u16) -> bool {
+    // SAFETY: only the presence is used.
+    unsafe { PORTS.get(port) }.is_some()
 }
 
 /// Adds one to `counter`, in the totals and in `port`'s row.

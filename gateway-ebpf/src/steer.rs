@@ -5,19 +5,28 @@
 //! terminator's socket from the `TERMINATOR` SockMap; the terminator then reads the original
 //! destination from the accepted socket's local address. Loopback destinations are never
 //! steered: that is how the terminator reaches the local app on the same port without being
-//! steered back to itself. If the slot is empty (terminator not running) the normal lookup
-//! proceeds.
+//! steered back to itself.
+//!
+//! Ports without an entry in `PORTS` follow the default in `CONFIG`, so under a workload-wide
+//! STRICT every port of the workload's addresses is steered, named or not.
+//!
+//! If the slot is empty (terminator not running, e.g. the daemon was killed), a STRICT port
+//! refuses the connection (`SK_DROP`: the lookup finds no socket and TCP answers the SYN with
+//! a RST) instead of falling back to the app: with nobody to terminate mutual TLS, no client
+//! can be served correctly, and the app never holds a connection nobody judged — a plaintext
+//! flood then costs the app nothing, not even a slot in its accept queue. Other modes fall
+//! back to the normal lookup.
 
 use aya_ebpf::{
-    bindings::sk_action::SK_PASS,
+    bindings::sk_action::{SK_DROP, SK_PASS},
     macros::{map, sk_lookup},
     maps::SockMap,
     programs::SkLookupContext,
 };
 use aya_log_ebpf::debug;
-use gateway_common::{Counter, TERMINATOR_SOCKET_INDEX};
+use gateway_common::{mode, Counter, TERMINATOR_SOCKET_INDEX};
 
-use crate::maps::{bump, port_policy};
+use crate::maps::{bump, config, port_policy};
 
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
@@ -48,17 +57,26 @@ pub fn steer(ctx: SkLookupContext) -> u32 {
     }
     // local_port is in host byte order in this context.
     let port = lookup.local_port as u16;
-    match port_policy(port) {
-        Some(policy) if policy.steer != 0 => {}
-        _ => return SK_PASS,
+    let policy = port_policy(port, &config());
+    if policy.steer == 0 {
+        return SK_PASS;
     }
     match TERMINATOR.redirect_sk_lookup(&ctx, TERMINATOR_SOCKET_INDEX, 0) {
         Ok(()) => {
             bump(Counter::Steered, port);
             debug!(&ctx, "steer: port {} to the terminator", port);
+            SK_PASS
         }
-        // Empty slot (terminator down) or a family mismatch: fall back to the normal lookup.
-        Err(err) => debug!(&ctx, "steer: port {} not steered: {}", port, err),
+        // Empty slot (terminator down) or a family mismatch: STRICT refuses, the others
+        // fall back to the normal lookup.
+        Err(err) if policy.mode == mode::STRICT => {
+            bump(Counter::Reset, port);
+            debug!(&ctx, "steer: port {} refused, no terminator: {}", port, err);
+            SK_DROP
+        }
+        Err(err) => {
+            debug!(&ctx, "steer: port {} not steered: {}", port, err);
+            SK_PASS
+        }
     }
-    SK_PASS
 }

@@ -1,76 +1,160 @@
-//! tc ingress classifier: under STRICT, a connection whose first client payload is not a TLS
-//! handshake record is reset in the kernel, before any process reads a byte.
+//! tc ingress classifier: under STRICT, a connection whose first client payload is not the
+//! start of a TLS ClientHello is reset in the kernel, before any process reads a byte.
 //!
-//! # Which segment is judged
-//! A SYN to a STRICT port records the client's ISN in the `FLOWS` LRU, keyed by the 4-tuple.
-//! Only a segment whose sequence number is ISN+1 and that carries payload is judged; every
-//! other segment costs one failed (or unused) map lookup. Later segments of a TLS flow start
-//! with `14`/`17` or continue a record, so judging them would be wrong. The entry stays after
-//! a TLS first payload passes, so a retransmission of that first segment — or a forged one at
-//! the same sequence number after a corrupt "TLS-looking" decoy the socket discarded — is judged
-//! the same way; it is deleted when the flow is reset, or on the client's FIN/RST, and the LRU
-//! bounds the rest. Flows with no entry (established before the program, or evicted) pass.
+//! # What is judged: the bytes the socket will receive first
+//! The program keeps no per-flow state of its own. For every segment with payload to a STRICT
+//! port it asks the kernel which socket the segment will be delivered to
+//! (`bpf_skc_lookup_tcp`, the same lookup TCP itself does next) and reads that socket's
+//! `bytes_received` and `rcv_nxt` (`bpf_tcp_sock`):
+//! - `bytes_received != 0`: the socket already took its first payload (judged then, or older
+//!   than STRICT on this port): nothing to judge.
+//! - `bytes_received == 0`: the next in-order byte is `rcv_nxt`. A segment with
+//!   `seq <= rcv_nxt < seq + len` delivers it, wherever the segment starts: Linux trims the
+//!   part before `rcv_nxt` (a first segment that starts one byte early, at the ISN, is cut to
+//!   ISN+1), so the check reads the payload from offset `rcv_nxt - seq`. A segment wholly
+//!   after `rcv_nxt` waits in the out-of-order queue and reaches the app only behind the
+//!   segment that fills the gap, which covers `rcv_nxt` and is judged itself. A segment wholly
+//!   before it is a duplicate Linux drops.
+//!
+//! Because the state is the socket's, a packet can only change it by being accepted by TCP:
+//! a RST, a zero-length FIN or a SYN with another ISN that Linux ignores as out of window
+//! leaves `rcv_nxt` alone, and a packet with a bad checksum or a failed PAWS check is dropped
+//! after this program without touching the socket. Nothing can evict the state, and a flow
+//! that was established before the program was attached is judged like any other as long as
+//! it has not received a payload byte. Two segments racing on different CPUs are each judged
+//! against the same `rcv_nxt`; whichever TCP takes first was judged.
+//!
+//! Other sockets the lookup can find:
+//! - a listener, or nothing: the data can only open a connection through a SYN cookie, whose
+//!   ACK must carry `seq` = ISN+1, so the payload is judged from its first byte (with nothing
+//!   found, TCP answers with its own RST anyway);
+//! - a request socket (handshake not complete yet): its `rcv_nxt` is not readable from here, so
+//!   data on the ACK that would complete the handshake is dropped. Clients that piggyback data
+//!   on that ACK retransmit it, and the retransmission meets the established socket;
+//! - a TIME_WAIT socket: data is answered with an ACK or RST, never delivered: left alone.
+//!
+//! # What passes: a ClientHello, not three bytes
+//! The bytes from `rcv_nxt` must hold, in this segment, a TLS record header (type 22, version
+//! 3.1–3.3, a length a ClientHello can have and TLS allows), a handshake header of type
+//! ClientHello whose length agrees with the record's (equal, or larger for a record of the
+//! maximum size that a split hello fills), and a `legacy_version` of 3.1–3.3: 11 bytes. A
+//! first segment shorter than that is reset: TLS stacks write the whole hello at once. This is
+//! a check of the first 11 bytes, not a TLS parser: a client that sends exactly such a header
+//! and then anything it likes gets that far, which is why STRICT ports are also steered to
+//! the terminator (see `steer`), so that with the daemon up the app only ever talks to it.
+//!
+//! SYN payload (TCP Fast Open) never marks anything: a SYN to a STRICT port whose data is not
+//! a ClientHello is dropped, and one whose data is passes without leaving any state; its
+//! handshake's first in-order payload is still judged against the socket.
+//!
+//! # Every shape the kernel accepts is judged or dropped
+//! - TCP fragments (IPv4 with MF or an offset, IPv6 with a Fragment header anywhere in the
+//!   chain) are dropped, first and later ones, whenever anything is STRICT: a later fragment
+//!   has no TCP header, so its port is unknowable, and real TCP does not fragment (DF, PMTU).
+//! - IPv6 extension headers are walked (hop-by-hop, routing, destination options, AH, up to
+//!   [`MAX_EXT_HEADERS`]); a chain that ends in TCP to a STRICT port is dropped, one that ends
+//!   in another protocol passes, one longer than the walk is dropped when anything is STRICT.
+//! - IPv4 with options, to a STRICT port: dropped (the reset path assumes a bare header).
+//! - VLAN tags still in the packet (the kernel strips the outer tag before tc, the inner of a
+//!   QinQ or a priority tag stays, and a VID 0 inner tag is stripped later and delivered
+//!   without another tc pass): up to [`MAX_VLAN_TAGS`] are walked and the packet judged like
+//!   any other, except that a STRICT verdict drops instead of resetting; deeper stacks are
+//!   dropped when anything is STRICT.
+//! - GRO/GSO and BIG TCP super-packets: the payload length comes from the IP header, or from
+//!   the skb when a BIG TCP packet carries 0 there; the judged bytes are the first ones of the
+//!   aggregate, which are the first the socket receives.
+//!
+//! # Which ports are STRICT
+//! A port with its own entry in `PORTS` follows it (`portLevelMtls`, the named ports); any
+//! other port follows the default in `CONFIG` (the workload-wide PeerAuthentication). The
+//! default leaves alone the node's ephemeral port range, where replies to the node's own
+//! outbound connections arrive (their first payload is a server's, not a client's), and
+//! loopback destinations: the terminator's hop to the app is loopback, and Linux drops
+//! loopback destinations arriving on other devices. Those ports are still covered by steering.
 //!
 //! # How the reset works
-//! A judged payload whose first bytes are not `16 03 01..04` is turned into two resets, both
-//! from this one skb:
+//! A judged payload that is not a ClientHello turns into two resets, both from this one skb:
 //! 1. The segment is rewritten into an RST|ACK to the client: MACs, addresses and ports
 //!    swapped, `seq` = the segment's `ack_seq`, `ack` = its `seq` + payload length (+1 for FIN),
 //!    a bare 20-byte TCP header (no options, so no PAWS check on the client), payload cut off
 //!    with `bpf_skb_change_tail`, IP and TCP checksums computed in full here. It is sent with
 //!    `bpf_clone_redirect` to the egress of the device it arrived on, i.e. back to the client.
 //!    The helper un-shares the original before sending the clone, so step 2 may edit it.
-//! 2. The same skb is rewritten into a bare RST in the original direction (`seq` = the
-//!    segment's `seq`, which is exactly the socket's `rcv_nxt`) and returned with
-//!    `TC_ACT_OK`, so the local socket is torn down at once and the app's read sees
-//!    ECONNRESET instead of data. Dropping (`TC_ACT_SHOT`) would leave it ESTABLISHED.
+//! 2. The same skb is rewritten into a bare RST in the original direction with `seq` = the
+//!    socket's `rcv_nxt` (the only sequence number Linux accepts a RST at, RFC 5961) and
+//!    returned with `TC_ACT_OK`, so the local socket is torn down at once and the app's read
+//!    sees ECONNRESET instead of data. Dropping (`TC_ACT_SHOT`) would leave it ESTABLISHED.
 //!
-//! The client sees `Connection reset by peer` on its first read. Headers are built on the stack
-//! and written back with `bpf_skb_store_bytes`, so no packet pointer needs re-checking after
-//! `change_tail`.
-//!
-//! # What is not judged but dropped
-//! On a STRICT port, IPv4 with options, IPv6 with extension headers and first fragments are
-//! dropped (counted as `Dropped`): they could hide the first payload from the parser, and real
-//! mesh clients do not send them. Non-first fragments carry no port and cannot be reassembled
-//! without the dropped first one. A first payload shorter than 3 bytes is treated as plaintext:
-//! TLS stacks write the whole record header at once.
+//! # Limits
+//! A forged segment that covers `rcv_nxt` of a connection that has not sent its first payload
+//! resets it: that needs the 4-tuple and an in-window guess, like a blind RST (RFC 5961).
+//! Bytes after the first 11 are not judged here (see above). Traffic that reaches the socket
+//! without passing an interface this program is attached to (a tunnel device, a VRF) is not
+//! judged by it; steering covers those.
 
 use aya_ebpf::cty::c_long;
 use aya_ebpf::{
     bindings::{
-        BPF_F_INVALIDATE_HASH, BPF_F_RECOMPUTE_CSUM, TC_ACT_OK, TC_ACT_SHOT, TC_ACT_UNSPEC,
+        bpf_sock_tuple, BPF_F_INVALIDATE_HASH, BPF_F_RECOMPUTE_CSUM, TC_ACT_OK, TC_ACT_SHOT,
+        TC_ACT_UNSPEC,
     },
-    helpers::bpf_skb_change_tail,
-    macros::{classifier, map},
-    maps::LruHashMap,
+    helpers::{bpf_sk_release, bpf_skb_change_tail, bpf_skc_lookup_tcp, bpf_tcp_sock},
+    macros::classifier,
     programs::TcContext,
 };
 use aya_log_ebpf::debug;
-use gateway_common::{mode, Counter, FlowKey, MAX_PENDING_FLOWS};
+use gateway_common::{mode, Counter, KernelConfig};
 
-use crate::maps::{bump, port_policy};
+use crate::maps::{bump, config, has_entry, port_policy};
 
 const ETH_LEN: usize = 14;
+const VLAN_LEN: usize = 4;
 const IPV4_LEN: usize = 20;
 const IPV6_LEN: usize = 40;
 const TCP_LEN: usize = 20;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+const ETH_P_QINQ: u16 = 0x9100;
 const IPPROTO_TCP: u8 = 6;
 const IPV4_MF_OFFSET: u16 = 0x3fff;
 const IPV4_DF: u16 = 0x4000;
+
+/// VLAN tags walked inside the packet (beyond the one the kernel strips before tc).
+pub const MAX_VLAN_TAGS: usize = 2;
+/// IPv6 extension headers walked before giving up (and dropping, when anything is STRICT).
+pub const MAX_EXT_HEADERS: usize = 8;
+
+const NEXTHDR_HOP: u8 = 0;
+const NEXTHDR_ROUTING: u8 = 43;
+const NEXTHDR_FRAGMENT: u8 = 44;
+const NEXTHDR_AUTH: u8 = 51;
+const NEXTHDR_DEST: u8 = 60;
 
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
 
-const STORE_FLAGS: u64 = (BPF_F_RECOMPUTE_CSUM | BPF_F_INVALIDATE_HASH) as u64;
+/// Socket states (include/net/tcp_states.h).
+const TCP_TIME_WAIT: u32 = 6;
+const TCP_LISTEN: u32 = 10;
+const TCP_NEW_SYN_RECV: u32 = 12;
 
-/// ISN (host order) of flows to STRICT ports whose first payload is still to be judged.
-#[map]
-static FLOWS: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(MAX_PENDING_FLOWS, 0);
+/// `BPF_F_CURRENT_NETNS`: look the socket up in the skb's network namespace.
+const CURRENT_NETNS: u64 = u64::MAX;
+
+/// Bytes of a ClientHello's start the check needs: record header, handshake header,
+/// legacy_version.
+const HELLO_PREFIX: u32 = 11;
+/// The smallest ClientHello record: handshake header (4), version (2), random (32),
+/// session id length (1), one cipher suite with its length (4), compression (2).
+const MIN_HELLO_RECORD: u32 = 45;
+/// TLS's largest plaintext record (RFC 8446 §5.1).
+const MAX_RECORD: u32 = 16384;
+
+const STORE_FLAGS: u64 = (BPF_F_RECOMPUTE_CSUM | BPF_F_INVALIDATE_HASH) as u64;
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -144,19 +228,26 @@ struct PseudoV6 {
 enum Verdict {
     /// Not ours, or judged fine: let later classifiers and the stack see it unchanged.
     Pass,
-    /// Cannot be judged safely on a STRICT port.
+    /// Cannot be judged safely on a STRICT port, or must not reach the socket.
     Drop,
     /// Rewritten into the local RST: deliver it.
     Reset,
 }
 
-/// The parts of a TCP segment the decision needs; addresses as read (network order).
+/// Where the layer-3 header starts, and whether VLAN tags sit in front of it in the packet.
+#[derive(Clone, Copy)]
+struct L3 {
+    off: usize,
+    tagged: bool,
+}
+
+/// The parts of a TCP segment the decision needs.
 struct Segment {
-    key: FlowKey,
+    /// Local port, host order.
     port: u16,
+    tcp: TcpHdr,
     payload_off: usize,
     payload_len: u32,
-    tcp: TcpHdr,
 }
 
 #[classifier]
@@ -172,220 +263,370 @@ fn classify(ctx: &TcContext) -> Verdict {
     let Ok(eth) = ctx.load::<EthHdr>(0) else {
         return Verdict::Pass;
     };
-    match u16::from_be(eth.proto) {
-        ETH_P_IP => classify_v4(ctx, &eth),
-        ETH_P_IPV6 => classify_v6(ctx, &eth),
+    let cfg = config();
+    let mut proto = u16::from_be(eth.proto);
+    let mut l3 = L3 {
+        off: ETH_LEN,
+        tagged: false,
+    };
+    for _ in 0..MAX_VLAN_TAGS {
+        if !is_vlan(proto) {
+            break;
+        }
+        let Ok(tag) = ctx.load::<[u8; 4]>(l3.off) else {
+            return Verdict::Pass;
+        };
+        proto = u16::from_be_bytes([tag[2], tag[3]]);
+        l3.off += VLAN_LEN;
+        l3.tagged = true;
+    }
+    if is_vlan(proto) {
+        return unknowable(&cfg);
+    }
+    match proto {
+        ETH_P_IP => classify_v4(ctx, &eth, l3, &cfg),
+        ETH_P_IPV6 => classify_v6(ctx, &eth, l3, &cfg),
         _ => Verdict::Pass,
     }
 }
 
-fn classify_v4(ctx: &TcContext, eth: &EthHdr) -> Verdict {
-    let Ok(ip) = ctx.load::<Ipv4Hdr>(ETH_LEN) else {
+fn is_vlan(proto: u16) -> bool {
+    matches!(proto, ETH_P_8021Q | ETH_P_8021AD | ETH_P_QINQ)
+}
+
+/// A TCP packet whose port cannot be known: dropped while anything is STRICT.
+fn unknowable(cfg: &KernelConfig) -> Verdict {
+    if cfg.strict_anywhere != 0 {
+        bump(Counter::Dropped, 0);
+        return Verdict::Drop;
+    }
+    Verdict::Pass
+}
+
+/// Whether the port is STRICT: by its own entry, or by the default (see the module docs for
+/// why the default skips the ephemeral range).
+fn is_strict(port: u16, cfg: &KernelConfig) -> bool {
+    if port_policy(port, cfg).mode != mode::STRICT {
+        return false;
+    }
+    has_entry(port) || !cfg.is_ephemeral(port)
+}
+
+/// The length of the IP payload the stack will use: the header's, else (BIG TCP puts 0
+/// there) what the skb holds; never more than the skb holds.
+fn ip_payload_len(header_len: usize, skb_after_ip: usize) -> usize {
+    if header_len == 0 || header_len > skb_after_ip {
+        skb_after_ip
+    } else {
+        header_len
+    }
+}
+
+fn classify_v4(ctx: &TcContext, eth: &EthHdr, l3: L3, cfg: &KernelConfig) -> Verdict {
+    let Ok(ip) = ctx.load::<Ipv4Hdr>(l3.off) else {
         return Verdict::Pass;
     };
     if ip.proto != IPPROTO_TCP {
         return Verdict::Pass;
     }
-    let frag = u16::from_be(ip.frag_off) & IPV4_MF_OFFSET;
-    if frag & 0x1fff != 0 {
-        // Non-first fragment: no TCP header to read; useless without the first fragment.
-        return Verdict::Pass;
+    if u16::from_be(ip.frag_off) & IPV4_MF_OFFSET != 0 {
+        // First or later fragment: a later one carries no port; neither is real TCP.
+        return unknowable(cfg);
     }
     let ihl = ((ip.version_ihl & 0x0f) as usize) * 4;
-    if ihl < IPV4_LEN || ihl > 60 {
+    if ihl < IPV4_LEN {
+        // The stack drops it.
         return Verdict::Pass;
     }
-    let Ok(tcp) = ctx.load::<TcpHdr>(ETH_LEN + ihl) else {
+    let Ok(tcp) = ctx.load::<TcpHdr>(l3.off + ihl) else {
         return Verdict::Pass;
     };
-    let port = u16::from_be(tcp.dport);
-    if !is_strict(port) {
+    // Loopback: the terminator's hop to the app; the stack drops it on any other device.
+    if ip.daddr.to_ne_bytes()[0] == 127 {
         return Verdict::Pass;
     }
-    if ihl != IPV4_LEN || frag != 0 {
+    let port = u16::from_be(tcp.dport);
+    if !is_strict(port, cfg) {
+        return Verdict::Pass;
+    }
+    if ihl != IPV4_LEN {
         bump(Counter::Dropped, port);
         return Verdict::Drop;
     }
     let doff = ((tcp.doff_reserved >> 4) as usize) * 4;
-    let ip_len = u16::from_be(ip.tot_len) as usize;
-    if doff < TCP_LEN || ip_len < IPV4_LEN + doff {
+    let skb_len = ctx.len() as usize;
+    if doff < TCP_LEN || skb_len < l3.off + IPV4_LEN + doff {
         return Verdict::Pass;
     }
-    let mut key = FlowKey {
-        family: 4,
-        sport: tcp.sport,
-        dport: tcp.dport,
-        ..FlowKey::default()
-    };
-    key.saddr[0] = ip.saddr;
-    key.daddr[0] = ip.daddr;
+    let ip_len = ip_payload_len(u16::from_be(ip.tot_len) as usize, skb_len - l3.off);
+    if ip_len < IPV4_LEN + doff {
+        return Verdict::Pass;
+    }
     let seg = Segment {
-        key,
         port,
-        payload_off: ETH_LEN + IPV4_LEN + doff,
-        payload_len: (ip_len - IPV4_LEN - doff) as u32,
         tcp,
+        payload_off: l3.off + IPV4_LEN + doff,
+        payload_len: (ip_len - IPV4_LEN - doff) as u32,
     };
-    match judge(ctx, &seg) {
+    // SAFETY: bpf_sock_tuple is plain integers; all-zero is a valid value.
+    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+    // SAFETY: writing the ipv4 variant of a plain-data union.
+    unsafe {
+        let t = &mut tuple.__bindgen_anon_1.ipv4;
+        t.saddr = ip.saddr;
+        t.daddr = ip.daddr;
+        t.sport = tcp.sport;
+        t.dport = tcp.dport;
+    }
+    let tuple_len = core::mem::size_of::<u32>() * 2 + core::mem::size_of::<u16>() * 2;
+    match judge(ctx, &seg, &mut tuple, tuple_len as u32) {
         Judgement::Let => Verdict::Pass,
-        Judgement::Refuse => Verdict::Drop,
-        Judgement::Plaintext => reset_v4(ctx, eth, &ip, &seg),
+        Judgement::Refuse => {
+            bump(Counter::Dropped, port);
+            Verdict::Drop
+        }
+        Judgement::Plaintext { .. } if l3.tagged => {
+            bump(Counter::Dropped, port);
+            Verdict::Drop
+        }
+        Judgement::Plaintext { local_seq } => reset_v4(ctx, eth, &ip, &seg, local_seq),
     }
 }
 
-fn classify_v6(ctx: &TcContext, eth: &EthHdr) -> Verdict {
-    let Ok(ip) = ctx.load::<Ipv6Hdr>(ETH_LEN) else {
+fn classify_v6(ctx: &TcContext, eth: &EthHdr, l3: L3, cfg: &KernelConfig) -> Verdict {
+    let Ok(ip) = ctx.load::<Ipv6Hdr>(l3.off) else {
         return Verdict::Pass;
     };
     if ip.next_header != IPPROTO_TCP {
-        if is_extension_header(ip.next_header) && strict_port_behind_extensions(ctx, ip.next_header)
-        {
-            return Verdict::Drop;
-        }
-        return Verdict::Pass;
+        return classify_v6_chain(ctx, &ip, l3, cfg);
     }
-    let Ok(tcp) = ctx.load::<TcpHdr>(ETH_LEN + IPV6_LEN) else {
+    let Ok(tcp) = ctx.load::<TcpHdr>(l3.off + IPV6_LEN) else {
         return Verdict::Pass;
     };
+    if is_loopback_v6(&ip.daddr) {
+        return Verdict::Pass;
+    }
     let port = u16::from_be(tcp.dport);
-    if !is_strict(port) {
+    if !is_strict(port, cfg) {
         return Verdict::Pass;
     }
     let doff = ((tcp.doff_reserved >> 4) as usize) * 4;
-    let ip_payload = u16::from_be(ip.payload_len) as usize;
-    if doff < TCP_LEN || ip_payload < doff {
+    let skb_len = ctx.len() as usize;
+    if doff < TCP_LEN || skb_len < l3.off + IPV6_LEN + doff {
+        return Verdict::Pass;
+    }
+    let ip_payload = ip_payload_len(
+        u16::from_be(ip.payload_len) as usize,
+        skb_len - l3.off - IPV6_LEN,
+    );
+    if ip_payload < doff {
         return Verdict::Pass;
     }
     let seg = Segment {
-        key: FlowKey {
-            saddr: ip.saddr,
-            daddr: ip.daddr,
-            sport: tcp.sport,
-            dport: tcp.dport,
-            family: 6,
-        },
         port,
-        payload_off: ETH_LEN + IPV6_LEN + doff,
-        payload_len: (ip_payload - doff) as u32,
         tcp,
+        payload_off: l3.off + IPV6_LEN + doff,
+        payload_len: (ip_payload - doff) as u32,
     };
-    match judge(ctx, &seg) {
+    // SAFETY: bpf_sock_tuple is plain integers; all-zero is a valid value.
+    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+    // SAFETY: writing the ipv6 variant of a plain-data union.
+    unsafe {
+        let t = &mut tuple.__bindgen_anon_1.ipv6;
+        t.saddr = ip.saddr;
+        t.daddr = ip.daddr;
+        t.sport = tcp.sport;
+        t.dport = tcp.dport;
+    }
+    let tuple_len = core::mem::size_of::<u32>() * 8 + core::mem::size_of::<u16>() * 2;
+    match judge(ctx, &seg, &mut tuple, tuple_len as u32) {
         Judgement::Let => Verdict::Pass,
-        Judgement::Refuse => Verdict::Drop,
-        Judgement::Plaintext => reset_v6(ctx, eth, &ip, &seg),
+        Judgement::Refuse => {
+            bump(Counter::Dropped, port);
+            Verdict::Drop
+        }
+        Judgement::Plaintext { .. } if l3.tagged => {
+            bump(Counter::Dropped, port);
+            Verdict::Drop
+        }
+        Judgement::Plaintext { local_seq } => reset_v6(ctx, eth, &ip, &seg, local_seq),
     }
 }
 
-fn is_extension_header(next: u8) -> bool {
-    // Hop-by-hop, routing, fragment, destination options.
-    matches!(next, 0 | 43 | 44 | 60)
+fn is_loopback_v6(addr: &[u32; 4]) -> bool {
+    addr[0] == 0 && addr[1] == 0 && addr[2] == 0 && u32::from_be(addr[3]) == 1
 }
 
-/// Walks up to four IPv6 extension headers; true (and counted) when a TCP header to a STRICT
-/// port sits behind them, or when a fragment header hides what follows.
-fn strict_port_behind_extensions(ctx: &TcContext, first: u8) -> bool {
-    let mut next = first;
-    let mut off = ETH_LEN + IPV6_LEN;
-    for _ in 0..4 {
-        if next == 44 {
-            // A fragment: the port may not even be in this packet. Judge only what we can see.
-            let Ok(hdr) = ctx.load::<[u8; 8]>(off) else {
-                return false;
-            };
-            let offset = u16::from_be_bytes([hdr[2], hdr[3]]) & 0xfff8;
-            if offset != 0 || hdr[0] != IPPROTO_TCP {
-                return false;
+/// An IPv6 packet with extension headers: walks the chain as the stack would and drops it
+/// when it leads to TCP on a STRICT port, or when it cannot be followed to its end.
+fn classify_v6_chain(ctx: &TcContext, ip: &Ipv6Hdr, l3: L3, cfg: &KernelConfig) -> Verdict {
+    let mut next = ip.next_header;
+    let mut off = l3.off + IPV6_LEN;
+    for _ in 0..MAX_EXT_HEADERS {
+        match next {
+            NEXTHDR_FRAGMENT => return unknowable(cfg),
+            NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_AUTH => {
+                let Ok(hdr) = ctx.load::<[u8; 2]>(off) else {
+                    return unknowable(cfg);
+                };
+                let len = if next == NEXTHDR_AUTH {
+                    (hdr[1] as usize + 2) * 4
+                } else {
+                    (hdr[1] as usize + 1) * 8
+                };
+                next = hdr[0];
+                off += len;
             }
-            next = hdr[0];
-            off += 8;
-            break;
+            IPPROTO_TCP => {
+                if is_loopback_v6(&ip.daddr) {
+                    return Verdict::Pass;
+                }
+                let Ok(tcp) = ctx.load::<TcpHdr>(off) else {
+                    return unknowable(cfg);
+                };
+                let port = u16::from_be(tcp.dport);
+                if is_strict(port, cfg) {
+                    bump(Counter::Dropped, port);
+                    return Verdict::Drop;
+                }
+                return Verdict::Pass;
+            }
+            // Another upper layer (UDP, ICMPv6, no next header…): not TCP.
+            _ => return Verdict::Pass,
         }
-        if !is_extension_header(next) {
-            break;
-        }
-        let Ok(hdr) = ctx.load::<[u8; 2]>(off) else {
-            return false;
-        };
-        next = hdr[0];
-        off += (hdr[1] as usize + 1) * 8;
     }
-    if next != IPPROTO_TCP {
-        return false;
-    }
-    let Ok(tcp) = ctx.load::<TcpHdr>(off) else {
-        return false;
-    };
-    let port = u16::from_be(tcp.dport);
-    if is_strict(port) {
-        bump(Counter::Dropped, port);
-        return true;
-    }
-    false
-}
-
-fn is_strict(port: u16) -> bool {
-    matches!(port_policy(port), Some(p) if p.mode == mode::STRICT)
+    unknowable(cfg)
 }
 
 enum Judgement {
-    /// Not the first payload, or a TLS handshake.
+    /// Not a first payload, or the start of a ClientHello.
     Let,
-    /// Must not reach the socket, but is not a plaintext first payload (data on a SYN).
+    /// Must not reach the socket, but there is no established socket to reset.
     Refuse,
-    /// A plaintext first payload: reset the flow.
-    Plaintext,
+    /// The first payload is not a ClientHello: reset the flow. `local_seq` (host order) is
+    /// the socket's `rcv_nxt`, where the local RST must sit.
+    Plaintext { local_seq: u32 },
 }
 
-fn judge(ctx: &TcContext, seg: &Segment) -> Judgement {
+/// Where the socket's stream starts in this segment's payload.
+enum Delivery {
+    /// At this offset into the payload.
+    From(u32),
+    /// Nowhere: the socket took its first payload already, or takes none of these bytes now.
+    Nothing,
+    /// Data that would complete a handshake: the request socket's `rcv_nxt` is unknown here.
+    Handshake,
+}
+
+fn judge(ctx: &TcContext, seg: &Segment, tuple: &mut bpf_sock_tuple, tuple_len: u32) -> Judgement {
     let flags = seg.tcp.flags;
-    let seq = u32::from_be(seg.tcp.seq);
     if flags & TCP_RST != 0 {
-        let _ = FLOWS.remove(seg.key);
+        // The stack never delivers a RST's payload.
         return Judgement::Let;
     }
-    if flags & TCP_SYN != 0 && flags & TCP_ACK == 0 {
-        if seg.payload_len > 0 {
-            // TCP Fast Open data would reach the app with the handshake: judge it here.
-            if starts_with_tls_handshake(ctx, seg) {
-                bump(Counter::Passed, seg.port);
-                return Judgement::Let;
-            }
-            bump(Counter::Dropped, seg.port);
-            return Judgement::Refuse;
+    if flags & TCP_SYN != 0 {
+        if flags & TCP_ACK != 0 || seg.payload_len == 0 {
+            // A SYN-ACK answers one of this node's connects; a bare SYN carries nothing.
+            return Judgement::Let;
         }
-        // A failed insert only means this flow goes unjudged; nothing better to do here.
-        let _ = FLOWS.insert(seg.key, seq, 0);
+        // TCP Fast Open data reaches the app with the handshake: judge it, keep nothing.
+        if is_client_hello(ctx, seg.payload_off, seg.payload_len) {
+            bump(Counter::Passed, seg.port);
+            return Judgement::Let;
+        }
+        return Judgement::Refuse;
+    }
+    if seg.payload_len == 0 {
         return Judgement::Let;
     }
-    // SAFETY: plain u32 copied out at once.
-    let Some(isn) = (unsafe { FLOWS.get(seg.key) }).copied() else {
-        return Judgement::Let;
+    let seq = u32::from_be(seg.tcp.seq);
+    let start = match delivery(ctx, seq, tuple, tuple_len) {
+        Delivery::From(start) => start,
+        Delivery::Nothing => return Judgement::Let,
+        Delivery::Handshake => return Judgement::Refuse,
     };
-    if flags & TCP_FIN != 0 && seg.payload_len == 0 {
-        let _ = FLOWS.remove(seg.key);
+    if start >= seg.payload_len {
         return Judgement::Let;
     }
-    if seq != isn.wrapping_add(1) || seg.payload_len == 0 {
-        return Judgement::Let;
-    }
-    if starts_with_tls_handshake(ctx, seg) {
+    if is_client_hello(
+        ctx,
+        seg.payload_off + start as usize,
+        seg.payload_len - start,
+    ) {
         bump(Counter::Passed, seg.port);
-        debug!(ctx, "strict: port {} TLS first payload passed", seg.port);
+        debug!(ctx, "strict: port {} ClientHello passed", seg.port);
         return Judgement::Let;
     }
-    let _ = FLOWS.remove(seg.key);
-    Judgement::Plaintext
+    Judgement::Plaintext {
+        local_seq: seq.wrapping_add(start),
+    }
 }
 
-/// `16 03 01..04`: a TLS handshake record, versions TLS 1.0 to 1.3 on the record layer.
-fn starts_with_tls_handshake(ctx: &TcContext, seg: &Segment) -> bool {
-    if seg.payload_len < 3 {
+/// Asks the kernel which socket takes this segment and where its stream starts in it.
+fn delivery(ctx: &TcContext, seq: u32, tuple: &mut bpf_sock_tuple, tuple_len: u32) -> Delivery {
+    // SAFETY: the skb is this program's context; the tuple lives on the stack for the call.
+    let sk = unsafe {
+        bpf_skc_lookup_tcp(
+            ctx.skb.skb as *mut _,
+            tuple as *mut _,
+            tuple_len,
+            CURRENT_NETNS,
+            0,
+        )
+    };
+    if sk.is_null() {
+        // No socket: TCP resets it itself. Judging from the first byte costs nothing.
+        return Delivery::From(0);
+    }
+    // SAFETY: non-null socket reference from the lookup; `state` is readable on any of them.
+    let state = unsafe { (*sk).state };
+    let result = match state {
+        TCP_LISTEN => Delivery::From(0),
+        TCP_NEW_SYN_RECV => Delivery::Handshake,
+        TCP_TIME_WAIT => Delivery::Nothing,
+        _ => {
+            // SAFETY: `sk` is a referenced socket; the helper returns null unless it is a
+            // full TCP socket.
+            let tp = unsafe { bpf_tcp_sock(sk) };
+            if tp.is_null() {
+                Delivery::From(0)
+            } else {
+                // SAFETY: non-null tcp_sock view of the referenced socket, read before release.
+                let (received, rcv_nxt) = unsafe { ((*tp).bytes_received, (*tp).rcv_nxt) };
+                let ahead = rcv_nxt.wrapping_sub(seq);
+                if received != 0 || (ahead as i32) < 0 {
+                    Delivery::Nothing
+                } else {
+                    Delivery::From(ahead)
+                }
+            }
+        }
+    };
+    // SAFETY: releases the reference taken by the lookup, exactly once.
+    unsafe { bpf_sk_release(sk as *mut _) };
+    result
+}
+
+/// The first 11 bytes at `off` (of `avail` in this segment) open a TLS ClientHello.
+fn is_client_hello(ctx: &TcContext, off: usize, avail: u32) -> bool {
+    if avail < HELLO_PREFIX {
         return false;
     }
-    match ctx.load::<[u8; 3]>(seg.payload_off) {
-        Ok(head) => head[0] == 0x16 && head[1] == 0x03 && (0x01..=0x04).contains(&head[2]),
-        Err(_) => false,
-    }
+    let Ok(b) = ctx.load::<[u8; 11]>(off) else {
+        return false;
+    };
+    let record_len = u16::from_be_bytes([b[3], b[4]]) as u32;
+    let hello_len = ((b[6] as u32) << 16) | ((b[7] as u32) << 8) | b[8] as u32;
+    let lengths_agree =
+        hello_len + 4 == record_len || (record_len == MAX_RECORD && hello_len + 4 > record_len);
+    b[0] == 0x16
+        && b[1] == 0x03
+        && (0x01..=0x03).contains(&b[2])
+        && (MIN_HELLO_RECORD..=MAX_RECORD).contains(&record_len)
+        && b[5] == 0x01
+        && lengths_agree
+        && b[9] == 0x03
+        && (0x01..=0x03).contains(&b[10])
 }
 
 /// The `ack` of the RST back to the client: everything it sent in this segment.
@@ -397,8 +638,8 @@ fn reply_ack(seg: &Segment) -> u32 {
         .to_be()
 }
 
-/// RST|ACK to the client, and a bare RST in the original direction for the local socket.
-fn rst_headers(seg: &Segment) -> (TcpHdr, TcpHdr) {
+/// RST|ACK to the client, and a bare RST at the socket's `rcv_nxt` for the local socket.
+fn rst_headers(seg: &Segment, local_seq: u32) -> (TcpHdr, TcpHdr) {
     let to_client = TcpHdr {
         sport: seg.tcp.dport,
         dport: seg.tcp.sport,
@@ -413,7 +654,7 @@ fn rst_headers(seg: &Segment) -> (TcpHdr, TcpHdr) {
     let to_local = TcpHdr {
         sport: seg.tcp.sport,
         dport: seg.tcp.dport,
-        seq: seg.tcp.seq,
+        seq: local_seq.to_be(),
         ack_seq: 0,
         doff_reserved: ((TCP_LEN / 4) as u8) << 4,
         flags: TCP_RST,
@@ -424,14 +665,14 @@ fn rst_headers(seg: &Segment) -> (TcpHdr, TcpHdr) {
     (to_client, to_local)
 }
 
-fn reset_v4(ctx: &TcContext, eth: &EthHdr, ip: &Ipv4Hdr, seg: &Segment) -> Verdict {
+fn reset_v4(ctx: &TcContext, eth: &EthHdr, ip: &Ipv4Hdr, seg: &Segment, local_seq: u32) -> Verdict {
     let new_len = (ETH_LEN + IPV4_LEN + TCP_LEN) as u32;
     // SAFETY: the helper validates the skb and the length itself.
     if unsafe { bpf_skb_change_tail(ctx.skb.skb, new_len, 0) } != 0 {
         bump(Counter::Dropped, seg.port);
         return Verdict::Drop;
     }
-    let (mut to_client, mut to_local) = rst_headers(seg);
+    let (mut to_client, mut to_local) = rst_headers(seg, local_seq);
 
     let reply_eth = EthHdr {
         dst: eth.src,
@@ -456,14 +697,14 @@ fn reset_v4(ctx: &TcContext, eth: &EthHdr, ip: &Ipv4Hdr, seg: &Segment) -> Verdi
     finish_reset(ctx, seg, sent)
 }
 
-fn reset_v6(ctx: &TcContext, eth: &EthHdr, ip: &Ipv6Hdr, seg: &Segment) -> Verdict {
+fn reset_v6(ctx: &TcContext, eth: &EthHdr, ip: &Ipv6Hdr, seg: &Segment, local_seq: u32) -> Verdict {
     let new_len = (ETH_LEN + IPV6_LEN + TCP_LEN) as u32;
     // SAFETY: the helper validates the skb and the length itself.
     if unsafe { bpf_skb_change_tail(ctx.skb.skb, new_len, 0) } != 0 {
         bump(Counter::Dropped, seg.port);
         return Verdict::Drop;
     }
-    let (mut to_client, mut to_local) = rst_headers(seg);
+    let (mut to_client, mut to_local) = rst_headers(seg, local_seq);
 
     let reply_eth = EthHdr {
         dst: eth.src,

@@ -15,4 +15,5 @@ pub mod kernel;
 pub mod mesh;
 pub mod policy;
 pub mod proxy;
+pub mod reconcile;
 pub mod tls;

@@ -11,9 +11,13 @@ use portcullis::admin::access_log::{AccessLog, AccessLogFormat, AccessLogTarget}
 use portcullis::admin::graph::prometheus::PrometheusUrl;
 use portcullis::admin::Admin;
 use portcullis::config::{self, Settings};
-use portcullis::mesh::{self, MeshOptions};
+use portcullis::mesh::{self, KernelSync, MeshOptions};
 use portcullis::policy::explain::{explain, ExplainRequest};
-use portcullis::proxy::{self, Gateway};
+use portcullis::proxy::inbound::Inbound;
+use portcullis::proxy::limits::{parse_size, Deadline, Limits};
+use portcullis::proxy::outbound::Outbound;
+use portcullis::proxy::{self, Drain, Gateway, Ingress};
+use portcullis::reconcile::{Reconciler, SnapshotBus};
 
 /// A service-mesh security gateway that enforces mutual TLS with help from the Linux kernel.
 ///
@@ -44,6 +48,8 @@ enum LogFormat {
     Json,
 }
 
+// Parsed once at start: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway on a configuration.
@@ -62,12 +68,14 @@ enum Command {
     /// Show which AuthorizationPolicy allows or denies a request, and why.
     ///
     /// Compiles the configuration exactly as `run` does and evaluates the described request
-    /// with the same code the daemon's 403 path uses. Prints ALLOW or DENY, the policy and
-    /// rule index that decided (or, when no ALLOW policy matched, every ALLOW policy tried),
-    /// and the policies that apply to this gateway.
+    /// with the same code the daemon's 403 path uses, after the same path normalization
+    /// (--path-normalization). Prints ALLOW or DENY, the policy and rule index that decided
+    /// (or, when no ALLOW policy matched, every ALLOW policy tried), the normalized path, and
+    /// the policies that apply to this gateway; or REFUSED when the daemon would answer 400
+    /// to the path before asking any policy.
     ///
-    /// Exit status: 0 when the request is allowed, 1 when it is denied, 2 on a usage or
-    /// configuration error.
+    /// Exit status: 0 when the request is allowed, 1 when it is denied or refused, 2 on a
+    /// usage or configuration error.
     Explain(ExplainArgs),
 }
 
@@ -91,7 +99,7 @@ struct ConfigArgs {
     /// This gateway's labels, matched by `Gateway.spec.selector` and policy selectors.
     #[arg(long = "label", value_name = "KEY=VALUE", default_value = "istio=ingressgateway", value_parser = parse_label)]
     labels: Vec<(String, String)>,
-    /// The namespace this gateway runs in.
+    /// The namespace this gateway runs in. Secrets are read from this namespace only.
     #[arg(long, default_value = "istio-system")]
     namespace: String,
     /// Istio's root namespace: policies there apply to every workload.
@@ -105,9 +113,20 @@ struct ConfigArgs {
     /// describes several workloads; the others are mesh destinations.
     #[arg(long, value_name = "NAME")]
     workload: Option<String>,
-    /// SPIFFE trust domain of workload identities.
+    /// SPIFFE trust domain of workload identities. The mesh side refuses peers of any other.
     #[arg(long, default_value = "cluster.local")]
     trust_domain: String,
+    /// How request paths are normalized before routing and authorization, by Istio's
+    /// `meshConfig.pathNormalization` names: NONE, BASE, MERGE_SLASHES or
+    /// DECODE_AND_MERGE_SLASHES. The upstream receives the normalized path. Istio's default
+    /// is BASE; ours, MERGE_SLASHES, also merges `//`. In every mode but NONE and
+    /// DECODE_AND_MERGE_SLASHES an encoded slash (%2F, %5C) is refused with 400.
+    #[arg(long, value_name = "MODE", default_value = "MERGE_SLASHES")]
+    path_normalization: portcullis::policy::path::PathNormalization,
+    /// Another trust domain whose workloads the mesh side accepts (repeatable; Istio's
+    /// `trustDomainAliases`).
+    #[arg(long = "trust-domain-alias", value_name = "DOMAIN")]
+    trust_domain_aliases: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -137,6 +156,86 @@ struct RunArgs {
     prometheus: Option<PrometheusUrl>,
     #[command(flatten)]
     mesh: MeshArgs,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// Deadlines and caps (README: "Deadlines and caps"). Durations: `10s`, `500ms`, `2m`; `0` or
+/// `off` turns a deadline off. Each one that fires is logged and counted in
+/// `portcullis_limits_total{reason}`.
+#[derive(clap::Args)]
+#[command(next_help_heading = "Deadlines and caps")]
+struct LimitArgs {
+    /// The whole TLS handshake, ClientHello included (ingress and mesh terminator).
+    #[arg(long, value_name = "DURATION", default_value = "10s")]
+    tls_handshake_timeout: Deadline,
+    /// HTTP/1 request headers must be complete this long after their first byte.
+    #[arg(long, value_name = "DURATION", default_value = "10s")]
+    header_read_timeout: Deadline,
+    /// Close a connection with no request in flight for this long (HTTP/1 keep-alive and
+    /// HTTP/2).
+    #[arg(long, value_name = "DURATION", default_value = "60s")]
+    idle_timeout: Deadline,
+    /// HTTP/2 PING interval; a PING not answered within 20s closes the connection.
+    #[arg(
+        long = "http2-keepalive",
+        value_name = "DURATION",
+        default_value = "60s"
+    )]
+    http2_keepalive: Deadline,
+    /// Close connections gracefully (GOAWAY / `Connection: close`) at this age.
+    #[arg(long, value_name = "DURATION", default_value = "off")]
+    max_connection_age: Deadline,
+    /// Upstream TCP connect (then 503, flag UF).
+    #[arg(long, value_name = "DURATION", default_value = "5s")]
+    upstream_connect_timeout: Deadline,
+    /// Request header bytes: HTTP/1 → 431; HTTP/2 → SETTINGS_MAX_HEADER_LIST_SIZE.
+    #[arg(long, value_name = "SIZE", default_value = "60KiB", value_parser = parse_size)]
+    max_request_headers_size: usize,
+    /// Request header count; over it → 431.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    max_request_headers: usize,
+    /// HTTP/2 streams open at once per connection.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    http2_max_concurrent_streams: u32,
+    /// Downstream connections open at once, all listeners together; over it a new
+    /// connection is closed at once. Default: (RLIMIT_NOFILE, raised to its hard limit at
+    /// start, minus 64) × 0.9.
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+    /// Connections open at once from one client IP address.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    max_connections_per_source: usize,
+    /// Requests in flight to one upstream endpoint; over it → 503, flag UO.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    upstream_max_connections: usize,
+    /// On SIGTERM/SIGINT: how long in-flight requests may finish before exit (a second
+    /// signal exits at once).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = proxy::limits::parse_duration)]
+    drain_timeout: std::time::Duration,
+}
+
+impl LimitArgs {
+    /// The limits, with the connection cap derived from `nofile` unless given.
+    fn resolve(&self, nofile: u64) -> Limits {
+        Limits {
+            tls_handshake_timeout: self.tls_handshake_timeout.0,
+            header_read_timeout: self.header_read_timeout.0,
+            idle_timeout: self.idle_timeout.0,
+            http2_keepalive: self.http2_keepalive.0,
+            max_connection_age: self.max_connection_age.0,
+            upstream_connect_timeout: self.upstream_connect_timeout.0,
+            max_request_headers_size: self.max_request_headers_size,
+            max_request_headers: self.max_request_headers,
+            http2_max_concurrent_streams: self.http2_max_concurrent_streams,
+            max_connections: self
+                .max_connections
+                .unwrap_or_else(|| Limits::derived_max_connections(nofile)),
+            max_connections_per_source: self.max_connections_per_source,
+            upstream_max_connections: self.upstream_max_connections,
+            drain_timeout: self.drain_timeout,
+        }
+    }
 }
 
 /// The mesh side (with --mesh-credential): terminator and kernel programs.
@@ -146,8 +245,8 @@ struct MeshArgs {
     /// serves IPv4 and IPv6.
     #[arg(long, default_value = "[::]:15006")]
     terminator: SocketAddr,
-    /// Interface whose ingress gets the in-kernel STRICT reset (repeatable; add `lo` for local
-    /// clients).
+    /// Interface whose ingress gets the in-kernel STRICT reset (repeatable). Without it, every
+    /// interface that carries an address gets it (loopback included): fail closed by default.
     #[arg(long = "iface", value_name = "NAME")]
     interfaces: Vec<String>,
     /// Do not load the kernel programs (no steering, no in-kernel reset): the terminator then
@@ -263,6 +362,8 @@ fn load(args: &ConfigArgs) -> Result<config::Snapshot, config::ConfigErrors> {
         mesh_credential: args.mesh_credential.clone(),
         local_workload: args.workload.clone(),
         trust_domain: args.trust_domain.clone(),
+        path_normalization: args.path_normalization,
+        trust_domain_aliases: args.trust_domain_aliases.clone(),
     };
     config::compile(config::load_paths(&args.paths())?, settings)
 }
@@ -293,11 +394,12 @@ fn run_command(cli: Cli) -> Result<()> {
             Command::Check(args) => check(&args),
             Command::Certs(args) => portcullis::identity::certs::cli::run(args).await,
             Command::Httpbin(args) => portcullis::backend::httpbin::cli::run(args).await,
-            Command::Kernel(args) => portcullis::kernel::cli::run(args),
+            Command::Kernel(args) => portcullis::kernel::cli::run(args).await,
             Command::Uninstall(pin) => {
                 portcullis::kernel::cli::run(portcullis::kernel::cli::KernelArgs {
                     command: portcullis::kernel::cli::KernelCommand::Uninstall(pin),
                 })
+                .await
             }
             // Exit status 1 means "denied", so errors take 2, like usage errors.
             Command::Explain(args) => explain_cmd(args).or_else(|e| {
@@ -310,12 +412,19 @@ fn run_command(cli: Cli) -> Result<()> {
 
 fn check(args: &ConfigArgs) -> Result<()> {
     let snapshot = load(args)?;
+    for w in &snapshot.warnings {
+        println!("{w}");
+    }
     println!(
         "configuration OK: {} listener(s), {} virtual service(s), {} credential(s), {} authorization policies",
         snapshot.listeners.len(),
         snapshot.routes.virtual_hosts.len(),
         snapshot.credentials.len(),
         snapshot.resources.authorization_policies.len(),
+    );
+    println!(
+        "  path normalization: {}",
+        snapshot.settings.path_normalization
     );
     for l in &snapshot.listeners {
         for s in &l.servers {
@@ -326,9 +435,16 @@ fn check(args: &ConfigArgs) -> Result<()> {
                 Some(config::model::ServerTls::Terminate {
                     mode,
                     credential_name,
+                    client_checks,
                     ..
                 }) => {
-                    format!("TLS {mode:?} with credential {credential_name}")
+                    let checks = client_checks.describe();
+                    let checks = if checks.is_empty() {
+                        checks
+                    } else {
+                        format!(", clients checked for {checks}")
+                    };
+                    format!("TLS {mode:?} with credential {credential_name}{checks}")
                 }
             };
             println!(
@@ -357,19 +473,35 @@ fn explain_cmd(args: ExplainArgs) -> Result<()> {
         method: args.method,
         host: args.host,
         path: args.path,
+        path_normalization: snapshot.settings.path_normalization,
         port: args.port,
         headers: args.headers,
         sni,
     };
     let explanation = explain(&snapshot.authz, &req)?;
     print!("{explanation}");
-    if !explanation.decision.is_allowed() {
+    // Rules of the policies in play that can never match (what `check` warns about).
+    let in_play: Vec<String> = explanation
+        .applicable
+        .iter()
+        .map(|(_, p)| format!("AuthorizationPolicy {}/{}", p.namespace, p.name))
+        .collect();
+    for w in &snapshot.warnings {
+        if w.0.resource.as_ref().is_some_and(|r| in_play.contains(r)) {
+            println!("note: {w}");
+        }
+    }
+    if !explanation.is_allowed() {
         std::process::exit(1);
     }
     Ok(())
 }
 
 async fn run(args: RunArgs) -> Result<()> {
+    // Before anything opens a descriptor: the connection cap, not EMFILE, should stop a flood.
+    let nofile = proxy::limits::raise_nofile_limit().context("reading RLIMIT_NOFILE")?;
+    let limits = args.limits.resolve(nofile);
+    tracing::info!(?limits, nofile, "deadlines and caps");
     let snapshot = load(&args.config)?;
     let access_log = AccessLog::open(&args.access_log, args.access_log_format)
         .with_context(|| format!("opening the access log {:?}", args.access_log))?;
@@ -388,88 +520,133 @@ async fn run(args: RunArgs) -> Result<()> {
     } else {
         None
     };
-    let gateway = Gateway::with_access_log(snapshot, access_log);
+    let bus = SnapshotBus::new(snapshot);
+    let gateway = Gateway::on_bus(bus.clone(), access_log, limits);
     if mesh.as_ref().is_some_and(|m| m.maps.is_some()) {
         let _ = gateway.kernel_pins.set(args.mesh.pin_dir.clone());
     }
+    let drain = Drain::new();
+    let mut tasks = Vec::new();
     let admin = match args.admin.0 {
         Some(addr) => {
             let admin = Admin::new(gateway.clone(), args.prometheus.clone());
-            let local = admin.clone().serve(addr).await.with_context(|| {
+            let server = admin.clone().bind(addr).await.with_context(|| {
                 format!("cannot listen on the admin address {addr} (--admin off disables it)")
             })?;
-            tracing::info!(%local, "admin listening");
-            Some(admin)
+            tracing::info!(local = %server.local_addr()?, "admin listening");
+            tasks.push(tokio::spawn(server.run(drain.signal())));
+            Some((admin, addr.port()))
         }
         None => None,
     };
-    let listeners = proxy::bind_listeners(&gateway, args.bind, args.port_offset)?;
-    if listeners.is_empty() && !mesh_enabled {
+    let ingress = Ingress::new(gateway.clone(), args.bind, args.port_offset)?;
+    if ingress.ports().is_empty() && !mesh_enabled {
         anyhow::bail!(
             "nothing to serve: the configuration declares no Gateway server for this gateway's labels, and --mesh-credential is not set"
         );
     }
-    let (maps, capture) = match mesh {
-        Some(started) => {
-            tokio::spawn(proxy::inbound::serve_inbound(
-                gateway.clone(),
-                started.terminator,
-                std::future::pending::<()>(),
-            ));
-            let capture = started.outbound.map(|(listener, capture)| {
-                tokio::spawn(proxy::outbound::serve_outbound(
-                    gateway.clone(),
-                    listener,
-                    Arc::new(mesh::KernelLookup(capture.clone())),
-                    std::future::pending::<()>(),
-                ));
-                capture
-            });
-            (started.maps, capture)
-        }
-        None => (None, None),
-    };
+    tasks.push(tokio::spawn(ingress.run(drain.signal())));
+    if let Some(started) = mesh {
+        // The daemon's own ports are never a destination (no request makes it call itself).
+        let own: Vec<u16> = [
+            Some(args.mesh.terminator.port()),
+            Some(args.mesh.outbound.port()),
+            admin.as_ref().map(|(_, port)| *port),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let inbound = Inbound::new(gateway.clone(), started.terminator).refusing(own.clone());
+        tasks.push(tokio::spawn(inbound.run(drain.signal())));
+        let capture = started.outbound.map(|(listener, capture)| {
+            let lookup = Arc::new(mesh::KernelLookup(capture.clone()));
+            let outbound = Outbound::new(gateway.clone(), listener, lookup).refusing(own.clone());
+            tasks.push(tokio::spawn(outbound.run(drain.signal())));
+            capture
+        });
+        let sync = KernelSync::new(started.maps, capture, true);
+        tokio::spawn(sync.run(bus.subscribe()));
+    }
     if args.mesh.reload_ms > 0 {
         let config_args = args.config;
-        tokio::spawn(mesh::watch_and_reload(
-            gateway.clone(),
-            // Credentials are part of the snapshot: a renewed certificate is a reload too.
-            config_args
-                .paths()
-                .into_iter()
-                .chain(config_args.credentials.clone())
-                .collect(),
-            move || load(&config_args),
-            maps,
-            capture,
+        // Credentials are part of the snapshot: a renewed certificate is a reload too.
+        let paths = config_args
+            .paths()
+            .into_iter()
+            .chain(config_args.credentials.clone())
+            .collect();
+        let reconciler = Reconciler::new(
+            paths,
+            Box::new(move || load(&config_args)),
             std::time::Duration::from_millis(args.mesh.reload_ms),
-        ));
+            bus.clone(),
+        );
+        tokio::spawn(reconciler.run());
     }
-    if let Some(admin) = &admin {
+    if let Some((admin, _)) = &admin {
         admin.mark_ready();
     }
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "portcullis started");
-    proxy::serve(gateway, listeners, shutdown_signal()).await;
+    let first = shutdown_signal().await;
+    tracing::info!(signal = first.name(), drain = ?gateway.limits.drain_timeout, "draining: no new connections, open ones finish their requests");
+    drain.start();
+    let drained = async {
+        for t in tasks {
+            let _ = t.await;
+        }
+        gateway.conns.all_closed().await;
+    };
+    tokio::select! {
+        r = tokio::time::timeout(gateway.limits.drain_timeout, drained) => {
+            match r {
+                Ok(()) => tracing::info!("drained: every connection closed"),
+                Err(_) => tracing::warn!(open = gateway.conns.open(), "drain period over; closing what is left"),
+            }
+        }
+        second = shutdown_signal() => {
+            tracing::warn!(signal = second.name(), "second signal: exiting at once");
+            std::process::exit(second.exit_code());
+        }
+    }
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let term = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut s) => {
-                    s.recv().await;
-                }
-                Err(_) => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term => {},
+/// SIGINT or SIGTERM.
+#[derive(Clone, Copy, Debug)]
+enum Signal {
+    Interrupt,
+    Terminate,
+}
+
+impl Signal {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Interrupt => "SIGINT",
+            Self::Terminate => "SIGTERM",
         }
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+
+    /// The shell's convention: 128 + the signal number.
+    fn exit_code(self) -> i32 {
+        match self {
+            Self::Interrupt => 130,
+            Self::Terminate => 143,
+        }
+    }
+}
+
+async fn shutdown_signal() -> Signal {
+    use tokio::signal::unix::{signal, SignalKind};
+    let wait = |kind: SignalKind| async move {
+        match signal(kind) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = wait(SignalKind::interrupt()) => Signal::Interrupt,
+        _ = wait(SignalKind::terminate()) => Signal::Terminate,
+    }
 }

@@ -9,12 +9,12 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::model::MeshInbound;
-use crate::config::{ConfigErrors, Snapshot};
+use crate::config::model::DEFAULT_PORT;
+use crate::config::Snapshot;
 use std::sync::Mutex;
 
 use crate::kernel::{
@@ -22,7 +22,6 @@ use crate::kernel::{
 };
 use crate::policy::peer_auth::PeerAuthMode;
 use crate::proxy::outbound::OriginalDestination;
-use crate::proxy::Gateway;
 
 /// How the node's mesh side runs.
 #[derive(Clone, Debug)]
@@ -33,7 +32,8 @@ pub struct MeshOptions {
     /// Load the kernel programs (root). Without them the terminator only serves clients that
     /// dial it directly.
     pub kernel: bool,
-    /// Interfaces whose ingress gets the STRICT reset (`lo` too for local clients).
+    /// Interfaces whose ingress gets the STRICT reset; empty means every interface that
+    /// carries an address (loopback included).
     pub interfaces: Vec<String>,
     /// The bpffs pin directory.
     pub pin_dir: PathBuf,
@@ -97,22 +97,11 @@ pub enum MeshError {
     Kernel(#[from] crate::kernel::KernelError),
 }
 
-/// The kernel settings a mesh config asks for: every workload port with its mode, steered to
-/// the terminator unless DISABLE.
-pub fn kernel_ports(mesh: &MeshInbound) -> BTreeMap<u16, PortSetting> {
-    mesh.modes
-        .iter()
-        .map(|(&port, &mode)| {
-            (
-                port,
-                PortSetting {
-                    mode,
-                    steer: mode != PeerAuthMode::Disable,
-                },
-            )
-        })
-        .collect()
-}
+/// Istio's reserved proxy ports (admin, outbound, inbound, HBONE, health, DNS, telemetry):
+/// exceptions to the workload-wide default.
+const RESERVED_PORTS: [u16; 9] = [
+    15000, 15001, 15004, 15006, 15008, 15020, 15021, 15053, 15090,
+];
 
 /// Binds a listener for the mesh side (dual-stack for `[::]`).
 pub fn bind_listener(addr: SocketAddr) -> Result<std::net::TcpListener, MeshError> {
@@ -154,7 +143,7 @@ pub fn start(snapshot: &Snapshot, opts: &MeshOptions) -> Result<Started, MeshErr
         );
         let mut maps = installed.maps;
         maps.set_terminator(&listener)?;
-        maps.sync_ports(&kernel_ports(mesh))?;
+        maps.sync_ports(&KernelSync::new(None, None, true).desired(snapshot))?;
         Some(maps)
     } else {
         None
@@ -201,64 +190,104 @@ pub fn start(snapshot: &Snapshot, opts: &MeshOptions) -> Result<Started, MeshErr
     })
 }
 
-/// Watches the configuration files and, when they change, compiles a new snapshot and swaps
-/// it in whole, then brings the kernel maps in line. A configuration that does not compile is
-/// reported and the last good one keeps running.
-pub async fn watch_and_reload(
-    gateway: Arc<Gateway>,
-    paths: Vec<PathBuf>,
-    load: impl Fn() -> Result<Snapshot, ConfigErrors>,
-    mut maps: Option<KernelMaps>,
+/// The kernel's subscriber to the reconciler: brings the port modes and the capture's
+/// destinations in line with each snapshot. `portcullis run --mesh-credential` and
+/// `portcullis kernel run` both use it, so one YAML gives one set of maps.
+pub struct KernelSync {
+    maps: Option<KernelMaps>,
     capture: Option<Arc<Mutex<Capture>>>,
-    every: Duration,
-) {
-    let mut last = crate::config::watch::fingerprint(&paths);
-    loop {
-        tokio::time::sleep(every).await;
-        let now = crate::config::watch::fingerprint(&paths);
-        if now == last {
-            continue;
+    /// Steer the workload ports to the terminator (not for DISABLE ports).
+    steer: bool,
+    /// `kernel run --port PORT=MODE`: these win over the configuration.
+    overrides: BTreeMap<u16, PortSetting>,
+}
+
+impl KernelSync {
+    pub fn new(
+        maps: Option<KernelMaps>,
+        capture: Option<Arc<Mutex<Capture>>>,
+        steer: bool,
+    ) -> Self {
+        Self {
+            maps,
+            capture,
+            steer,
+            overrides: BTreeMap::new(),
         }
-        last = now;
-        let snapshot = match load() {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!("configuration not applied, the last good one stays in force: {e}");
-                continue;
+    }
+
+    /// Port settings that win over the configuration's.
+    pub fn with_overrides(mut self, overrides: BTreeMap<u16, PortSetting>) -> Self {
+        self.overrides = overrides;
+        self
+    }
+
+    /// The port settings a snapshot asks for. Ports are steered unless DISABLE; the
+    /// workload-wide default ([`DEFAULT_PORT`]) only under STRICT, since steering every port
+    /// under PERMISSIVE would put server-speaks-first protocols (SSH) behind a terminator that
+    /// waits for the client's first bytes. Under a default, the proxy's own ports are
+    /// exceptions, as in Istio's sidecar: the admin listener is never steered to the
+    /// terminator, nor the terminator to itself.
+    pub fn desired(&self, snapshot: &Snapshot) -> BTreeMap<u16, PortSetting> {
+        let modes = match &snapshot.mesh {
+            Some(mesh) => mesh.modes.clone(),
+            // The reconciler only publishes snapshots for which this succeeded.
+            None => {
+                crate::config::mesh::workload_port_modes(&snapshot.resources, &snapshot.settings)
+                    .unwrap_or_default()
             }
         };
-        let old_ports: Vec<u16> = gateway
-            .snapshot()
-            .listeners
+        let mut desired: BTreeMap<u16, PortSetting> = modes
             .iter()
-            .map(|l| l.port)
+            .map(|(&port, &mode)| {
+                let steer = match port {
+                    DEFAULT_PORT => mode == PeerAuthMode::Strict,
+                    _ => mode != PeerAuthMode::Disable,
+                };
+                (
+                    port,
+                    PortSetting {
+                        mode,
+                        steer: self.steer && steer,
+                    },
+                )
+            })
             .collect();
-        let new_ports: Vec<u16> = snapshot.listeners.iter().map(|l| l.port).collect();
-        if old_ports != new_ports {
-            tracing::warn!(
-                ?old_ports,
-                ?new_ports,
-                "Gateway ports changed: listeners are bound at start, restart to apply"
-            );
+        desired.extend(self.overrides.iter().map(|(p, s)| (*p, *s)));
+        if desired.contains_key(&DEFAULT_PORT) {
+            for port in RESERVED_PORTS {
+                desired.entry(port).or_insert(PortSetting::NONE);
+            }
         }
-        if let (Some(maps), Some(mesh)) = (maps.as_mut(), snapshot.mesh.as_ref()) {
-            if let Err(e) = maps.sync_ports(&kernel_ports(mesh)) {
+        desired
+    }
+
+    /// Writes what `snapshot` asks for into the maps; returns how many ports changed.
+    pub fn apply(&mut self, snapshot: &Snapshot) -> Result<usize, crate::kernel::KernelError> {
+        let desired = self.desired(snapshot);
+        let changed = match self.maps.as_mut() {
+            Some(maps) => maps.sync_ports(&desired)?,
+            None => 0,
+        };
+        if changed > 0 {
+            tracing::info!(ports = ?desired, "kernel port modes updated");
+        }
+        if let (Some(capture), Some(mesh)) = (self.capture.as_ref(), snapshot.mesh.as_ref()) {
+            let mut c = capture
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            c.set_destinations(&capture_destinations(mesh))?;
+        }
+        Ok(changed)
+    }
+
+    /// Follows the bus until it closes.
+    pub async fn run(mut self, mut snapshots: tokio::sync::watch::Receiver<Arc<Snapshot>>) {
+        while snapshots.changed().await.is_ok() {
+            let snapshot = snapshots.borrow_and_update().clone();
+            if let Err(e) = self.apply(&snapshot) {
                 tracing::error!(error = %e, "kernel maps not updated");
             }
         }
-        if let (Some(capture), Some(mesh)) = (capture.as_ref(), snapshot.mesh.as_ref()) {
-            let result = capture
-                .lock()
-                .map_err(|_| "the capture lock is poisoned".to_owned())
-                .and_then(|mut c| {
-                    c.set_destinations(&capture_destinations(mesh))
-                        .map_err(|e| e.to_string())
-                });
-            if let Err(e) = result {
-                tracing::error!(error = %e, "capture destinations not updated");
-            }
-        }
-        tracing::info!("configuration reloaded");
-        gateway.replace_snapshot(snapshot);
     }
 }

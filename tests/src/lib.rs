@@ -7,6 +7,7 @@ pub mod hello;
 pub mod netns;
 pub mod process;
 pub mod prometheus;
+pub mod rawhttp;
 pub mod walkthrough;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::certs::{make_openssl_certs, OpensslCerts};
 use crate::process::{run, Daemon};
+use crate::rawhttp::RawClient;
 use crate::{free_port, portcullis_bin, wait_for_port};
 
 /// The walkthrough's Gateway and AuthorizationPolicy (as in `ingress.rs`).
@@ -111,6 +112,36 @@ pub fn write_credential_dir(certs: &OpensslCerts, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The httpbin behind the gateway.
+#[derive(Clone, Copy, Debug)]
+pub enum Upstream {
+    /// `portcullis httpbin`.
+    BuiltIn,
+    /// The real httpbin from PyPI under gunicorn: Flask decodes the path, as most frameworks do.
+    PyPiHttpbin,
+}
+
+impl Upstream {
+    fn start(self, addr: &str, dir: &Path) -> Result<Daemon> {
+        match self {
+            Upstream::BuiltIn => {
+                let mut cmd = Command::new(portcullis_bin()?);
+                cmd.args(["httpbin", "--listen", addr]);
+                Daemon::spawn("httpbin", cmd, dir)
+            }
+            Upstream::PyPiHttpbin => {
+                let check = run(Command::new("python3").args(["-c", "import httpbin, gunicorn"]))?;
+                if !check.status.success() {
+                    bail!("the PyPI httpbin is not installed (`pip install httpbin gunicorn`; .ci/install-prereqs installs it)");
+                }
+                let mut cmd = Command::new("python3");
+                cmd.args(["-m", "gunicorn", "-b", addr, "-w", "1", "httpbin:app"]);
+                Daemon::spawn("httpbin-pypi", cmd, dir)
+            }
+        }
+    }
+}
+
 /// Which certificate a walkthrough request presents.
 #[derive(Clone, Copy, Debug)]
 pub enum Identity {
@@ -135,15 +166,19 @@ impl Walkthrough {
     /// Makes the certificates with openssl, starts the built-in httpbin and writes the
     /// configuration, all under `dir`.
     pub fn prepare(dir: &Path) -> Result<Self> {
+        Self::prepare_with(dir, Upstream::BuiltIn)
+    }
+
+    /// [`Walkthrough::prepare`] with the upstream of choice.
+    pub fn prepare_with(dir: &Path, upstream: Upstream) -> Result<Self> {
         let certs_dir = dir.join("certs");
         std::fs::create_dir_all(&certs_dir)?;
         let certs = make_openssl_certs(&certs_dir)?;
         let backend_port = free_port()?;
         let backend_addr = format!("127.0.0.1:{backend_port}");
-        let mut cmd = Command::new(portcullis_bin()?);
-        cmd.args(["httpbin", "--listen", &backend_addr]);
-        let backend = Daemon::spawn("httpbin", cmd, dir)?;
-        wait_for_port(backend_addr.parse()?, Duration::from_secs(20))?;
+        let backend = upstream.start(&backend_addr, dir)?;
+        wait_for_port(backend_addr.parse()?, Duration::from_secs(20))
+            .with_context(|| format!("the upstream did not start:\n{}", backend.log()))?;
         let config = dir.join("config");
         std::fs::create_dir_all(&config)?;
         std::fs::write(config.join("gateway.yaml"), WALKTHROUGH)?;
@@ -201,6 +236,11 @@ pub struct Gateway {
 impl Gateway {
     /// `https://test.com/<path>` with `identity`; returns the status code (`000`: no HTTP).
     pub fn https(&self, path: &str, identity: Identity) -> Result<String> {
+        self.https_with(path, identity, &[])
+    }
+
+    /// [`Gateway::https`] with more curl arguments (`--http1.1`, `--path-as-is`, …).
+    pub fn https_with(&self, path: &str, identity: Identity, extra: &[&str]) -> Result<String> {
         let resolve = format!("test.com:{}:127.0.0.1", self.https_port);
         let mut args: Vec<&str> = vec!["--resolve", &resolve, "--cacert"];
         args.push(self.ca.to_str().context("ca path")?);
@@ -217,8 +257,24 @@ impl Gateway {
                 key.to_str().context("key path")?,
             ]);
         }
+        args.extend(extra);
         let url = format!("https://test.com:{}{path}", self.https_port);
         Ok(curl(&url, &args)?.0)
+    }
+
+    /// A raw client for the HTTPS port, SNI `test.com`, presenting `identity`.
+    pub fn raw_client(&self, identity: Identity) -> RawClient {
+        let pair = match identity {
+            Identity::Anonymous => None,
+            Identity::Client => Some(self.client.clone()),
+            Identity::Server => Some(self.server.clone()),
+        };
+        RawClient {
+            port: self.https_port,
+            sni: "test.com".to_owned(),
+            ca: self.ca.clone(),
+            identity: pair,
+        }
     }
 
     /// Plain HTTP on the port-80 server; returns the status code.

@@ -25,6 +25,7 @@ use rustls::{AlertDescription, CertificateError};
 use crate::config::model::Credentials;
 use crate::policy::authz::{Decision, DenyReason, Verdict};
 use crate::proxy::conn::ConnInfo;
+use crate::proxy::limits::LimitReason;
 
 /// What Istio writes for a label it cannot fill.
 const UNKNOWN: &str = "unknown";
@@ -123,8 +124,18 @@ struct PolicyLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusedLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: HandshakeFailure,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    reason: LimitReason,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -214,6 +225,10 @@ pub mod flags {
     pub const UPSTREAM_RESET: &str = "UC";
     /// The upstream did not answer within the route timeout (`UT`).
     pub const UPSTREAM_TIMEOUT: &str = "UT";
+    /// The upstream's connection cap was full (Envoy's circuit breaker).
+    pub const UPSTREAM_OVERFLOW: &str = "UO";
+    /// The request was malformed or ambiguous and refused before routing (`DPE`).
+    pub const DOWNSTREAM_PROTOCOL_ERROR: &str = "DPE";
 }
 
 /// One finished HTTP request, as the proxy knows it.
@@ -309,9 +324,11 @@ pub struct Metrics {
     tcp_sent: Family<TcpLabels, Counter>,
     tcp_received: Family<TcpLabels, Counter>,
     authz_denied: Family<PolicyLabels, Counter>,
+    requests_refused: Family<RefusedLabels, Counter>,
     tls_failures: Family<ReasonLabels, Counter>,
     certificate_expiry: Family<CredentialLabels, Gauge>,
     kernel: Family<KernelLabels, Counter>,
+    limits: Family<LimitLabels, Counter>,
 }
 
 impl fmt::Debug for Metrics {
@@ -331,9 +348,20 @@ impl Metrics {
         let response_bytes: HistogramFamily<_> = Family::new_with_constructor(bytes_histogram);
         let (tcp_opened, tcp_closed, tcp_sent, tcp_received) = Default::default();
         let authz_denied = Family::default();
+        let requests_refused = Family::default();
         let tls_failures = Family::default();
         let certificate_expiry = Family::default();
         let kernel = Family::default();
+        let limits: Family<LimitLabels, Counter> = Family::default();
+        // Every reason from the start, so a scrape shows 0 rather than nothing.
+        for reason in LimitReason::ALL {
+            let _ = limits.get_or_create(&LimitLabels { reason });
+        }
+        registry.register(
+            "portcullis_limits",
+            "Deadlines and caps that fired, by reason (see README: deadlines and caps)",
+            Family::clone(&limits),
+        );
         // Counters get their `_total` suffix from the encoder.
         registry.register(
             "istio_requests",
@@ -381,6 +409,11 @@ impl Metrics {
             Family::clone(&authz_denied),
         );
         registry.register(
+            "portcullis_requests_refused",
+            "Requests refused before routing, by reason: a path the gateway will not forward (400: not_origin_form, bad_encoding, encoded_control, bad_character, encoded_slash, double_encoding, path_parameter, not_utf8) or a host the connection's TLS server does not serve (421: misdirected)",
+            Family::clone(&requests_refused),
+        );
+        registry.register(
             "portcullis_tls_handshake_failures",
             "TLS handshakes that failed, by reason",
             Family::clone(&tls_failures),
@@ -407,10 +440,17 @@ impl Metrics {
             tcp_sent,
             tcp_received,
             authz_denied,
+            requests_refused,
             tls_failures,
             certificate_expiry,
             kernel,
+            limits,
         }
+    }
+
+    /// Counts one firing of a deadline or cap (see [`LimitReason::fire`]).
+    pub fn record_limit(&self, reason: LimitReason) {
+        self.limits.get_or_create(&LimitLabels { reason }).inc();
     }
 
     /// The workload this process reports as (`destination_workload`).
@@ -536,6 +576,13 @@ impl Metrics {
         };
         self.authz_denied
             .get_or_create(&PolicyLabels { policy })
+            .inc();
+    }
+
+    /// Counts a request refused before routing (`reason` from a closed set: see the help text).
+    pub fn record_refused(&self, reason: &'static str) {
+        self.requests_refused
+            .get_or_create(&RefusedLabels { reason })
             .inc();
     }
 

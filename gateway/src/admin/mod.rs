@@ -16,7 +16,6 @@ pub mod config_dump;
 pub mod graph;
 pub mod metrics;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -26,11 +25,10 @@ use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::proxy::Gateway;
+use crate::proxy::serve::{accept_loop, serve_http1, HttpConn};
+use crate::proxy::{Admission, ConnLimiter, DrainSignal, Gateway};
 use graph::prometheus::{Prometheus, PrometheusUrl};
 
 /// What the admin endpoints read: the gateway, whether it is ready, and the Prometheus the
@@ -61,37 +59,13 @@ impl Admin {
         self.ready.load(Ordering::Acquire)
     }
 
-    /// Binds `addr` now (so a busy port fails `portcullis run` at startup) and serves it in
-    /// a background task for the life of the runtime.
-    pub async fn serve(self: Arc<Self>, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+    /// Binds `addr` now, so a busy port fails `portcullis run` at startup.
+    pub async fn bind(self: Arc<Self>, addr: SocketAddr) -> std::io::Result<AdminServer> {
         let listener = TcpListener::bind(addr).await?;
-        let local = listener.local_addr()?;
-        tokio::spawn(async move {
-            loop {
-                let (stream, _) = match listener.accept().await {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "admin: accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                let admin = self.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req| {
-                        let admin = admin.clone();
-                        async move { Ok::<_, Infallible>(admin.handle(&req).await) }
-                    });
-                    if let Err(e) = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await
-                    {
-                        tracing::debug!(error = %e, "admin connection ended with an error");
-                    }
-                });
-            }
-        });
-        Ok(local)
+        Ok(AdminServer {
+            admin: self,
+            listener,
+        })
     }
 
     async fn handle(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
@@ -184,6 +158,57 @@ impl Admin {
             }
             Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
         }
+    }
+}
+
+/// The admin listener, bound: [`AdminServer::run`] serves it through the shared accept loop.
+pub struct AdminServer {
+    admin: Arc<Admin>,
+    listener: TcpListener,
+}
+
+impl AdminServer {
+    /// Admin connections have their own small cap, so an operator can still look when a
+    /// flood fills the gateway's.
+    const MAX_CONNECTIONS: usize = 64;
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until the drain starts.
+    pub async fn run(self, drain: DrainSignal) {
+        let gateway = self.admin.gateway.clone();
+        let admission = Admission {
+            limiter: ConnLimiter::new(Self::MAX_CONNECTIONS, Self::MAX_CONNECTIONS),
+            metrics: gateway.metrics.clone(),
+        };
+        let (admin, conn_drain) = (self.admin, drain.clone());
+        accept_loop(
+            self.listener,
+            "admin",
+            admission,
+            drain,
+            move |stream, peer, permit| {
+                let admin = admin.clone();
+                let http = HttpConn {
+                    peer,
+                    limits: admin.gateway.limits.clone(),
+                    metrics: admin.gateway.metrics.clone(),
+                    drain: conn_drain.clone(),
+                    reloads: None,
+                };
+                async move {
+                    let _permit = permit;
+                    serve_http1(stream, http, move |req| {
+                        let admin = admin.clone();
+                        async move { admin.handle(&req).await }
+                    })
+                    .await;
+                }
+            },
+        )
+        .await;
     }
 }
 

@@ -10,6 +10,7 @@ use super::resources::Labels;
 use super::routes::routes;
 use super::{ConfigErrors, Resources};
 use crate::policy::authz::{Authorizer, AuthzScope};
+use crate::policy::path::PathNormalization;
 
 /// Settings that come from the command line, not from YAML.
 #[derive(Clone, Debug)]
@@ -29,6 +30,12 @@ pub struct Settings {
     pub local_workload: Option<String>,
     /// The SPIFFE trust domain of workload identities.
     pub trust_domain: String,
+    /// How request paths are normalized before routing and authorization (`run`, `check` and
+    /// `explain` all take it from here, so they agree).
+    pub path_normalization: PathNormalization,
+    /// Other trust domains whose workloads the mesh side accepts (Istio's
+    /// `meshConfig.trustDomainAliases`); peers from any other trust domain are refused.
+    pub trust_domain_aliases: Vec<String>,
 }
 
 impl Default for Settings {
@@ -41,6 +48,8 @@ impl Default for Settings {
             mesh_credential: None,
             local_workload: None,
             trust_domain: "cluster.local".to_owned(),
+            path_normalization: PathNormalization::default(),
+            trust_domain_aliases: Vec::new(),
         }
     }
 }
@@ -58,13 +67,22 @@ pub struct Snapshot {
     /// The mesh terminator's configuration, when this node runs one.
     pub mesh: Option<MeshInbound>,
     pub resources: Resources,
+    /// What loads but will not do what it seems to say; `check` and `explain` print these.
+    pub warnings: Vec<super::ConfigWarning>,
 }
 
 /// Builds a snapshot, reporting every problem found.
 pub fn compile(resources: Resources, settings: Settings) -> Result<Snapshot, ConfigErrors> {
     let mut errors: Vec<super::ConfigError> = Vec::new();
+    let mut warnings: Vec<super::ConfigWarning> = Vec::new();
     let mut credentials = Credentials::new();
-    let listeners = listeners(&resources, &settings, &mut credentials, &mut errors);
+    let listeners = listeners(
+        &resources,
+        &settings,
+        &mut credentials,
+        &mut errors,
+        &mut warnings,
+    );
     let routes = routes(&resources, &mut errors);
     let scope = AuthzScope {
         root_namespace: settings.root_namespace.clone(),
@@ -74,8 +92,15 @@ pub fn compile(resources: Resources, settings: Settings) -> Result<Snapshot, Con
     let authz = Authorizer::compile(&resources.authorization_policies, &scope)
         .map_err(|ConfigErrors(mut e)| errors.append(&mut e))
         .ok();
+    warnings.extend(crate::policy::lint::never_matching(
+        &resources.authorization_policies,
+        &scope,
+        &listeners,
+    ));
     let mesh = match &settings.mesh_credential {
-        Some(name) => super::mesh::compile_mesh(name, &resources, &settings, &mut errors),
+        Some(name) => {
+            super::mesh::compile_mesh(name, &resources, &settings, &mut errors, &mut warnings)
+        }
         None => None,
     };
     match authz {
@@ -87,6 +112,7 @@ pub fn compile(resources: Resources, settings: Settings) -> Result<Snapshot, Con
             authz: Arc::new(authz),
             mesh,
             resources,
+            warnings,
         }),
         _ => Err(ConfigErrors(errors)),
     }

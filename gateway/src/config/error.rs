@@ -73,3 +73,14 @@ impl From<ConfigError> for ConfigErrors {
         Self(vec![e])
     }
 }
+
+/// Something that loads but cannot do what it seems to say: a rule that can never match, a
+/// Secret that is not read. `check` prints these; they never stop the daemon.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConfigWarning(pub ConfigError);
+
+impl fmt::Display for ConfigWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "warning: {}", self.0)
+    }
+}

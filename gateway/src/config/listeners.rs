@@ -1,15 +1,13 @@
 //! Gateway servers → listeners: one per port, each server with its hosts and TLS settings.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use super::compile::Settings;
-use super::credentials::load_credential;
 use super::hosts::HostMatch;
-use super::model::{Credentials, GatewayRef, GatewayServer, Listener, ServerTls};
-use super::resources::{Labels, ServerTlsSettings};
-use super::{ConfigError, Doc, Resources};
-use crate::tls::{server_config, ServerTlsMode, TlsVersions};
+use super::model::{Credentials, GatewayRef, GatewayServer, Listener};
+use super::resources::Labels;
+use super::server_tls::server_tls;
+use super::{ConfigError, ConfigWarning, Resources};
 
 fn is_subset(selector: &Labels, labels: &Labels) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
@@ -20,6 +18,7 @@ pub(super) fn listeners(
     settings: &Settings,
     credentials: &mut Credentials,
     errors: &mut Vec<ConfigError>,
+    warnings: &mut Vec<ConfigWarning>,
 ) -> Vec<Listener> {
     let mut by_port: BTreeMap<u16, Listener> = BTreeMap::new();
     for gw in &resources.gateways {
@@ -76,6 +75,7 @@ pub(super) fn listeners(
                         resources,
                         credentials,
                         &protocol,
+                        warnings,
                     ) {
                         Ok(tls) => Some(tls),
                         Err(e) => {
@@ -128,126 +128,4 @@ pub(super) fn listeners(
         }
     }
     by_port.into_values().collect()
-}
-
-fn server_tls(
-    gw: &Doc<super::resources::GatewaySpec>,
-    field: &str,
-    t: &ServerTlsSettings,
-    settings: &Settings,
-    resources: &Resources,
-    credentials: &mut Credentials,
-    protocol: &str,
-) -> Result<ServerTls, ConfigError> {
-    let mode = t.mode.as_deref().unwrap_or("SIMPLE");
-    let tls_mode = match mode {
-        "SIMPLE" => ServerTlsMode::Simple,
-        "MUTUAL" => ServerTlsMode::Mutual,
-        "PASSTHROUGH" => return Ok(ServerTls::Passthrough),
-        "ISTIO_MUTUAL" | "AUTO_PASSTHROUGH" | "OPTIONAL_MUTUAL" => {
-            return Err(gw.error(
-                &format!("{field}.mode"),
-                mode,
-                format!("tls mode {mode} is not supported yet (use SIMPLE, MUTUAL or PASSTHROUGH)"),
-            ))
-        }
-        other => {
-            return Err(gw.error(
-                &format!("{field}.mode"),
-                other,
-                format!("unknown tls mode {other:?} (expected SIMPLE, MUTUAL or PASSTHROUGH)"),
-            ))
-        }
-    };
-    if protocol == "TLS" {
-        return Err(gw.error(
-            &format!("{field}.mode"),
-            mode,
-            "terminating TLS for opaque TCP (protocol TLS with SIMPLE/MUTUAL) is not supported yet; use HTTPS or PASSTHROUGH",
-        ));
-    }
-    let versions = tls_versions(gw, field, t)?;
-    let name = if let Some(name) = &t.credential_name {
-        name.clone()
-    } else {
-        let found = t.server_certificate.is_some() || t.private_key.is_some();
-        return Err(gw.error(
-            &format!("{field}.credentialName"),
-            if found { "serverCertificate" } else { "tls" },
-            "set `credentialName` (file paths in serverCertificate/privateKey are not supported; put them in a credential directory)",
-        ));
-    };
-    let cred = match credentials.get(&name) {
-        Some(c) => c.clone(),
-        None => {
-            let referrer = |msg: String| gw.error(&format!("{field}.credentialName"), &name, msg);
-            let cred = Arc::new(load_credential(&referrer, &name, settings, resources)?);
-            credentials.insert(name.clone(), cred.clone());
-            cred
-        }
-    };
-    if tls_mode == ServerTlsMode::Mutual && cred.roots.is_none() {
-        return Err(gw.error(
-            &format!("{field}.credentialName"),
-            &name,
-            format!("MUTUAL needs a CA to verify clients, but credential {name:?} has no ca.crt"),
-        ));
-    }
-    let config = server_config(&cred, tls_mode, versions, &[b"h2", b"http/1.1"]).map_err(|e| {
-        gw.error(
-            &format!("{field}.credentialName"),
-            &name,
-            format!("credential {name:?}: {e}"),
-        )
-    })?;
-    Ok(ServerTls::Terminate {
-        mode: tls_mode,
-        credential_name: name,
-        config,
-    })
-}
-
-fn tls_versions(
-    gw: &Doc<super::resources::GatewaySpec>,
-    field: &str,
-    t: &ServerTlsSettings,
-) -> Result<TlsVersions, ConfigError> {
-    let mut v = TlsVersions::default();
-    match t.min_protocol_version.as_deref() {
-        None | Some("TLS_AUTO" | "TLSV1_0" | "TLSV1_1" | "TLSV1_2") => {}
-        Some("TLSV1_3") => v.min_tls13 = true,
-        Some(other) => {
-            return Err(gw.error(
-                &format!("{field}.minProtocolVersion"),
-                other,
-                format!("unknown TLS version {other:?}"),
-            ))
-        }
-    }
-    match t.max_protocol_version.as_deref() {
-        None | Some("TLS_AUTO" | "TLSV1_3") => {}
-        Some("TLSV1_2") => v.max_tls12 = true,
-        Some(old @ ("TLSV1_0" | "TLSV1_1")) => {
-            return Err(gw.error(
-                &format!("{field}.maxProtocolVersion"),
-                old,
-                format!("{old} is not offered: Portcullis speaks TLS 1.2 and 1.3 only"),
-            ))
-        }
-        Some(other) => {
-            return Err(gw.error(
-                &format!("{field}.maxProtocolVersion"),
-                other,
-                format!("unknown TLS version {other:?}"),
-            ))
-        }
-    }
-    if v.min_tls13 && v.max_tls12 {
-        return Err(gw.error(
-            &format!("{field}.minProtocolVersion"),
-            "minProtocolVersion",
-            "minProtocolVersion is above maxProtocolVersion",
-        ));
-    }
-    Ok(v)
 }

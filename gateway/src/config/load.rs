@@ -106,9 +106,16 @@ fn split_documents(text: &str) -> Vec<(usize, String)> {
         if is_separator {
             docs.push((first_line, std::mem::take(&mut current)));
             first_line = i + 2;
-            // Content after the marker on the same line (`--- {a: b}`) belongs to the next doc.
-            current.push_str(line[3..].trim_start());
-            current.push('\n');
+            // Content after the marker on the same line (`--- {a: b}`) belongs to the next
+            // doc, which then starts on the marker's line. An empty rest adds no line: the
+            // document's text must start on `first_line`, or every line found in it is off
+            // by one.
+            let rest = line[3..].trim_start();
+            if !rest.is_empty() {
+                first_line = i + 1;
+                current.push_str(rest);
+                current.push('\n');
+            }
         } else {
             current.push_str(line);
             current.push('\n');

@@ -13,7 +13,7 @@ use super::resources::WorkloadEntrySpec;
 use super::{ConfigError, ConfigErrors, Doc, Resources};
 use crate::identity::Identity;
 use crate::policy::authz::{Authorizer, AuthzScope};
-use crate::tls::{server_config, ServerTlsMode, TlsVersions};
+use crate::tls::{server_config_with, ClientCertChecks, ServerOptions, ServerTlsMode, TlsVersions};
 
 /// Builds the mesh section for the credential `name` (the `--mesh-credential` flag).
 pub fn compile_mesh(
@@ -21,9 +21,10 @@ pub fn compile_mesh(
     resources: &Resources,
     settings: &Settings,
     errors: &mut Vec<ConfigError>,
+    warnings: &mut Vec<super::ConfigWarning>,
 ) -> Option<MeshInbound> {
     let flag_error = |msg: String| ConfigError::file("--mesh-credential", msg);
-    let cred = match load_credential(&flag_error, name, settings, resources) {
+    let cred = match load_credential(&flag_error, name, settings, resources, warnings) {
         Ok(c) => Arc::new(c),
         Err(e) => {
             errors.push(e);
@@ -43,12 +44,23 @@ pub fn compile_mesh(
             return None;
         }
     };
-    let tls = match server_config(
-        &cred,
-        ServerTlsMode::Mutual,
-        TlsVersions::default(),
-        &[b"h2", b"http/1.1"],
-    ) {
+    // Istio's sidecars accept peers of the mesh's trust domain and its aliases only, even
+    // when another domain's certificates chain to the same CA.
+    let trust_domains = std::iter::once(settings.trust_domain.clone())
+        .chain(settings.trust_domain_aliases.iter().cloned())
+        .collect();
+    let options = ServerOptions {
+        mode: ServerTlsMode::Mutual,
+        versions: TlsVersions::default(),
+        cipher_suites: Vec::new(),
+        client_checks: ClientCertChecks {
+            trust_domains,
+            ..ClientCertChecks::default()
+        },
+        alpn: &[b"h2", b"http/1.1"],
+    };
+    let client_checks = options.client_checks.clone();
+    let tls = match server_config_with(&cred, &options) {
         Ok(t) => t,
         Err(e) => {
             errors.push(flag_error(format!("credential {name:?}: {e}")));
@@ -63,16 +75,12 @@ pub fn compile_mesh(
     let authz = Authorizer::compile(&resources.authorization_policies, &scope)
         .map_err(|ConfigErrors(mut e)| errors.append(&mut e))
         .ok()?;
-    // Port modes are this node's business only: the other WorkloadEntries are destinations.
-    let own = Resources {
-        workload_entries: vec![local.clone()],
-        ..resources.clone()
-    };
-    let modes = crate::policy::peer_auth::port_modes(&own, &settings.root_namespace)
+    let modes = workload_port_modes(resources, settings)
         .map_err(|mut e| errors.append(&mut e))
         .ok()?;
     let destinations = destinations(resources, local, settings, errors);
     Some(MeshInbound {
+        client_checks,
         credential_name: name.to_owned(),
         credential: cred,
         tls,
@@ -83,6 +91,32 @@ pub fn compile_mesh(
         workload_namespace: local.namespace().to_owned(),
         destinations,
     })
+}
+
+/// The PeerAuthentication mode of every port of this node's workload: what the kernel maps
+/// hold. `portcullis run --mesh-credential` and `portcullis kernel run` both use this, so the
+/// same YAML gives the same maps. The workload-wide default (STRICT on every port not
+/// named) is the entry at [`super::model::DEFAULT_PORT`].
+pub fn workload_port_modes(
+    resources: &Resources,
+    settings: &Settings,
+) -> Result<BTreeMap<u16, crate::policy::peer_auth::PeerAuthMode>, Vec<ConfigError>> {
+    // Port modes are this node's business only: the other WorkloadEntries are destinations.
+    // Without any WorkloadEntry (`kernel run --config` of policies only) the whole config.
+    let own = if resources.workload_entries.is_empty() {
+        resources.clone()
+    } else {
+        let local = local_workload(resources, settings).map_err(|e| vec![e])?;
+        Resources {
+            workload_entries: vec![local.clone()],
+            ..resources.clone()
+        }
+    };
+    let root = &settings.root_namespace;
+    let mut modes = crate::policy::peer_auth::port_modes(&own, root)?;
+    let default = crate::policy::peer_auth::default_mode(&own, root)?;
+    modes.extend(default.map(|mode| (super::model::DEFAULT_PORT, mode)));
+    Ok(modes)
 }
 
 /// This node's WorkloadEntry: the one `--workload` names, or the only one.
@@ -217,8 +251,8 @@ mod tests {
         assert_eq!(mesh.workload, "default/sleep");
         assert_eq!(
             mesh.modes.keys().copied().collect::<Vec<_>>(),
-            vec![8080],
-            "only this node's ports get modes"
+            vec![super::super::model::DEFAULT_PORT, 8080],
+            "only this node's ports get modes, plus the workload-wide one"
         );
         let dest = &mesh.destinations[&"10.0.0.1:80".parse().expect("addr")];
         assert_eq!(dest.service, "hello.shop.svc.cluster.local");
@@ -246,5 +280,62 @@ mod tests {
             err.to_string().contains("no WorkloadEntry named \"nope\""),
             "{err}"
         );
+    }
+
+    #[test]
+    fn mesh_peers_from_another_trust_domain_are_refused_unless_aliased() {
+        use crate::tls::testing::{handshake, leaf, test_ca};
+        let ca = test_ca("Mesh CA");
+        let dir = tempfile::tempdir().expect("tmp");
+        let own = leaf(
+            &ca,
+            &["test.com"],
+            &["spiffe://cluster.local/ns/default/sa/sleep"],
+            1,
+        );
+        let cred = dir.path().join("certs/sleep");
+        std::fs::create_dir_all(&cred).expect("mkdir");
+        std::fs::write(cred.join("tls.crt"), &own.cert_pem).expect("write");
+        std::fs::write(cred.join("tls.key"), &own.key_pem).expect("write");
+        std::fs::write(cred.join("ca.crt"), ca.cert.pem()).expect("write");
+        let file = dir.path().join("mesh.yaml");
+        std::fs::write(&file, TWO_WORKLOADS).expect("write");
+        let mesh = |aliases: &[&str]| {
+            let settings = Settings {
+                credential_dirs: vec![dir.path().join("certs")],
+                mesh_credential: Some("sleep".into()),
+                local_workload: Some("sleep".into()),
+                trust_domain_aliases: aliases.iter().map(|a| (*a).to_owned()).collect(),
+                ..Settings::default()
+            };
+            compile(
+                load_paths(std::slice::from_ref(&file)).expect("load"),
+                settings,
+            )
+            .expect("compiles")
+            .mesh
+            .expect("mesh section")
+        };
+        let peer = leaf(
+            &ca,
+            &["test.com"],
+            &["spiffe://cluster.local/ns/shop/sa/hello"],
+            2,
+        );
+        let foreign = leaf(
+            &ca,
+            &["test.com"],
+            &["spiffe://partner.example/ns/shop/sa/hello"],
+            3,
+        );
+        let plain = mesh(&[]);
+        assert_eq!(
+            handshake(plain.tls.clone(), &ca, Some(&peer), false),
+            Ok(())
+        );
+        let err = handshake(plain.tls, &ca, Some(&foreign), false).expect_err("foreign domain");
+        assert!(err.contains("ForeignTrustDomain"), "{err}");
+        let aliased = mesh(&["partner.example"]);
+        assert_eq!(handshake(aliased.tls, &ca, Some(&foreign), false), Ok(()));
     }
 }

@@ -19,10 +19,11 @@ pub mod mesh;
 pub mod model;
 pub mod resources;
 pub mod routes;
+pub mod server_tls;
 pub mod watch;
 
 pub use compile::{compile, Settings, Snapshot};
-pub use error::{ConfigError, ConfigErrors};
+pub use error::{ConfigError, ConfigErrors, ConfigWarning};
 pub use load::{load_paths, load_str, Resources};
 
 use std::path::PathBuf;
@@ -83,3 +84,6 @@ impl<S> Doc<S> {
         }
     }
 }
+
+#[cfg(test)]
+mod server_tls_tests;

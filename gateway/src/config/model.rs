@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::hosts::{authority_host, best_match, HostMatch};
-use crate::tls::{Credential, ServerTlsMode};
+use crate::tls::{ClientCertChecks, Credential, ServerTlsMode};
 
 /// A Gateway named `namespace/name`, as VirtualServices refer to it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
@@ -72,6 +72,9 @@ pub enum ServerTls {
         mode: ServerTlsMode,
         credential_name: String,
         config: Arc<rustls::ServerConfig>,
+        /// What MUTUAL asks of a client beyond the chain (SANs, pins, CRL), as built into
+        /// `config`; kept to describe the server and to re-check open connections.
+        client_checks: ClientCertChecks,
     },
     /// Route by SNI and forward the bytes untouched.
     Passthrough,
@@ -178,6 +181,9 @@ impl Routes {
 /// Credentials by `credentialName`, parsed and checked.
 pub type Credentials = BTreeMap<String, Arc<Credential>>;
 
+/// The key of [`MeshInbound::modes`] that holds the mode of every port not listed.
+pub const DEFAULT_PORT: u16 = 0;
+
 /// This node's side of the mesh: its workload, its identity, what steered connections to it
 /// are checked against, and the mesh destinations its clients' connections are upgraded for.
 #[derive(Clone, Debug)]
@@ -188,9 +194,14 @@ pub struct MeshInbound {
     pub credential: Arc<Credential>,
     /// MUTUAL: clients must present a certificate from the mesh CA (`ca.crt`).
     pub tls: Arc<rustls::ServerConfig>,
+    /// What `tls` checks beyond the chain (the mesh's trust domains): kept to re-check open
+    /// connections after a reload.
+    pub client_checks: crate::tls::ClientCertChecks,
     /// AuthorizationPolicies compiled for this workload's namespace and labels.
     pub authz: Arc<crate::policy::authz::Authorizer>,
     /// PeerAuthentication mode of each workload port; the kernel maps get the same table.
+    /// Key [`DEFAULT_PORT`] (0, never a TCP port) holds the workload-wide mode, which every
+    /// port without a key of its own follows (Istio's STRICT covers every inbound port).
     pub modes: BTreeMap<u16, crate::policy::peer_auth::PeerAuthMode>,
     /// This node's WorkloadEntry: `namespace/name`.
     pub workload: String,
@@ -213,10 +224,12 @@ pub struct MeshDestination {
 }
 
 impl MeshInbound {
-    /// A port's mode; ports no workload declares are DISABLE (the mesh leaves them alone).
+    /// A port's mode: its own, else the workload-wide one at [`DEFAULT_PORT`], else DISABLE
+    /// (the mesh leaves the port alone).
     pub fn mode(&self, port: u16) -> crate::policy::peer_auth::PeerAuthMode {
         self.modes
             .get(&port)
+            .or_else(|| self.modes.get(&DEFAULT_PORT))
             .copied()
             .unwrap_or(crate::policy::peer_auth::PeerAuthMode::Disable)
     }

@@ -79,6 +79,8 @@ pub struct Port {
     pub target_port: Option<u32>,
 }
 
+/// Istio's `ServerTLSSettings`, every field of it: the ones Portcullis does not support are
+/// read so that they can be refused by name (see `config::server_tls`), never dropped.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ServerTlsSettings {
@@ -93,9 +95,19 @@ pub struct ServerTlsSettings {
     #[serde(default)]
     pub ca_certificates: Option<String>,
     #[serde(default)]
+    pub ca_crl: Option<String>,
+    #[serde(default)]
     pub credential_name: Option<String>,
     #[serde(default)]
+    pub credential_names: Vec<String>,
+    #[serde(default)]
+    pub tls_certificates: Vec<serde_norway::Value>,
+    #[serde(default)]
     pub subject_alt_names: Vec<String>,
+    #[serde(default)]
+    pub verify_certificate_spki: Vec<String>,
+    #[serde(default)]
+    pub verify_certificate_hash: Vec<String>,
     #[serde(default)]
     pub min_protocol_version: Option<String>,
     #[serde(default)]

@@ -57,6 +57,15 @@ impl Identity {
         }
     }
 
+    /// The SPIFFE trust domain (`cluster.local`, `test.client`).
+    pub fn trust_domain(&self) -> &str {
+        match self {
+            Identity::Workload { trust_domain, .. } | Identity::Other { trust_domain, .. } => {
+                trust_domain
+            }
+        }
+    }
+
     /// The namespace, for workload identities.
     pub fn namespace(&self) -> Option<&str> {
         match self {
@@ -75,6 +84,24 @@ impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "spiffe://{}", self.principal())
     }
+}
+
+/// The URI SAN that names the peer when a certificate carries several: the **first one that
+/// starts with `spiffe://`**, and no other even if that one is malformed.
+///
+/// This is what Istio matches `source.principals` against. Istio's authorization does not use
+/// Envoy's `Authenticated` RBAC principal (which, since envoyproxy/envoy#9237, tries every URI
+/// SAN, then every DNS SAN, then the subject — see
+/// `source/extensions/filters/common/rbac/matchers.cc`, `AuthenticatedMatcher::matches`):
+/// since istio/istio#42031 it matches a `FilterState` principal set by istio/proxy's
+/// `io.istio.network.authn` filter (`source/extensions/filters/network/istio_authn/config.cc`,
+/// `IstioAuthnFilter::populate`), which loops over `uriSanPeerCertificate()` and keeps the
+/// first SAN with the `spiffe://` prefix. Envoy's XFCC `URI=` is the first URI SAN of any kind
+/// (`uris[0]`), which is why [`PeerCertificate::uris`] keeps them all, in order.
+pub fn principal_uri(uris: &[String]) -> Option<&str> {
+    uris.iter()
+        .map(String::as_str)
+        .find(|u| u.starts_with("spiffe://"))
 }
 
 /// What a verified peer certificate says about the peer.
@@ -113,8 +140,7 @@ impl PeerCertificate {
                 }
             }
         }
-        // Istio and SPIFFE allow exactly one SPIFFE id per SVID; the first one wins here.
-        let identity = uris.iter().find_map(|u| Identity::from_uri(u));
+        let identity = principal_uri(&uris).and_then(Identity::from_uri);
         let digest = ring::digest::digest(&ring::digest::SHA256, der);
         let sha256_hex = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
         Ok(Self {
@@ -182,6 +208,41 @@ mod tests {
             Some("cluster.local/ns/default/sa/sleep")
         );
         assert_eq!(peer.sha256_hex.len(), 64);
+    }
+
+    fn cert_with_uris(uris: &[&str]) -> PeerCertificate {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        for u in uris {
+            params.subject_alt_names.push(rcgen::SanType::URI(
+                rcgen::string::Ia5String::try_from(*u).expect("ia5"),
+            ));
+        }
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("cert");
+        PeerCertificate::from_der(cert.der()).expect("parse")
+    }
+
+    #[test]
+    fn the_principal_is_the_first_spiffe_uri_san_as_istio_authn_takes_it() {
+        let peer = cert_with_uris(&[
+            "https://not.an.identity/",
+            "spiffe://cluster.local/ns/a/sa/first",
+            "spiffe://cluster.local/ns/b/sa/second",
+        ]);
+        assert_eq!(
+            peer.principal().as_deref(),
+            Some("cluster.local/ns/a/sa/first"),
+            "the first spiffe:// SAN, not the first URI and not any later one"
+        );
+        assert_eq!(
+            peer.uris[0], "https://not.an.identity/",
+            "XFCC keeps uris[0]"
+        );
+        // A malformed first SPIFFE id is not skipped in favour of a later one: istio_authn
+        // takes the first `spiffe://` SAN whatever follows it, so the peer has no principal
+        // an ALLOW rule could match.
+        let peer = cert_with_uris(&["spiffe:///ns/x/sa/y", "spiffe://cluster.local/ns/a/sa/b"]);
+        assert_eq!(peer.principal(), None);
     }
 
     #[test]

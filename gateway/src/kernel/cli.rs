@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
@@ -14,8 +14,12 @@ use super::bpffs::DEFAULT_PIN_DIR;
 use super::capture::{attached_cgroups, install_capture, open_capture, CaptureOptions};
 use super::loader::{install, open, status, uninstall, InstallOptions, Origin};
 use super::maps::{KernelMaps, PortSetting};
-use crate::config::load_paths;
-use crate::policy::peer_auth::{port_modes, PeerAuthMode, DEFAULT_ROOT_NAMESPACE};
+use crate::config::mesh::workload_port_modes;
+use crate::config::model::DEFAULT_PORT;
+use crate::config::{compile, load_paths, ConfigErrors, Resources, Settings, Snapshot};
+use crate::mesh::KernelSync;
+use crate::policy::peer_auth::{PeerAuthMode, DEFAULT_ROOT_NAMESPACE};
+use crate::reconcile::{Reconciler, SnapshotBus};
 
 /// The kernel path: sk_lookup steering, the STRICT plaintext reset, outbound capture.
 #[derive(Debug, Args)]
@@ -103,14 +107,19 @@ pub struct PinDirArg {
 pub struct AttachArgs {
     #[command(flatten)]
     pub pin: PinDirArg,
-    /// Interface whose ingress gets the STRICT classifier; repeat it (add `lo` for local
-    /// clients).
+    /// Interface whose ingress gets the STRICT classifier; repeatable. Without it, every
+    /// interface that carries an address gets it (loopback included).
     #[arg(long = "iface", value_name = "NAME")]
     pub interfaces: Vec<String>,
     /// Port mode, `PORT=strict|permissive|disable`; repeatable. With `run --config` these
     /// override what the config says.
     #[arg(long = "port", value_name = "PORT=MODE")]
     pub ports: Vec<PortArg>,
+    /// Mode of every port without a `--port` (or config) entry of its own, on the node's
+    /// non-loopback addresses: `strict|permissive|disable`. With `run --config` it overrides
+    /// the workload-wide PeerAuthentication.
+    #[arg(long = "default", value_name = "MODE", value_parser = parse_mode)]
+    pub default_mode: Option<PeerAuthMode>,
     /// Steer the configured ports to the terminator's listener (sk_lookup).
     #[arg(long)]
     pub steer: bool,
@@ -133,6 +142,10 @@ pub struct RunArgs {
     /// How often the config is checked for changes.
     #[arg(long, default_value_t = 200)]
     pub poll_ms: u64,
+    /// This node's own WorkloadEntry (`name` or `namespace/name`) when the configuration
+    /// describes several (as `portcullis run --workload`).
+    #[arg(long, value_name = "NAME")]
+    pub workload: Option<String>,
 }
 
 /// `set-mode`.
@@ -188,16 +201,22 @@ impl FromStr for PortArg {
     }
 }
 
+fn parse_mode(s: &str) -> Result<PeerAuthMode, String> {
+    PeerAuthMode::parse(&s.to_ascii_uppercase())?
+        .ok_or_else(|| format!("`{s}`: UNSET is not a mode here"))
+}
+
 /// Runs a `portcullis kernel` subcommand.
-pub fn run(args: KernelArgs) -> Result<()> {
+pub async fn run(args: KernelArgs) -> Result<()> {
     match args.command {
         KernelCommand::Attach(a) => {
             let mut maps = attach(&a)?;
-            let desired = from_flags(&a.ports, a.steer);
+            let mut desired = from_flags(&a.ports, a.steer);
+            desired.extend(default_from_flag(&a));
             apply(&mut maps, &desired)?;
             Ok(())
         }
-        KernelCommand::Run(r) => run_daemon(&r),
+        KernelCommand::Run(r) => run_daemon(r).await,
         KernelCommand::SetMode(s) => {
             let mut maps = open(&s.pin.pin_dir)?;
             for p in &s.ports {
@@ -326,63 +345,95 @@ fn from_flags(ports: &[PortArg], steer: bool) -> BTreeMap<u16, PortSetting> {
         .collect()
 }
 
+/// `--default MODE` as the map's default entry (key 0).
+fn default_from_flag(a: &AttachArgs) -> Option<(u16, PortSetting)> {
+    a.default_mode.map(|mode| {
+        (
+            DEFAULT_PORT,
+            PortSetting {
+                mode,
+                steer: a.steer,
+            },
+        )
+    })
+}
+
 fn apply(maps: &mut KernelMaps, desired: &BTreeMap<u16, PortSetting>) -> Result<()> {
     let changed = maps.sync_ports(desired)?;
     if changed > 0 {
         let list: Vec<String> = desired
             .iter()
-            .map(|(port, s)| format!("{port}={}", s.mode))
+            .map(|(port, s)| match *port {
+                DEFAULT_PORT => format!("default={}", s.mode),
+                port => format!("{port}={}", s.mode),
+            })
             .collect();
         eprintln!("portcullis kernel: port modes now [{}]", list.join(", "));
     }
     Ok(())
 }
 
-/// Reads the config and derives every local workload port's mode.
-fn desired_from_config(r: &RunArgs) -> Result<BTreeMap<u16, PortSetting>> {
-    let resources = load_paths(&r.config).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let modes = port_modes(&resources, &r.root_namespace).map_err(|errs| {
-        let text: Vec<String> = errs.iter().map(ToString::to_string).collect();
-        anyhow::anyhow!("{}", text.join("\n"))
-    })?;
-    let mut desired: BTreeMap<u16, PortSetting> = modes
-        .into_iter()
-        .map(|(port, mode)| {
-            let steer = r.attach.steer;
-            (port, PortSetting { mode, steer })
-        })
-        .collect();
-    desired.extend(from_flags(&r.attach.ports, r.attach.steer));
-    Ok(desired)
+/// The snapshot `kernel run` follows: the same compile as `portcullis run`, with no Gateway
+/// listeners (no gateway labels), checked for the workload's port modes so that a config
+/// that would leave them undecided is refused like any bad edit.
+fn compile_for_kernel(r: &RunArgs) -> Result<Snapshot, ConfigErrors> {
+    let settings = Settings {
+        root_namespace: r.root_namespace.clone(),
+        gateway_labels: BTreeMap::new(),
+        local_workload: r.workload.clone(),
+        ..Settings::default()
+    };
+    let resources = if r.config.is_empty() {
+        Resources::default()
+    } else {
+        load_paths(&r.config)?
+    };
+    let snapshot = compile(resources, settings)?;
+    workload_port_modes(&snapshot.resources, &snapshot.settings).map_err(ConfigErrors)?;
+    Ok(snapshot)
 }
 
-fn run_daemon(r: &RunArgs) -> Result<()> {
-    if r.config.is_empty() && r.attach.ports.is_empty() {
-        bail!("`kernel run` needs --config (Istio YAML) or --port PORT=MODE");
+/// `kernel run`: the daemon's reconciler with the kernel maps as its only subscriber.
+async fn run_daemon(r: RunArgs) -> Result<()> {
+    if r.config.is_empty() && r.attach.ports.is_empty() && r.attach.default_mode.is_none() {
+        bail!("`kernel run` needs --config (Istio YAML), --port PORT=MODE or --default MODE");
     }
-    let mut maps = attach(&r.attach)?;
+    let initial = compile_for_kernel(&r).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let maps = attach(&r.attach)?;
+    let mut sync = KernelSync::new(Some(maps), None, r.attach.steer).with_overrides(
+        from_flags(&r.attach.ports, r.attach.steer)
+            .into_iter()
+            .chain(default_from_flag(&r.attach))
+            .collect(),
+    );
+    let changed = sync.apply(&initial)?;
+    eprintln!(
+        "portcullis kernel: port modes now [{}] ({changed} changed)",
+        sync.desired(&initial)
+            .iter()
+            .map(|(port, s)| format!("{port}={}", s.mode))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let bus = SnapshotBus::new(initial);
+    let paths = r.config.clone();
+    let pin_dir = r.attach.pin.pin_dir.clone();
     let poll = Duration::from_millis(r.poll_ms.max(10));
-    let mut last_print = Instant::now();
-    let mut fingerprint = None;
+    let reconciler = Reconciler::new(
+        paths,
+        Box::new(move || compile_for_kernel(&r)),
+        poll,
+        bus.clone(),
+    );
+    tokio::spawn(sync.run(bus.subscribe()));
+    tokio::spawn(reconciler.run());
+    let mut every = tokio::time::interval(Duration::from_secs(30));
+    every.tick().await;
     loop {
-        let now = crate::config::watch::fingerprint(&r.config);
-        if fingerprint.as_ref() != Some(&now) {
-            match desired_from_config(r) {
-                Ok(desired) => {
-                    apply(&mut maps, &desired)?;
-                    fingerprint = Some(now);
-                }
-                // Keep enforcing the last good config; a half-written file is retried.
-                Err(e) => eprintln!("portcullis kernel: config not applied: {e:#}"),
-            }
+        every.tick().await;
+        if let Ok(st) = status(&pin_dir) {
+            eprintln!("portcullis kernel: counters {:?}", st.counters.total);
         }
-        if last_print.elapsed() > Duration::from_secs(30) {
-            if let Ok(c) = maps.counters() {
-                eprintln!("portcullis kernel: counters {:?}", c.total);
-            }
-            last_print = Instant::now();
-        }
-        std::thread::sleep(poll);
     }
 }
 
@@ -403,6 +454,11 @@ fn print_status(st: &super::loader::Status) {
         .map(|(name, id)| format!("{name}={id}"))
         .collect();
     println!("programs:  {}", ids.join(" "));
+    println!(
+        "default:   {}{}",
+        st.default.mode,
+        if st.default.steer { ", steered" } else { "" }
+    );
     for (port, s) in &st.ports {
         println!(
             "port {port}: {}{}",

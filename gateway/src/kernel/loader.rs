@@ -15,7 +15,7 @@ use aya::programs::tc::TcAttachOptions;
 use aya::programs::{LinkOrder, ProgramError, SchedClassifier, SkLookup, TcAttachType};
 use aya::EbpfLoader;
 use gateway_common::{
-    MAP_COUNTERS, MAP_FLOWS, MAP_PORTS, MAP_PORT_COUNTERS, MAP_TERMINATOR, PROG_STEER, PROG_STRICT,
+    MAP_CONFIG, MAP_COUNTERS, MAP_PORTS, MAP_PORT_COUNTERS, MAP_TERMINATOR, PROG_STEER, PROG_STRICT,
 };
 use serde::Serialize;
 
@@ -29,7 +29,7 @@ const PINNED_MAPS: [&str; 5] = [
     MAP_PORTS,
     MAP_COUNTERS,
     MAP_PORT_COUNTERS,
-    MAP_FLOWS,
+    MAP_CONFIG,
     MAP_TERMINATOR,
 ];
 
@@ -39,6 +39,7 @@ pub struct InstallOptions {
     /// The pin directory (on bpffs, mounted if missing).
     pub pin_dir: PathBuf,
     /// Interfaces whose tc ingress gets the STRICT classifier (`lo` for local clients).
+    /// Empty: every interface that carries an address (see [`super::interfaces`]).
     pub interfaces: Vec<String>,
     /// Enable aya-log lines from the kernel programs (only honoured on a fresh load).
     pub kernel_log: bool,
@@ -94,8 +95,13 @@ pub fn install(opts: &InstallOptions) -> Result<Installed> {
         Origin::Loaded
     };
 
+    let interfaces = if opts.interfaces.is_empty() {
+        super::interfaces::with_addresses()?
+    } else {
+        opts.interfaces.clone()
+    };
     let mut newly_attached = Vec::new();
-    for iface in &opts.interfaces {
+    for iface in &interfaces {
         if !pins.strict_link(iface).exists() {
             attach_strict(&pins, iface)?;
             newly_attached.push(iface.clone());
@@ -346,7 +352,9 @@ pub struct Status {
     pub steer_attached: bool,
     /// Interfaces with the STRICT classifier pinned on their ingress.
     pub interfaces: Vec<String>,
-    /// Port policy in the kernel now.
+    /// The mode of ports without an entry of their own.
+    pub default: PortSetting,
+    /// Port policy in the kernel now: the exceptions to `default`.
     pub ports: std::collections::BTreeMap<u16, PortSetting>,
     /// Counters, summed over CPUs.
     pub counters: CounterSnapshot,
@@ -365,6 +373,7 @@ pub fn status(pin_dir: &Path) -> Result<Status> {
         pin_dir: pin_dir.to_path_buf(),
         steer_attached: pins.steer_link().exists(),
         interfaces: pins.attached_interfaces(),
+        default: maps.default_setting()?,
         ports: maps.ports()?,
         counters: maps.counters()?,
         program_ids: program_ids(&pins),

@@ -5,10 +5,10 @@
 use std::collections::BTreeMap;
 use std::os::fd::AsRawFd;
 
-use aya::maps::{HashMap, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, SockMap};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, SockMap};
 use gateway_common::{
-    mode, Counter, PortCounters, PortPolicy, MAP_COUNTERS, MAP_PORTS, MAP_PORT_COUNTERS,
-    MAP_TERMINATOR, TERMINATOR_SOCKET_INDEX,
+    mode, Counter, KernelConfig, PortCounters, PortPolicy, MAP_CONFIG, MAP_COUNTERS, MAP_PORTS,
+    MAP_PORT_COUNTERS, MAP_TERMINATOR, TERMINATOR_SOCKET_INDEX,
 };
 use serde::Serialize;
 
@@ -17,6 +17,7 @@ const BPF_NOEXIST: u64 = 1;
 
 use super::bpffs::PinLayout;
 use super::error::{KernelError, Result};
+use crate::config::model::DEFAULT_PORT;
 use crate::policy::peer_auth::PeerAuthMode;
 
 /// What the kernel does for one port, in domain terms.
@@ -29,6 +30,12 @@ pub struct PortSetting {
 }
 
 impl PortSetting {
+    /// No default: ports without an entry are left alone by both programs.
+    pub const NONE: Self = Self {
+        mode: PeerAuthMode::Disable,
+        steer: false,
+    };
+
     fn to_kernel(self) -> PortPolicy {
         PortPolicy {
             mode: match self.mode {
@@ -51,6 +58,19 @@ impl PortSetting {
             mode,
             steer: policy.steer != 0,
         }
+    }
+}
+
+/// `net.ipv4.ip_local_port_range` of this network namespace (it also governs IPv6); (0, 0)
+/// when unreadable, which makes the default cover every port.
+fn ephemeral_range() -> (u16, u16) {
+    let Ok(text) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range") else {
+        return (0, 0);
+    };
+    let mut it = text.split_whitespace().map(|w| w.parse::<u16>().ok());
+    match (it.next().flatten(), it.next().flatten()) {
+        (Some(low), Some(high)) if low != 0 && low <= high => (low, high),
+        _ => (0, 0),
     }
 }
 
@@ -82,6 +102,7 @@ pub struct KernelMaps {
     port_counters: PerCpuHashMap<MapData, u16, PortCounters>,
     counters: PerCpuArray<MapData, u64>,
     terminator: SockMap<MapData>,
+    config: Array<MapData, KernelConfig>,
 }
 
 pub(super) fn open_pinned<T>(pins: &PinLayout, name: &str) -> Result<T>
@@ -109,7 +130,45 @@ impl KernelMaps {
             port_counters: open_pinned(pins, MAP_PORT_COUNTERS)?,
             counters: open_pinned(pins, MAP_COUNTERS)?,
             terminator: open_pinned(pins, MAP_TERMINATOR)?,
+            config: open_pinned(pins, MAP_CONFIG)?,
         })
+    }
+
+    /// The mode of ports without an entry of their own.
+    pub fn default_setting(&self) -> Result<PortSetting> {
+        Ok(PortSetting::from_kernel(self.config()?.default_policy()))
+    }
+
+    /// Sets the mode of every port without an entry of its own (the workload-wide
+    /// PeerAuthentication): under STRICT, every port of the node's non-loopback addresses.
+    pub fn set_default(&mut self, setting: PortSetting) -> Result<()> {
+        let mut config = self.config()?;
+        let policy = setting.to_kernel();
+        config.default_mode = policy.mode;
+        config.default_steer = policy.steer;
+        self.write_config(config)
+    }
+
+    fn config(&self) -> Result<KernelConfig> {
+        self.config
+            .get(&0, 0)
+            .map_err(|e| KernelError::during("reading the kernel config map", e))
+    }
+
+    /// Writes `config` with the derived fields brought up to date: whether anything is STRICT
+    /// (unknowable packets are dropped then) and the ephemeral port range.
+    fn write_config(&mut self, mut config: KernelConfig) -> Result<()> {
+        let any_port_strict = self
+            .ports()?
+            .values()
+            .any(|s| s.mode == PeerAuthMode::Strict);
+        config.strict_anywhere = u8::from(any_port_strict || config.default_mode == mode::STRICT);
+        let (low, high) = ephemeral_range();
+        config.ephemeral_low = low;
+        config.ephemeral_high = high;
+        self.config
+            .set(0, config, 0)
+            .map_err(|e| KernelError::during("writing the kernel config map", e))
     }
 
     /// Sets one port's policy; takes effect for the next packet.
@@ -117,15 +176,19 @@ impl KernelMaps {
         self.ensure_counter_row(port)?;
         self.ports
             .insert(port, setting.to_kernel(), 0)
-            .map_err(|e| KernelError::during(format!("setting port {port}"), e))
+            .map_err(|e| KernelError::during(format!("setting port {port}"), e))?;
+        let config = self.config()?;
+        self.write_config(config)
     }
 
     /// Forgets a port: both programs leave it alone from the next packet on. Its counters stay.
     pub fn remove_port(&mut self, port: u16) -> Result<()> {
         match self.ports.remove(&port) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(KernelError::during(format!("removing port {port}"), e)),
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(e) => return Err(KernelError::during(format!("removing port {port}"), e)),
         }
+        let config = self.config()?;
+        self.write_config(config)
     }
 
     /// The ports the kernel knows now.
@@ -140,10 +203,22 @@ impl KernelMaps {
     }
 
     /// Makes the port map equal to `desired`: updates what changed, removes what is gone.
-    /// Returns the number of ports written or removed.
+    /// Key [`DEFAULT_PORT`] (0) is the default for every other port; without it there is no
+    /// default. Returns the number of settings written or removed.
     pub fn sync_ports(&mut self, desired: &BTreeMap<u16, PortSetting>) -> Result<usize> {
         let current = self.ports()?;
         let mut changed = 0;
+        let default = desired
+            .get(&DEFAULT_PORT)
+            .copied()
+            .unwrap_or(PortSetting::NONE);
+        if self.default_setting()? != default {
+            self.set_default(default)?;
+            changed += 1;
+        }
+        let desired = desired.iter().filter(|(port, _)| **port != DEFAULT_PORT);
+        let wanted: BTreeMap<u16, PortSetting> = desired.map(|(p, s)| (*p, *s)).collect();
+        let desired = &wanted;
         for (port, setting) in desired {
             if current.get(port) != Some(setting) {
                 self.set_port(*port, *setting)?;

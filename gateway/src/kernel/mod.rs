@@ -5,6 +5,7 @@
 //! - [`maps`]: the runtime switch — port modes, the terminator's socket, counters.
 //! - [`capture`]: outbound capture — a workload cgroup's connects to mesh destinations go to
 //!   the outbound proxy, which looks up their original destination.
+//! - [`interfaces`]: the interfaces the STRICT check covers when none are named.
 //! - [`bpffs`]: the pin directory and mounting bpffs.
 //! - [`cli`]: `portcullis kernel …` subcommands.
 
@@ -12,9 +13,12 @@ pub mod bpffs;
 pub mod capture;
 pub mod cli;
 pub mod error;
+pub mod interfaces;
 pub mod loader;
 pub mod log;
 pub mod maps;
+#[cfg(test)]
+mod strict_tests;
 
 pub use capture::{install_capture, open_capture, Capture, CaptureOptions};
 pub use error::KernelError;

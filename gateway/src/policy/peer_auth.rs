@@ -181,12 +181,34 @@ impl PeerAuthentications {
 
     /// The effective mode of `port` on `workload`.
     pub fn mode_for(&self, workload: &Workload, port: u16) -> PeerAuthMode {
-        let workload_policy = self.policies.iter().find(|p| {
+        self.mode_of(workload, Some(port))
+    }
+
+    /// The mode of every port of `workload` that no `portLevelMtls` names: Istio's STRICT
+    /// covers every inbound port of the workload, not only the ports a ServiceEntry names.
+    pub fn workload_mode(&self, workload: &Workload) -> PeerAuthMode {
+        self.mode_of(workload, None)
+    }
+
+    /// The ports the `portLevelMtls` of `workload`'s own policy names: exceptions to the
+    /// workload mode even when no ServiceEntry names them.
+    pub fn port_level_ports(&self, workload: &Workload) -> Vec<u16> {
+        self.workload_policy(workload)
+            .map(|p| p.ports.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    fn workload_policy(&self, workload: &Workload) -> Option<&Policy> {
+        self.policies.iter().find(|p| {
             p.namespace == workload.namespace
                 && p.selector
                     .as_ref()
                     .is_some_and(|sel| selects(sel, &workload.labels))
-        });
+        })
+    }
+
+    fn mode_of(&self, workload: &Workload, port: Option<u16>) -> PeerAuthMode {
+        let workload_policy = self.workload_policy(workload);
         let namespace_policy = self
             .policies
             .iter()
@@ -197,7 +219,7 @@ impl PeerAuthentications {
             .find(|p| p.namespace == self.root_namespace && p.selector.is_none());
 
         workload_policy
-            .and_then(|p| p.ports.get(&port).copied().flatten())
+            .and_then(|p| p.ports.get(&port?).copied().flatten())
             .or_else(|| workload_policy.and_then(|p| p.mode))
             .or_else(|| namespace_policy.and_then(|p| p.mode))
             .or_else(|| mesh_policy.and_then(|p| p.mode))
@@ -253,6 +275,7 @@ pub fn workload_port_modes(
                 .values()
                 .filter_map(|p| u16::try_from(*p).ok().filter(|p| *p != 0)),
         );
+        ports.extend(peer_auth.port_level_ports(&workload));
         ports.sort_unstable();
         ports.dedup();
         let name = format!("{}/{}", workload.namespace, we.metadata.name);
@@ -265,6 +288,27 @@ pub fn workload_port_modes(
         }
     }
     out
+}
+
+/// The mode of the ports no `portLevelMtls` names, over every WorkloadEntry of a loaded config
+/// (the stricter wins, as in [`port_modes`]); `None` without any WorkloadEntry.
+pub fn default_mode(
+    resources: &crate::config::Resources,
+    root_namespace: &str,
+) -> Result<Option<PeerAuthMode>, Vec<ConfigError>> {
+    let peer_auth = PeerAuthentications::compile(&resources.peer_authentications, root_namespace)?;
+    Ok(resources
+        .workload_entries
+        .iter()
+        .map(|we| {
+            let mut labels = we.metadata.labels.clone();
+            labels.extend(we.spec.labels.clone());
+            peer_auth.workload_mode(&Workload {
+                namespace: we.namespace().to_owned(),
+                labels,
+            })
+        })
+        .max())
 }
 
 /// The mode of every local workload port from a loaded config — what both the kernel maps
@@ -492,5 +536,45 @@ mod tests {
         let got = workload_port_modes(&pas, &[we], &[se]);
         let got: Vec<(u16, PeerAuthMode)> = got.iter().map(|p| (p.port, p.mode)).collect();
         assert_eq!(got, vec![(8080, Strict), (9090, Disable)]);
+    }
+
+    #[test]
+    fn workload_mode_covers_unnamed_ports_and_port_level_names_exceptions() {
+        let we = Doc {
+            origin: origin(),
+            kind: "WorkloadEntry",
+            metadata: Metadata {
+                name: "hello".into(),
+                namespace: Some("default".into()),
+                ..Metadata::default()
+            },
+            spec: WorkloadEntrySpec {
+                labels: labels(&[("app", "hello")]),
+                ports: [("http".to_string(), 80)].into_iter().collect(),
+                ..WorkloadEntrySpec::default()
+            },
+        };
+        let mesh_strict = pa("istio-system", "default", &[], Some("STRICT"), &[]);
+        let wl = pa(
+            "default",
+            "wl",
+            &[("app", "hello")],
+            None,
+            &[(6379, "DISABLE")],
+        );
+        let pas = PeerAuthentications::compile(&[mesh_strict, wl], DEFAULT_ROOT_NAMESPACE)
+            .unwrap_or_default();
+        // A mesh-wide STRICT reaches every port of the workload, named or not.
+        assert_eq!(pas.workload_mode(&app()), Strict);
+        assert_eq!(pas.mode_for(&app(), 22), Strict);
+        // portLevelMtls names an exception even though no entry names the port.
+        let got = workload_port_modes(&pas, &[we], &[]);
+        let got: Vec<(u16, PeerAuthMode)> = got.iter().map(|p| (p.port, p.mode)).collect();
+        assert_eq!(got, vec![(80, Strict), (6379, Disable)]);
+        // Nothing configured: Istio's PERMISSIVE.
+        assert_eq!(
+            PeerAuthentications::default().workload_mode(&app()),
+            Permissive
+        );
     }
 }

@@ -18,6 +18,9 @@ pub struct ConnInfo {
     pub sni: Option<String>,
     /// The verified client certificate (MUTUAL).
     pub peer_cert: Option<PeerCertificate>,
+    /// The chain the client presented, as verified: a reload re-verifies it against the new
+    /// server settings (CA, CRL, subjectAltNames) and closes the connection if it fails.
+    pub peer_chain: Vec<rustls::pki_types::CertificateDer<'static>>,
     pub tls: bool,
     /// The principal (`test.client`) read once from the certificate.
     pub principal: Option<String>,
@@ -33,9 +36,8 @@ pub struct ConnInfo {
 #[derive(Clone, Debug)]
 pub struct InboundTarget {
     /// The local application: loopback on the connection's original destination port.
+    /// (Its AuthorizationPolicies are read from the newest snapshot on each request.)
     pub app: SocketAddr,
-    /// AuthorizationPolicies compiled for this workload.
-    pub authz: Arc<crate::policy::authz::Authorizer>,
     /// This node's workload, reported as the destination in metrics.
     pub workload_name: String,
     pub workload_namespace: String,
@@ -51,6 +53,7 @@ impl ConnInfo {
             server: None,
             sni: None,
             peer_cert: None,
+            peer_chain: Vec::new(),
             tls: false,
             principal: None,
             inbound: None,

@@ -12,6 +12,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
 use super::conn::ConnInfo;
+use super::limits::LimitReason;
+use super::upstream::{is_connect_timeout, WithPermit};
 use super::Gateway;
 use crate::admin::access_log::AccessEntry;
 use crate::admin::metrics::{flags, RequestProtocol, RequestRecord};
@@ -19,6 +21,7 @@ use crate::config::hosts::{authority_host, best_match};
 use crate::config::model::GatewayRef;
 use crate::config::Snapshot;
 use crate::policy::authz::{Decision, RequestAttrs};
+use crate::policy::path::{self, PathError, PathNormalization};
 
 /// Response bodies: streamed from upstream, or made here.
 pub type Body = BoxBody<Bytes, hyper::Error>;
@@ -66,12 +69,8 @@ pub async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
     let method = req.method().clone();
-    let path_and_query = req
-        .uri()
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
-    let path = req.uri().path().to_owned();
+    // HTTP/1 absolute-form and HTTP/2 carry the authority in the URI; RFC 9112 §3.2.2 says it
+    // wins over Host, and the upstream gets it as Host, so all see one authority.
     let authority = req
         .uri()
         .authority()
@@ -90,7 +89,39 @@ pub async fn handle(
     };
     let request_bytes = body_len(req.body());
 
-    let out = route_and_forward(&gateway, &snapshot, &conn, req, &authority, &path).await;
+    // The one normalization: routes, policies, metrics, the access log and the upstream all
+    // get this path, and the query string as received.
+    let mode = snapshot.settings.path_normalization;
+    let target = RequestTarget::of(req.uri(), mode);
+    let (out, logged_path) = match target {
+        Ok(target) => {
+            let out = route_and_forward(&gateway, &snapshot, &conn, req, &authority, &target).await;
+            (out, target.path_and_query)
+        }
+        Err(e) => {
+            let received = req
+                .uri()
+                .path_and_query()
+                .map_or_else(|| req.uri().to_string(), |p| p.as_str().to_owned());
+            tracing::info!(
+                peer = %conn.peer,
+                principal = conn.principal.as_deref().unwrap_or("-"),
+                path = %received,
+                mode = %mode,
+                reason = e.reason(),
+                "path refused: {e}"
+            );
+            gateway.metrics.record_refused(e.reason());
+            let out = Outcome {
+                resp: local(StatusCode::BAD_REQUEST, "bad request: path refused"),
+                decision: None,
+                upstream: None,
+                service: None,
+                flags: flags::DOWNSTREAM_PROTOCOL_ERROR,
+            };
+            (out, received)
+        }
+    };
     let status = out.resp.status().as_u16();
     let response_bytes = body_len(out.resp.body());
     let duration = started.elapsed();
@@ -111,7 +142,7 @@ pub async fn handle(
         principal: conn.principal.as_deref(),
         method: Some(method.as_str()),
         authority: Some(&authority),
-        path: Some(&path_and_query),
+        path: Some(&logged_path),
         status: Some(status),
         duration_ms: duration.as_millis() as u64,
         bytes_received: request_bytes,
@@ -126,6 +157,34 @@ pub async fn handle(
         response_flags: out.flags,
     });
     Ok(out.resp)
+}
+
+/// A request's target after normalization.
+struct RequestTarget {
+    /// What routes and policies match.
+    path: String,
+    /// What the upstream receives and the access log shows: the path, then the query string
+    /// exactly as received.
+    path_and_query: String,
+}
+
+impl RequestTarget {
+    fn of(uri: &Uri, mode: PathNormalization) -> Result<Self, PathError> {
+        // Asterisk-form and authority-form have no path_and_query; refuse them as not
+        // origin-form rather than route them as `/`.
+        let Some(pq) = uri.path_and_query() else {
+            return Err(PathError::NotOriginForm);
+        };
+        let path = path::normalize(pq.path(), mode)?.into_owned();
+        let path_and_query = match pq.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path.clone(),
+        };
+        Ok(Self {
+            path,
+            path_and_query,
+        })
+    }
 }
 
 /// A body's length when it is known up front (`Content-Length`, local bodies); the lower
@@ -153,8 +212,9 @@ async fn route_and_forward<'s>(
     conn: &'s ConnInfo,
     req: Request<Incoming>,
     authority: &str,
-    path: &str,
+    target: &RequestTarget,
 ) -> Outcome<'s> {
+    let path = target.path.as_str();
     let no_route = || Outcome {
         resp: local(StatusCode::NOT_FOUND, ""),
         decision: None,
@@ -165,11 +225,33 @@ async fn route_and_forward<'s>(
     // Inbound mesh connections go to the local app on their original port; gateway
     // connections are routed by their VirtualServices.
     let (authz, endpoint, timeout, service) = if let Some(inbound) = &conn.inbound {
-        (&*inbound.authz, inbound.app.to_string(), None, "inbound")
+        // The newest snapshot's policies, not the ones the connection was accepted under.
+        let Some(mesh) = snapshot.mesh.as_ref() else {
+            return Outcome {
+                resp: local(StatusCode::SERVICE_UNAVAILABLE, "no mesh configuration"),
+                decision: None,
+                upstream: None,
+                service: None,
+                flags: flags::NO_ROUTE,
+            };
+        };
+        (&*mesh.authz, inbound.app.to_string(), None, "inbound")
     } else {
         let host = authority_host(authority);
-        let Some(gateway_ref) = server_gateway(snapshot, conn, &host) else {
-            return no_route();
+        let gateway_ref = match server_gateway(snapshot, conn, &host) {
+            Ok(g) => g,
+            Err(NoServer::NoRoute) => return no_route(),
+            Err(NoServer::Misdirected) => {
+                tracing::debug!(peer = %conn.peer, sni = conn.sni.as_deref().unwrap_or("-"), authority, "misdirected request: the host is not served by this connection's TLS server");
+                gateway.metrics.record_refused("misdirected");
+                return Outcome {
+                    resp: local(StatusCode::MISDIRECTED_REQUEST, "misdirected request"),
+                    decision: None,
+                    upstream: None,
+                    service: None,
+                    flags: flags::NO_ROUTE,
+                };
+            }
         };
         let Some(route) = snapshot
             .routes
@@ -220,7 +302,7 @@ async fn route_and_forward<'s>(
             flags::NONE,
         );
     }
-    let outbound = match outbound_request(req, conn, authority, &endpoint) {
+    let outbound = match outbound_request(req, conn, authority, &target.path_and_query, &endpoint) {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(error = %e, "cannot build the upstream request");
@@ -232,17 +314,30 @@ async fn route_and_forward<'s>(
             );
         }
     };
+    let Some(permit) = gateway.upstream.admit(&endpoint) else {
+        LimitReason::upstream_overflow.fire(&gateway.metrics, Some(conn.peer));
+        return routed(
+            local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+            ),
+            decision,
+            Some(endpoint),
+            flags::UPSTREAM_OVERFLOW,
+        );
+    };
     let call = gateway.upstream.client().request(outbound);
     let result = match timeout {
         Some(t) => match tokio::time::timeout(t, call).await {
             Ok(r) => r,
             Err(_) => {
+                LimitReason::upstream_request_timeout.fire(&gateway.metrics, Some(conn.peer));
                 return routed(
                     local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
                     decision,
                     Some(endpoint),
                     flags::UPSTREAM_TIMEOUT,
-                )
+                );
             }
         },
         None => call.await,
@@ -251,7 +346,7 @@ async fn route_and_forward<'s>(
         Ok(mut resp) => {
             strip_hop_by_hop(resp.headers_mut());
             routed(
-                resp.map(BodyExt::boxed),
+                resp.map(|body| WithPermit::new(body, permit).boxed()),
                 decision,
                 Some(endpoint),
                 flags::NONE,
@@ -259,6 +354,9 @@ async fn route_and_forward<'s>(
         }
         Err(e) => {
             tracing::warn!(upstream = %endpoint, service = %service, error = %e, "upstream request failed");
+            if is_connect_timeout(&e) {
+                LimitReason::upstream_connect_timeout.fire(&gateway.metrics, Some(conn.peer));
+            }
             let (resp, flag) = if e.is_connect() {
                 (local(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error or disconnect/reset before headers. reset reason: connection failure"), flags::UPSTREAM_FAILURE)
             } else {
@@ -275,13 +373,41 @@ async fn route_and_forward<'s>(
     }
 }
 
+/// Why a request has no Gateway server.
+enum NoServer {
+    /// Plain HTTP, and no server on the port serves the host.
+    NoRoute,
+    /// TLS, and the host is not one of the hosts of the server the connection was accepted
+    /// for.
+    Misdirected,
+}
+
 /// The Gateway this request belongs to: the TLS server chosen by SNI, or for plain HTTP the
 /// server on this port whose hosts match the Host header best.
-fn server_gateway(snapshot: &Snapshot, conn: &ConnInfo, host: &str) -> Option<GatewayRef> {
+///
+/// A TLS connection routes only the hosts of its own server, as Envoy builds one route table
+/// per HTTPS server: otherwise a client completes a SIMPLE handshake for one host and sends
+/// the `Host` of a MUTUAL server on the same port, reaching its backend with no client
+/// certificate. The answer is `421 Misdirected Request` (RFC 9110 §15.5.20) rather than
+/// Envoy's `404`: an HTTP/2 client that reused a connection for another origin its certificate
+/// also covers (RFC 9113 §9.1.1) retries a 421 on a new connection, with the right SNI and
+/// handshake, where a 404 would be shown to the user as a missing page.
+fn server_gateway(
+    snapshot: &Snapshot,
+    conn: &ConnInfo,
+    host: &str,
+) -> Result<GatewayRef, NoServer> {
     if let Some(server) = &conn.server {
-        return Some(server.gateway.clone());
+        if !server.hosts.iter().any(|h| h.matches(host)) {
+            return Err(NoServer::Misdirected);
+        }
+        return Ok(server.gateway.clone());
     }
-    let listener = snapshot.listeners.iter().find(|l| l.port == conn.port)?;
+    let listener = snapshot
+        .listeners
+        .iter()
+        .find(|l| l.port == conn.port)
+        .ok_or(NoServer::NoRoute)?;
     best_match(
         listener
             .servers
@@ -290,6 +416,7 @@ fn server_gateway(snapshot: &Snapshot, conn: &ConnInfo, host: &str) -> Option<Ga
         host,
     )
     .map(|s| s.gateway.clone())
+    .ok_or(NoServer::NoRoute)
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -311,20 +438,21 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Rewrites a downstream request for the upstream: absolute URI to the endpoint, Host kept,
+/// Rewrites a downstream request for the upstream: absolute URI to the endpoint with the
+/// normalized path and the query as received, Host kept,
 /// hop-by-hop headers dropped, x-forwarded-* and XFCC set.
 fn outbound_request(
     req: Request<Incoming>,
     conn: &ConnInfo,
     authority: &str,
+    path_and_query: &str,
     endpoint: &str,
 ) -> Result<Request<Incoming>, http::Error> {
     let (mut parts, body) = req.into_parts();
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     parts.uri = Uri::builder()
         .scheme("http")
         .authority(endpoint)
-        .path_and_query(path)
+        .path_and_query(path_and_query)
         .build()?;
     parts.version = Version::HTTP_11;
     let headers = &mut parts.headers;

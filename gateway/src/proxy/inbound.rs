@@ -5,62 +5,100 @@
 //! reach the app on loopback at that port; plaintext clients are served only where the port
 //! is not STRICT (PERMISSIVE), with no principal.
 
-use std::future::Future;
+use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 use tracing::Instrument;
 
 use super::conn::{ConnInfo, InboundTarget};
 use super::io::Prefixed;
-use super::listener::{
-    read_first_bytes, serve_http, terminate, CLOSED_BEFORE_HELLO, RESET_BEFORE_HELLO,
-};
+use super::limits::LimitReason;
+use super::listener::{read_first_bytes, serve_http, terminate};
+use super::serve::{self, accept_loop, ConnPermit, DrainSignal, Revalidate};
 use super::{Gateway, Stats};
 use crate::policy::peer_auth::PeerAuthMode;
+use crate::tls::verify_client_chain;
 
 /// Default app address: the workload's own loopback.
 pub const APP_LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
-/// Accepts steered connections until `shutdown` resolves.
-/// The mesh side of each connection comes from the snapshot current when it is accepted
-/// ([`crate::config::Snapshot::mesh`]), so a reload changes modes and policies for new
-/// connections at once.
-pub async fn serve_inbound(
+/// The mesh terminator's listener.
+///
+/// The terminator is never a target: a connection whose original destination port is one of
+/// the daemon's own (the terminator's, the admin's, the originator's) was not steered here by
+/// the kernel, or was steered at the daemon itself. It is refused before a byte is read, so
+/// no request can make the daemon forward to itself (one plaintext request to 15006 used to
+/// loop until the process ran out of descriptors).
+pub struct Inbound {
     gateway: Arc<Gateway>,
     listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
-) {
-    let (stop_tx, mut stop) = watch::channel(false);
-    let accept = async move {
-        loop {
-            let accepted = tokio::select! {
-                r = listener.accept() => r,
-                _ = stop.changed() => return,
-            };
-            let (stream, peer) = match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "inbound accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            Stats::bump(&gateway.stats.inbound_accepted);
-            let _ = stream.set_nodelay(true);
-            // The steered socket's local address is the client's original destination.
-            let Ok(original) = stream.local_addr() else {
-                continue;
-            };
-            let span = tracing::info_span!("inbound", %peer, port = original.port(), principal = tracing::field::Empty);
-            tokio::spawn(handle(gateway.clone(), stream, peer, original).instrument(span));
+    own_ports: BTreeSet<u16>,
+}
+
+impl Inbound {
+    /// Serves steered connections on `listener`; its own port is refused as a destination.
+    pub fn new(gateway: Arc<Gateway>, listener: TcpListener) -> Self {
+        let own_ports = listener
+            .local_addr()
+            .map(|a| a.port())
+            .into_iter()
+            .collect();
+        Self {
+            gateway,
+            listener,
+            own_ports,
         }
-    };
-    tokio::select! {
-        _ = accept => {},
-        _ = shutdown => { let _ = stop_tx.send(true); },
+    }
+
+    /// More of the daemon's own ports (admin, originator) to refuse as destinations.
+    pub fn refusing(mut self, ports: impl IntoIterator<Item = u16>) -> Self {
+        self.own_ports.extend(ports);
+        self
+    }
+
+    /// Serves clients that dial the listener directly, as if the kernel had steered them
+    /// there: in-process tests stand in for the steering this way. Never in the daemon.
+    pub fn serving_direct_dials(mut self) -> Self {
+        self.own_ports.clear();
+        self
+    }
+
+    /// Accepts until the drain starts. The mesh side of each request comes from the newest
+    /// snapshot ([`crate::config::Snapshot::mesh`]), so a reload changes modes and policies
+    /// at once, for open connections too.
+    pub async fn run(self, drain: DrainSignal) {
+        let Self {
+            gateway,
+            listener,
+            own_ports,
+        } = self;
+        let own_ports = Arc::new(own_ports);
+        let admission = gateway.admission();
+        let conn_drain = drain.clone();
+        accept_loop(
+            listener,
+            "terminator",
+            admission,
+            drain,
+            move |stream: TcpStream, peer, permit| {
+                // The steered socket's local address is the client's original destination.
+                let original = stream.local_addr().unwrap_or(peer);
+                let span = tracing::info_span!("inbound", %peer, port = original.port(), principal = tracing::field::Empty);
+                handle(
+                    gateway.clone(),
+                    stream,
+                    peer,
+                    original,
+                    own_ports.clone(),
+                    conn_drain.clone(),
+                    permit,
+                )
+                .instrument(span)
+            },
+        )
+        .await;
     }
 }
 
@@ -69,39 +107,54 @@ async fn handle(
     mut stream: TcpStream,
     peer: SocketAddr,
     original: SocketAddr,
+    own_ports: Arc<BTreeSet<u16>>,
+    drain: DrainSignal,
+    permit: ConnPermit,
 ) {
+    let _permit = permit;
+    Stats::bump(&gateway.stats.inbound_accepted);
+    // IPv4 clients of a dual-stack listener show as ::ffff:a.b.c.d.
+    let original = SocketAddr::new(original.ip().to_canonical(), original.port());
+    let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+    let port = original.port();
+    if own_ports.contains(&port) {
+        Stats::bump(&gateway.stats.inbound_refused_own_port);
+        tracing::warn!(
+            destination = %original,
+            "refused: the destination is the daemon's own port (not steered by the kernel)"
+        );
+        return;
+    }
     let snapshot = gateway.snapshot();
     let Some(mesh) = snapshot.mesh.as_ref() else {
         tracing::warn!("the configuration no longer has a mesh section; closing");
         return;
     };
-    // IPv4 clients of a dual-stack listener show as ::ffff:a.b.c.d.
-    let original = SocketAddr::new(original.ip().to_canonical(), original.port());
-    let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
-    let port = original.port();
     let mode = mesh.mode(port);
-    let (prefix, hello) = match read_first_bytes(&mut stream).await {
-        Ok(r) => r,
-        Err(why) => {
-            if why == CLOSED_BEFORE_HELLO || why == RESET_BEFORE_HELLO {
-                // Under STRICT this is the kernel's reset of a plaintext client: expected.
-                Stats::bump(&gateway.stats.inbound_no_data);
-                tracing::debug!(
-                    reason = why,
-                    "inbound connection ended before its first byte"
-                );
-            } else {
-                tracing::warn!(
-                    reason = why,
-                    "inbound connection closed before its first request"
-                );
-            }
+    let first = serve::within(
+        gateway.limits.tls_handshake_timeout,
+        read_first_bytes(&mut stream),
+    )
+    .await;
+    let (prefix, hello) = match first {
+        Ok(Ok(r)) => r,
+        Ok(Err(why)) if why.is_empty_connection() => {
+            // Under STRICT this is the kernel's reset of a plaintext client: expected.
+            Stats::bump(&gateway.stats.inbound_no_data);
+            tracing::debug!(reason = %why, "inbound connection ended before its first byte");
+            return;
+        }
+        Ok(Err(why)) => {
+            tracing::warn!(reason = %why, "inbound connection closed before its first request");
+            return;
+        }
+        Err(()) => {
+            LimitReason::tls_handshake_timeout.fire(&gateway.metrics, Some(peer));
             return;
         }
     };
     let target = Arc::new(InboundTarget {
         app: SocketAddr::new(APP_LOOPBACK, port),
-        authz: mesh.authz.clone(),
         workload_name: mesh.workload_name.clone(),
         workload_namespace: mesh.workload_namespace.clone(),
     });
@@ -111,8 +164,18 @@ async fn handle(
     match hello {
         Some(_) => {
             Stats::bump(&gateway.stats.inbound_tls);
-            if let Some(tls) = terminate(&gateway, &mesh.tls, prefix, stream, &mut conn).await {
-                serve_http(gateway, snapshot.clone(), conn, tls).await;
+            let tls = serve::within(
+                gateway.limits.tls_handshake_timeout,
+                terminate(&gateway, &mesh.tls, prefix, stream, &mut conn),
+            )
+            .await;
+            match tls {
+                Ok(Some(tls)) => {
+                    let revalidate = recheck_peer(&gateway, &conn);
+                    serve_http(gateway.clone(), conn, tls, drain, revalidate).await
+                }
+                Ok(None) => {}
+                Err(()) => LimitReason::tls_handshake_timeout.fire(&gateway.metrics, Some(peer)),
             }
         }
         None if mode == PeerAuthMode::Strict => {
@@ -123,14 +186,38 @@ async fn handle(
         None => {
             Stats::bump(&gateway.stats.inbound_plaintext);
             serve_http(
-                gateway,
-                snapshot.clone(),
+                gateway.clone(),
                 conn,
                 Prefixed::new(prefix, stream),
+                drain,
+                None,
             )
             .await
         }
     }
+}
+
+/// After a reload: does the mesh credential's CA (and trust domains) still accept this
+/// peer's certificate? A rotated mesh CA closes connections from peers it no longer trusts.
+fn recheck_peer(gateway: &Arc<Gateway>, conn: &ConnInfo) -> Option<Revalidate> {
+    if conn.peer_chain.is_empty() {
+        return None;
+    }
+    let (gateway, chain) = (gateway.clone(), conn.peer_chain.clone());
+    Some(Box::new(move || {
+        let snapshot = gateway.snapshot();
+        let verdict = match snapshot.mesh.as_ref() {
+            Some(mesh) => verify_client_chain(&mesh.credential, &mesh.client_checks, &chain),
+            None => Err("the configuration no longer has a mesh section".to_owned()),
+        };
+        match verdict {
+            Ok(()) => true,
+            Err(why) => {
+                tracing::warn!(reason = %why, "peer certificate re-checked after a reload: refused");
+                false
+            }
+        }
+    }))
 }
 
 #[cfg(test)]
@@ -226,6 +313,7 @@ mod tests {
         let mut snapshot =
             compile(Resources::default(), Settings::default()).expect("empty snapshot");
         snapshot.mesh = Some(MeshInbound {
+            client_checks: Default::default(),
             credential_name: "server".into(),
             credential: Arc::new(cred),
             tls,
@@ -237,10 +325,17 @@ mod tests {
             destinations: BTreeMap::new(),
         });
         let gateway = Gateway::new(snapshot);
-        tokio::spawn(serve_inbound(gateway, listener, async move {
+        let drain = crate::proxy::Drain::new();
+        tokio::spawn(
+            Inbound::new(gateway, listener)
+                .serving_direct_dials()
+                .run(drain.signal()),
+        );
+        tokio::spawn(async move {
             let _ = rx.await;
+            drain.start();
             let _ = app_tx.send(());
-        }));
+        });
         Setup {
             dir,
             port,

@@ -1,45 +1,51 @@
-//! Accept loops: one per Gateway port; TLS first-bytes inspection, termination and
-//! passthrough.
+//! The ingress gateway: one listener per Gateway port, bound and unbound live as reloads add
+//! and remove ports; TLS first-bytes inspection, termination and passthrough.
 
-use std::future::Future;
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 use tracing::Instrument;
 
 use super::conn::ConnInfo;
 use super::io::Prefixed;
+use super::limits::LimitReason;
+use super::serve::{self, accept_loop, ConnPermit, Drain, DrainSignal, HttpConn, Revalidate};
 use super::{Gateway, Stats};
 use crate::admin::access_log::AccessEntry;
 use crate::admin::metrics::{flags, HandshakeFailure, RequestProtocol};
 use crate::config::model::ServerTls;
 use crate::identity::PeerCertificate;
-use crate::tls::sniff::{classify, FirstBytes, MAX_HELLO};
+use crate::tls::sniff::{classify, ClientHelloInfo, FirstBytes, MAX_HELLO};
+use crate::tls::{verify_client_chain, ServerTlsMode};
 
-/// What [`read_first_bytes`] says when the peer closed without sending anything.
-pub(super) const CLOSED_BEFORE_HELLO: &str = "client closed before sending anything";
-/// What [`read_first_bytes`] says when the connection was reset before any byte arrived
-/// (under STRICT: the kernel's reset of a plaintext client).
-pub(super) const RESET_BEFORE_HELLO: &str = "connection reset before any byte arrived";
+/// Why no first bytes could be read: typed, because the callers treat "closed before
+/// anything" (a health check, or the kernel's STRICT reset) differently from a bad client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FirstBytesError {
+    #[error("client closed before sending anything")]
+    ClosedBeforeHello,
+    /// Under STRICT: the kernel's reset of a plaintext client.
+    #[error("connection reset before any byte arrived")]
+    ResetBeforeHello,
+    #[error("{0}")]
+    BadTls(&'static str),
+    #[error("ClientHello too large")]
+    TooLarge,
+    #[error("client closed in the middle of its ClientHello")]
+    ClosedMidHello,
+    #[error("connection error before the ClientHello")]
+    Io,
+}
 
-/// How long a client may take to send its ClientHello before we hang up.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long open connections may finish after shutdown starts.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// A bound listening socket for one Gateway port.
-pub struct BoundListener {
-    pub port: u16,
-    pub listener: TcpListener,
+impl FirstBytesError {
+    /// Nothing was ever sent: not a failed handshake.
+    pub fn is_empty_connection(self) -> bool {
+        matches!(self, Self::ClosedBeforeHello | Self::ResetBeforeHello)
+    }
 }
 
 /// Errors binding listeners, with the address that failed.
@@ -52,33 +58,147 @@ pub struct BindError {
     hint: &'static str,
 }
 
-/// Binds every listener port of the current snapshot on `bind`, plus `port_offset` (so an
-/// unprivileged user can run a config that names 80/443).
-pub fn bind_listeners(
-    gateway: &Gateway,
+/// The ingress gateway's listeners: one per Gateway port of the newest snapshot.
+pub struct Ingress {
+    gateway: Arc<Gateway>,
     bind: IpAddr,
     port_offset: u16,
-) -> Result<Vec<BoundListener>, BindError> {
-    let snapshot = gateway.snapshot();
-    let mut out = Vec::new();
-    for l in &snapshot.listeners {
-        let addr = SocketAddr::new(bind, l.port.saturating_add(port_offset));
-        let listener = bind_one(addr).map_err(|source| {
-            let hint = match source.kind() {
-                std::io::ErrorKind::PermissionDenied => {
-                    " (ports below 1024 need root or CAP_NET_BIND_SERVICE; try --port-offset)"
-                }
-                std::io::ErrorKind::AddrInUse => " (another process is listening there)",
-                _ => "",
-            };
-            BindError { addr, source, hint }
-        })?;
-        out.push(BoundListener {
-            port: l.port,
-            listener,
-        });
+    bound: BTreeMap<u16, TcpListener>,
+}
+
+impl Ingress {
+    /// Binds every Gateway port of the current snapshot on `bind`, plus `port_offset` (so an
+    /// unprivileged user can run a config that names 80/443). A port that cannot be bound
+    /// fails the start.
+    pub fn new(gateway: Arc<Gateway>, bind: IpAddr, port_offset: u16) -> Result<Self, BindError> {
+        let mut bound = BTreeMap::new();
+        for port in gateway_ports(&gateway.snapshot()) {
+            bound.insert(port, bind_port(bind, port, port_offset)?);
+        }
+        Ok(Self {
+            gateway,
+            bind,
+            port_offset,
+            bound,
+        })
     }
-    Ok(out)
+
+    /// The Gateway ports bound now (before the offset).
+    pub fn ports(&self) -> Vec<u16> {
+        self.bound.keys().copied().collect()
+    }
+
+    /// The local address of each bound port.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.bound
+            .values()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    /// Serves until `drain` starts. Ports that a reload adds are bound (a port that cannot
+    /// be bound is reported and tried again on the next reload); ports it removes stop
+    /// accepting, while their open connections finish.
+    pub async fn run(self, mut drain: DrainSignal) {
+        let Self {
+            gateway,
+            bind,
+            port_offset,
+            bound,
+        } = self;
+        let mut reloads = gateway.bus().subscribe();
+        let mut running: BTreeMap<u16, Drain> = BTreeMap::new();
+        for (port, listener) in bound {
+            running.insert(port, spawn_port(&gateway, port, listener, &drain));
+        }
+        loop {
+            tokio::select! {
+                _ = drain.draining() => break,
+                changed = reloads.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let want = gateway_ports(&reloads.borrow_and_update());
+                    running.retain(|port, stop| {
+                        let keep = want.contains(port);
+                        if !keep {
+                            tracing::info!(port, "Gateway port removed: no longer listening");
+                            stop.start();
+                        }
+                        keep
+                    });
+                    for port in want {
+                        if running.contains_key(&port) {
+                            continue;
+                        }
+                        match bind_port(bind, port, port_offset) {
+                            Ok(listener) => {
+                                running.insert(port, spawn_port(&gateway, port, listener, &drain));
+                            }
+                            Err(e) => tracing::error!(port, error = %e, "Gateway port added but not bound"),
+                        }
+                    }
+                }
+            }
+        }
+        for stop in running.values() {
+            stop.start();
+        }
+    }
+}
+
+fn gateway_ports(snapshot: &crate::config::Snapshot) -> Vec<u16> {
+    snapshot.listeners.iter().map(|l| l.port).collect()
+}
+
+/// Starts one port's accept loop; the returned drain stops it. Its connections follow the
+/// process `drain`.
+fn spawn_port(
+    gateway: &Arc<Gateway>,
+    port: u16,
+    listener: TcpListener,
+    drain: &DrainSignal,
+) -> Drain {
+    let addr = listener.local_addr().ok();
+    tracing::info!(port, ?addr, "listening");
+    // Stopped by its removal, or by `Ingress::run` when the process drains.
+    let stop = Drain::new();
+    let (gw, conn_drain) = (gateway.clone(), drain.clone());
+    tokio::spawn(accept_loop(
+        listener,
+        "ingress",
+        gateway.admission(),
+        stop.signal(),
+        move |stream: TcpStream, peer, permit| {
+            let local = stream.local_addr().unwrap_or(peer);
+            let span = tracing::info_span!("conn", %peer, port, sni = tracing::field::Empty, principal = tracing::field::Empty);
+            handle_connection(
+                gw.clone(),
+                port,
+                stream,
+                peer,
+                local,
+                conn_drain.clone(),
+                permit,
+            )
+            .instrument(span)
+        },
+    ));
+    stop
+}
+
+fn bind_port(bind: IpAddr, port: u16, port_offset: u16) -> Result<TcpListener, BindError> {
+    let addr = SocketAddr::new(bind, port.saturating_add(port_offset));
+    bind_one(addr).map_err(|source| {
+        let hint = match source.kind() {
+            std::io::ErrorKind::PermissionDenied => {
+                " (ports below 1024 need root or CAP_NET_BIND_SERVICE; try --port-offset)"
+            }
+            std::io::ErrorKind::AddrInUse => " (another process is listening there)",
+            _ => "",
+        };
+        BindError { addr, source, hint }
+    })
 }
 
 fn bind_one(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -92,82 +212,17 @@ fn bind_one(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
-/// Serves the listeners until `shutdown` resolves, then drains open connections.
-pub async fn serve(
-    gateway: Arc<Gateway>,
-    listeners: Vec<BoundListener>,
-    shutdown: impl Future<Output = ()>,
-) {
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let active = Arc::new(AtomicUsize::new(0));
-    let mut loops = Vec::new();
-    for bound in listeners {
-        let addr = bound.listener.local_addr().ok();
-        tracing::info!(port = bound.port, ?addr, "listening");
-        loops.push(tokio::spawn(accept_loop(
-            gateway.clone(),
-            bound,
-            stop_rx.clone(),
-            active.clone(),
-        )));
-    }
-    shutdown.await;
-    tracing::info!("shutting down: no new connections");
-    let _ = stop_tx.send(true);
-    for l in loops {
-        let _ = l.await;
-    }
-    let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
-    while active.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tracing::info!(open = active.load(Ordering::Relaxed), "stopped");
-}
-
-async fn accept_loop(
-    gateway: Arc<Gateway>,
-    bound: BoundListener,
-    mut stop: watch::Receiver<bool>,
-    active: Arc<AtomicUsize>,
-) {
-    loop {
-        let accepted = tokio::select! {
-            r = bound.listener.accept() => r,
-            _ = stop.changed() => return,
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(port = bound.port, error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        Stats::bump(&gateway.stats.connections_accepted);
-        let _ = stream.set_nodelay(true);
-        let local = stream.local_addr().unwrap_or(peer);
-        let span = tracing::info_span!("conn", %peer, port = bound.port, sni = tracing::field::Empty, principal = tracing::field::Empty);
-        let gateway = gateway.clone();
-        let active = active.clone();
-        active.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(
-            async move {
-                handle_connection(gateway, bound.port, stream, peer, local).await;
-                active.fetch_sub(1, Ordering::Relaxed);
-            }
-            .instrument(span),
-        );
-    }
-}
-
 async fn handle_connection(
     gateway: Arc<Gateway>,
     port: u16,
     mut stream: TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
+    drain: DrainSignal,
+    permit: ConnPermit,
 ) {
+    Stats::bump(&gateway.stats.connections_accepted);
+    let _permit = permit;
     let snapshot = gateway.snapshot();
     let Some(listener) = snapshot.listeners.iter().find(|l| l.port == port) else {
         tracing::debug!("port no longer configured; closing");
@@ -175,50 +230,113 @@ async fn handle_connection(
     };
     let mut conn = ConnInfo::new(peer, local, port);
     if !listener.tls {
-        serve_http(gateway, snapshot.clone(), conn, stream).await;
+        serve_http(gateway, conn, stream, drain, None).await;
         return;
     }
-    let (prefix, hello) = match read_client_hello(&mut stream).await {
-        Ok(h) => h,
-        // A client that connects and leaves without a byte is a TCP health check, not a
-        // failed handshake.
-        Err((_, CLOSED_BEFORE_HELLO)) => {
-            tracing::debug!("connection closed before a ClientHello");
-            return;
-        }
-        Err((failure, why)) => {
+    // One deadline for the whole handshake: the ClientHello and everything after it.
+    let deadline = gateway.limits.tls_handshake_timeout;
+    let handshake = async {
+        let (prefix, hello) = match read_client_hello(&mut stream).await {
+            Ok(h) => h,
+            // A client that connects and leaves without a byte is a TCP health check, not a
+            // failed handshake.
+            Err((_, why)) if why.is_empty_connection() => {
+                tracing::debug!("connection closed before a ClientHello");
+                return None;
+            }
+            Err((failure, why)) => {
+                Stats::bump(&gateway.stats.tls_handshake_failures);
+                gateway.metrics.record_handshake_failure(failure);
+                tracing::warn!(reason = %why, "TLS handshake failed: no valid ClientHello");
+                return None;
+            }
+        };
+        let sni = hello.server_name.clone();
+        tracing::Span::current().record("sni", sni.as_deref().unwrap_or("-"));
+        let Some(server) = listener.server_for_sni(sni.as_deref()) else {
             Stats::bump(&gateway.stats.tls_handshake_failures);
-            gateway.metrics.record_handshake_failure(failure);
-            tracing::warn!(reason = why, "TLS handshake failed: no valid ClientHello");
+            gateway
+                .metrics
+                .record_handshake_failure(HandshakeFailure::no_sni_match);
+            tracing::warn!(
+                sni = sni.as_deref().unwrap_or("-"),
+                "TLS handshake refused: no server on this port for this SNI"
+            );
+            return None;
+        };
+        conn.sni = sni;
+        conn.server = Some(server.clone());
+        Some((prefix, server))
+    };
+    let (prefix, server) = match serve::within(deadline, handshake).await {
+        Ok(Some(found)) => found,
+        Ok(None) => return,
+        Err(()) => {
+            LimitReason::tls_handshake_timeout.fire(&gateway.metrics, Some(peer));
             return;
         }
     };
-    let sni = hello.server_name.clone();
-    tracing::Span::current().record("sni", sni.as_deref().unwrap_or("-"));
-    let Some(server) = listener.server_for_sni(sni.as_deref()) else {
-        Stats::bump(&gateway.stats.tls_handshake_failures);
-        gateway
-            .metrics
-            .record_handshake_failure(HandshakeFailure::no_sni_match);
-        tracing::warn!(
-            sni = sni.as_deref().unwrap_or("-"),
-            "TLS handshake refused: no server on this port for this SNI"
-        );
-        return;
-    };
-    conn.sni = sni;
-    conn.server = Some(server.clone());
     match &server.tls {
         None => {}
         Some(ServerTls::Passthrough) => {
             passthrough(&gateway, &snapshot, &server.gateway, conn, prefix, stream).await
         }
         Some(ServerTls::Terminate { config, .. }) => {
-            if let Some(tls) = terminate(&gateway, config, prefix, stream, &mut conn).await {
-                serve_http(gateway, snapshot.clone(), conn, tls).await;
+            let tls = serve::within(
+                deadline,
+                terminate(&gateway, config, prefix, stream, &mut conn),
+            )
+            .await;
+            match tls {
+                Ok(Some(tls)) => {
+                    let revalidate = recheck_client(&gateway, &conn);
+                    serve_http(gateway, conn, tls, drain, revalidate).await
+                }
+                Ok(None) => {}
+                Err(()) => LimitReason::tls_handshake_timeout.fire(&gateway.metrics, Some(peer)),
             }
         }
     }
+}
+
+/// After a reload: does the server this connection was accepted by (same port, same SNI)
+/// still accept its client certificate? Its CA, CRL or subjectAltNames may have changed (issue
+/// 12 part 4). `None` for connections without a client certificate: nothing to re-check.
+fn recheck_client(gateway: &Arc<Gateway>, conn: &ConnInfo) -> Option<Revalidate> {
+    if conn.peer_chain.is_empty() {
+        return None;
+    }
+    let (gateway, port, sni) = (gateway.clone(), conn.port, conn.sni.clone());
+    let chain = conn.peer_chain.clone();
+    Some(Box::new(move || {
+        let snapshot = gateway.snapshot();
+        let server = snapshot
+            .listeners
+            .iter()
+            .find(|l| l.port == port)
+            .and_then(|l| l.server_for_sni(sni.as_deref()));
+        let verdict = match server.and_then(|s| s.tls.as_ref()) {
+            Some(ServerTls::Terminate {
+                mode: ServerTlsMode::Mutual,
+                credential_name,
+                client_checks,
+                ..
+            }) => match snapshot.credentials.get(credential_name) {
+                Some(cred) => verify_client_chain(cred, client_checks, &chain),
+                None => Err(format!("credential {credential_name} is gone")),
+            },
+            // SIMPLE now: the server asks nothing of the client any more.
+            Some(ServerTls::Terminate { .. }) => Ok(()),
+            _ => Err("no server for this port and SNI any more".to_owned()),
+        };
+        match verdict {
+            Ok(()) => true,
+            Err(why) => {
+                tracing::warn!(reason = %why, "client certificate re-checked after a reload: refused");
+                false
+            }
+        }
+    }))
 }
 
 /// Completes the TLS handshake and records the verified client identity in `conn`.
@@ -242,6 +360,9 @@ pub(super) async fn terminate(
         }
     };
     let (_, session) = tls.get_ref();
+    if let Some(chain) = session.peer_certificates() {
+        conn.peer_chain = chain.iter().map(|c| c.clone().into_owned()).collect();
+    }
     if let Some(leaf) = session.peer_certificates().and_then(|c| c.first()) {
         match PeerCertificate::from_der(leaf) {
             Ok(cert) => conn.set_peer_cert(cert),
@@ -260,70 +381,76 @@ pub(super) async fn terminate(
 /// Reads until the first TLS record (the ClientHello) is complete.
 async fn read_client_hello(
     stream: &mut TcpStream,
-) -> Result<(Bytes, crate::tls::sniff::ClientHelloInfo), (HandshakeFailure, &'static str)> {
+) -> Result<(Bytes, ClientHelloInfo), (HandshakeFailure, FirstBytesError)> {
     match read_first_bytes(stream).await {
         Ok((prefix, Some(hello))) => Ok((prefix, hello)),
         Ok((_, None)) => Err((
             HandshakeFailure::not_tls,
-            "client spoke plaintext to a TLS port",
+            FirstBytesError::BadTls("client spoke plaintext to a TLS port"),
         )),
         Err(why) => Err((HandshakeFailure::other, why)),
     }
 }
 
 /// Reads until the connection's first bytes say plaintext (`None`) or a whole ClientHello.
+/// No deadline of its own: callers run it under the TLS handshake deadline.
 pub(super) async fn read_first_bytes(
     stream: &mut TcpStream,
-) -> Result<(Bytes, Option<crate::tls::sniff::ClientHelloInfo>), &'static str> {
+) -> Result<(Bytes, Option<ClientHelloInfo>), FirstBytesError> {
     let mut buf = BytesMut::with_capacity(1024);
-    let read = async {
-        loop {
-            match classify(&buf) {
-                FirstBytes::ClientHello(info) => return Ok(Some(info)),
-                FirstBytes::Plaintext => return Ok(None),
-                FirstBytes::BadTls(why) => return Err(why),
-                FirstBytes::NeedMore if buf.len() >= MAX_HELLO => {
-                    return Err("ClientHello too large")
-                }
-                FirstBytes::NeedMore => {}
+    loop {
+        match classify(&buf) {
+            FirstBytes::ClientHello(info) => return Ok((buf.freeze(), Some(info))),
+            FirstBytes::Plaintext => return Ok((buf.freeze(), None)),
+            FirstBytes::BadTls(why) => return Err(FirstBytesError::BadTls(why)),
+            FirstBytes::NeedMore if buf.len() >= MAX_HELLO => {
+                return Err(FirstBytesError::TooLarge)
             }
-            match stream.read_buf(&mut buf).await {
-                Ok(0) if buf.is_empty() => return Err(CLOSED_BEFORE_HELLO),
-                Ok(0) => return Err("client closed in the middle of its ClientHello"),
-                Ok(_) => {}
-                Err(e) if buf.is_empty() && e.kind() == std::io::ErrorKind::ConnectionReset => {
-                    return Err(RESET_BEFORE_HELLO)
-                }
-                Err(_) => return Err("connection error before the ClientHello"),
-            }
+            FirstBytes::NeedMore => {}
         }
-    };
-    match tokio::time::timeout(HELLO_TIMEOUT, read).await {
-        Ok(Ok(info)) => Ok((buf.freeze(), info)),
-        Ok(Err(why)) => Err(why),
-        Err(_) => Err("no ClientHello within 10s"),
+        match stream.read_buf(&mut buf).await {
+            Ok(0) if buf.is_empty() => return Err(FirstBytesError::ClosedBeforeHello),
+            Ok(0) => return Err(FirstBytesError::ClosedMidHello),
+            Ok(_) => {}
+            Err(e) if buf.is_empty() && e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Err(FirstBytesError::ResetBeforeHello)
+            }
+            Err(_) => return Err(FirstBytesError::Io),
+        }
     }
 }
 
+/// Serves HTTP on an accepted (and maybe terminated) connection through the shared
+/// deadlines and drain. Each request is decided by the newest snapshot; `revalidate` says,
+/// after a reload, whether the connection's client may stay.
 pub(super) async fn serve_http<S>(
     gateway: Arc<Gateway>,
-    snapshot: Arc<crate::config::Snapshot>,
     conn: ConnInfo,
     stream: S,
+    drain: DrainSignal,
+    revalidate: Option<Revalidate>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let conn = Arc::new(conn);
-    let service = service_fn(move |req| {
-        super::http::handle(gateway.clone(), snapshot.clone(), conn.clone(), req)
-    });
-    let builder = auto::Builder::new(TokioExecutor::new());
-    if let Err(e) = builder
-        .serve_connection(TokioIo::new(stream), service)
-        .await
-    {
-        tracing::debug!(error = %e, "connection ended with an error");
-    }
+    let http = HttpConn {
+        peer: conn.peer,
+        limits: gateway.limits.clone(),
+        metrics: gateway.metrics.clone(),
+        drain,
+        reloads: revalidate.map(|f| (gateway.bus().subscribe(), f)),
+    };
+    serve::serve_http(stream, http, move |req| {
+        let (gateway, conn) = (gateway.clone(), conn.clone());
+        async move {
+            let snapshot = gateway.snapshot();
+            match super::http::handle(gateway, snapshot, conn, req).await {
+                Ok(resp) => resp,
+                Err(never) => match never {},
+            }
+        }
+    })
+    .await;
 }
 
 /// Forwards a TLS connection, ClientHello included, to the upstream its SNI routes to.
@@ -366,9 +493,18 @@ async fn passthrough(
             ..AccessEntry::default()
         });
     };
-    let mut upstream = match TcpStream::connect(endpoint.as_str()).await {
-        Ok(s) => s,
-        Err(e) => {
+    let connect = serve::within(
+        gw.limits.upstream_connect_timeout,
+        TcpStream::connect(endpoint.as_str()),
+    );
+    let mut upstream = match connect.await {
+        Ok(Ok(s)) => s,
+        Err(()) => {
+            LimitReason::upstream_connect_timeout.fire(&gw.metrics, Some(conn.peer));
+            finish(flags::UPSTREAM_FAILURE, 0, 0);
+            return;
+        }
+        Ok(Err(e)) => {
             tracing::warn!(upstream = %endpoint, error = %e, "passthrough: upstream connect failed");
             finish(flags::UPSTREAM_FAILURE, 0, 0);
             return;

@@ -3,7 +3,7 @@
 //! opens mutual TLS to that destination presenting this node's workload certificate, checks
 //! the server's identity by secure naming, and carries the client's HTTP requests over it.
 
-use std::future::Future;
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,7 +11,6 @@ use std::time::Instant;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::net::{TcpListener, TcpStream};
@@ -19,6 +18,7 @@ use tokio::sync::Mutex;
 use tracing::Instrument;
 
 use super::http::Body;
+use super::serve::{self, accept_loop, DrainSignal, HttpConn};
 use super::{Gateway, Stats};
 use crate::admin::access_log::AccessEntry;
 use crate::admin::metrics::{split_service, RequestLabels, RequestProtocol};
@@ -41,35 +41,79 @@ where
     }
 }
 
-/// Accepts redirected connections until `shutdown` resolves.
-pub async fn serve_outbound(
+/// The originator's listener: where the kernel's capture delivers the local workload's
+/// plaintext connections to mesh destinations.
+pub struct Outbound {
     gateway: Arc<Gateway>,
     listener: TcpListener,
     lookup: Arc<dyn OriginalDestination>,
-    shutdown: impl Future<Output = ()>,
-) {
-    let accept = async move {
-        loop {
-            let (stream, client) = match listener.accept().await {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "outbound accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let _ = stream.set_nodelay(true);
-            let Some(original) = lookup.original_destination(client) else {
-                tracing::warn!(%client, "outbound: no original destination recorded for this connection; closing");
-                continue;
-            };
-            let span = tracing::info_span!("outbound", %client, destination = %original);
-            tokio::spawn(handle(gateway.clone(), stream, original).instrument(span));
+    own_ports: Arc<BTreeSet<u16>>,
+}
+
+impl Outbound {
+    pub fn new(
+        gateway: Arc<Gateway>,
+        listener: TcpListener,
+        lookup: Arc<dyn OriginalDestination>,
+    ) -> Self {
+        let own_ports = listener
+            .local_addr()
+            .map(|a| a.port())
+            .into_iter()
+            .collect();
+        Self {
+            gateway,
+            listener,
+            lookup,
+            own_ports: Arc::new(own_ports),
         }
-    };
-    tokio::select! {
-        _ = accept => {},
-        _ = shutdown => {},
+    }
+
+    /// The daemon's other ports (terminator, admin): never an original destination, so no
+    /// captured connection can make the daemon call itself.
+    pub fn refusing(mut self, ports: impl IntoIterator<Item = u16>) -> Self {
+        Arc::make_mut(&mut self.own_ports).extend(ports);
+        self
+    }
+
+    /// Accepts until the drain starts.
+    pub async fn run(self, drain: DrainSignal) {
+        let Self {
+            gateway,
+            listener,
+            lookup,
+            own_ports,
+        } = self;
+        let admission = gateway.admission();
+        let conn_drain = drain.clone();
+        accept_loop(
+            listener,
+            "originator",
+            admission,
+            drain,
+            move |stream: TcpStream, client, permit| {
+                let (gateway, lookup, own_ports, drain) = (
+                    gateway.clone(),
+                    lookup.clone(),
+                    own_ports.clone(),
+                    conn_drain.clone(),
+                );
+                async move {
+                    let _permit = permit;
+                    let Some(original) = lookup.original_destination(client) else {
+                        tracing::warn!(%client, "outbound: no original destination recorded for this connection; closing");
+                        return;
+                    };
+                    if own_ports.contains(&original.port()) {
+                        tracing::warn!(%client, destination = %original, "outbound: refused, the destination is one of the daemon's own ports");
+                        return;
+                    }
+                    let span = tracing::info_span!("outbound", %client, destination = %original);
+                    handle(gateway, stream, original, drain).instrument(span).await;
+                }
+            },
+        )
+        .await;
     }
 }
 
@@ -110,7 +154,12 @@ impl Upstream {
     }
 }
 
-async fn handle(gateway: Arc<Gateway>, client: TcpStream, original: SocketAddr) {
+async fn handle(
+    gateway: Arc<Gateway>,
+    client: TcpStream,
+    original: SocketAddr,
+    drain: DrainSignal,
+) {
     let client_addr = client.peer_addr().unwrap_or(original);
     let snapshot = gateway.snapshot();
     let Some(mesh) = snapshot.mesh.as_ref() else {
@@ -150,16 +199,19 @@ async fn handle(gateway: Arc<Gateway>, client: TcpStream, original: SocketAddr) 
         client: client_addr,
         destination: original.to_string(),
     });
-    let service = service_fn(move |req: Request<Incoming>| {
+    let http = HttpConn {
+        peer: client_addr,
+        limits: gateway.limits.clone(),
+        metrics: gateway.metrics.clone(),
+        drain,
+        reloads: None,
+    };
+    // The upstream leg is HTTP/1.1, so the client's leg is too.
+    serve::serve_http1(client, http, move |req: Request<Incoming>| {
         let (gateway, conn) = (gateway.clone(), conn.clone());
-        async move { Ok::<_, std::convert::Infallible>(forward(&gateway, &conn, req).await) }
-    });
-    if let Err(e) = hyper::server::conn::http1::Builder::new()
-        .serve_connection(TokioIo::new(client), service)
-        .await
-    {
-        tracing::debug!(error = %e, "outbound client connection ended");
-    }
+        async move { forward(&gateway, &conn, req).await }
+    })
+    .await;
 }
 
 /// Opens mutual TLS to `original`, requiring one of the destination's identities.
@@ -316,6 +368,7 @@ mod tests {
         )
         .expect("cred");
         MeshInbound {
+            client_checks: Default::default(),
             credential_name: workload.into(),
             tls: server_config(
                 &cred,
@@ -375,11 +428,11 @@ mod tests {
             BTreeMap::new(),
             BTreeMap::from([(server_addr.port(), PeerAuthMode::Strict)]),
         ));
-        tokio::spawn(super::super::inbound::serve_inbound(
-            server,
-            terminator,
-            std::future::pending::<()>(),
-        ));
+        tokio::spawn(
+            super::super::inbound::Inbound::new(server, terminator)
+                .serving_direct_dials()
+                .run(crate::proxy::DrainSignal::never()),
+        );
 
         let dest = MeshDestination {
             workload: "hello".into(),
@@ -397,12 +450,10 @@ mod tests {
         let outbound = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = outbound.local_addr().expect("addr");
         let lookup = move |_client: SocketAddr| Some(server_addr);
-        tokio::spawn(serve_outbound(
-            client.clone(),
-            outbound,
-            Arc::new(lookup),
-            std::future::pending::<()>(),
-        ));
+        tokio::spawn(
+            Outbound::new(client.clone(), outbound, Arc::new(lookup))
+                .run(crate::proxy::DrainSignal::never()),
+        );
         (addr, client)
     }
 

@@ -33,6 +33,12 @@ pub enum CredentialError {
     NotACa { subject: String },
     #[error("ca.crt: rejected as a trust anchor: {reason}")]
     BadTrustAnchor { reason: String },
+    #[error("ca.crl given but the credential has no ca.crt to check it against")]
+    CrlWithoutCa,
+    #[error(transparent)]
+    Crl(#[from] super::crl::CrlError),
+    #[error("{reason}")]
+    Settings { reason: String },
 }
 
 /// A parsed credential, ready to build rustls configurations from.
@@ -44,6 +50,10 @@ pub struct Credential {
     pub roots: Option<Arc<RootCertStore>>,
     /// The leaf's notAfter, seconds since the Unix epoch (for expiry metrics).
     pub not_after: i64,
+    /// The certificates of `ca.crt`, DER (a CRL's signature is checked against them).
+    pub ca_certs: Vec<CertificateDer<'static>>,
+    /// Revoked client certificates (`ca.crl`), checked when the credential verifies clients.
+    pub crl: Option<Arc<super::crl::RevocationLists>>,
 }
 
 impl Credential {
@@ -67,12 +77,45 @@ impl Credential {
         certified_key
             .keys_match()
             .map_err(|_| CredentialError::KeyMismatch)?;
+        let ca_certs = match ca_pem {
+            Some(pem) => certs_from_pem(pem, "ca.crt")?,
+            None => Vec::new(),
+        };
         let roots = ca_pem.map(roots_from_pem).transpose()?.map(Arc::new);
         Ok(Self {
             certified_key: Arc::new(certified_key),
             roots,
             not_after,
+            ca_certs,
+            crl: None,
         })
+    }
+
+    /// Adds `ca.crl` (PEM or DER; several CRLs may be concatenated in PEM), each checked
+    /// against `ca.crt`.
+    pub fn with_crl(mut self, crl: &[u8]) -> Result<Self, CredentialError> {
+        if self.roots.is_none() {
+            return Err(CredentialError::CrlWithoutCa);
+        }
+        let lists = super::crl::RevocationLists::parse(crl, &self.ca_certs)?;
+        // Let webpki parse the v2 CRLs now, so one it would refuse fails the load, not the
+        // first handshake.
+        if let Some(roots) = &self.roots {
+            for (i, der) in lists.webpki_crls().into_iter().enumerate() {
+                rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    roots.clone(),
+                    Arc::new(provider()),
+                )
+                .with_crls([der])
+                .build()
+                .map_err(|e| super::crl::CrlError::Rejected {
+                    index: i + 1,
+                    reason: e.to_string(),
+                })?;
+            }
+        }
+        self.crl = Some(Arc::new(lists));
+        Ok(self)
     }
 }
 
@@ -147,6 +190,8 @@ impl CredentialError {
             | CredentialError::BadCertificate { field, .. } => field,
             CredentialError::UnsupportedKey { .. } | CredentialError::KeyMismatch => "tls.key",
             CredentialError::NotACa { .. } | CredentialError::BadTrustAnchor { .. } => "ca.crt",
+            CredentialError::CrlWithoutCa | CredentialError::Crl(_) => "ca.crl",
+            CredentialError::Settings { .. } => "tls",
         }
     }
 }

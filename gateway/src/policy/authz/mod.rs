@@ -364,7 +364,7 @@ impl Authorizer {
 
 /// Istio's applicability: root namespace → every workload; else the same namespace; and
 /// the selector's labels a subset of the workload's.
-fn applies(doc: &Doc<AuthorizationPolicySpec>, scope: &AuthzScope) -> bool {
+pub(crate) fn applies(doc: &Doc<AuthorizationPolicySpec>, scope: &AuthzScope) -> bool {
     let ns = doc.namespace();
     if ns != scope.root_namespace && ns != scope.workload_namespace {
         return false;

@@ -1,0 +1,882 @@
+//! The one accept loop, the per-connection deadlines and the drain, shared by every listener
+//! (ingress ports, the mesh terminator, the outbound originator, the admin listener).
+//!
+//! - [`accept_loop`]: admits a connection under the global and per-source caps (over a cap it
+//!   is accepted and closed at once, never left in the accept queue), backs off on accept
+//!   errors (EMFILE) without spinning, and stops when the [`Drain`] starts.
+//! - [`serve_http`]: one HTTP/1 or HTTP/2 connection with the header-read, idle and
+//!   max-age deadlines, hyper's HTTP/2 settings, graceful close on drain, and a hook that
+//!   closes it when a new configuration no longer accepts its client.
+//!
+//! Every deadline and cap that fires goes through [`LimitReason::fire`].
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+
+use super::limits::{LimitReason, Limits};
+use crate::admin::metrics::Metrics;
+
+/// Starts the drain: listeners stop accepting, open connections close gracefully.
+#[derive(Debug)]
+pub struct Drain {
+    tx: watch::Sender<bool>,
+}
+
+/// What a listener or a connection watches to learn that the drain started.
+#[derive(Clone, Debug)]
+pub struct DrainSignal {
+    rx: watch::Receiver<bool>,
+}
+
+impl Default for Drain {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drain {
+    pub fn new() -> Self {
+        Self {
+            tx: watch::channel(false).0,
+        }
+    }
+
+    pub fn signal(&self) -> DrainSignal {
+        DrainSignal {
+            rx: self.tx.subscribe(),
+        }
+    }
+
+    pub fn start(&self) {
+        self.tx.send_replace(true);
+    }
+}
+
+impl DrainSignal {
+    /// A signal that never fires (tests, and listeners that live as long as the process).
+    pub fn never() -> Self {
+        let (tx, rx) = watch::channel(false);
+        // The sender is leaked on purpose: a dropped sender would read as "drain".
+        std::mem::forget(tx);
+        Self { rx }
+    }
+
+    /// Resolves once the drain has started (or its [`Drain`] is gone).
+    pub async fn draining(&mut self) {
+        let _ = self.rx.wait_for(|d| *d).await;
+    }
+
+    pub fn is_draining(&self) -> bool {
+        *self.rx.borrow()
+    }
+}
+
+/// The downstream connection caps, shared by every listener of the process.
+#[derive(Debug)]
+pub struct ConnLimiter {
+    max: usize,
+    per_source: usize,
+    open: AtomicUsize,
+    by_source: Mutex<HashMap<IpAddr, usize>>,
+    closed: Notify,
+}
+
+/// One admitted connection; dropping it frees its place under the caps.
+#[derive(Debug)]
+pub struct ConnPermit {
+    limiter: Arc<ConnLimiter>,
+    source: IpAddr,
+}
+
+impl ConnLimiter {
+    pub fn new(max: usize, per_source: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max,
+            per_source,
+            open: AtomicUsize::new(0),
+            by_source: Mutex::new(HashMap::new()),
+            closed: Notify::new(),
+        })
+    }
+
+    /// Admits a connection from `source`, or says which cap it is over.
+    pub fn try_admit(self: &Arc<Self>, source: IpAddr) -> Result<ConnPermit, LimitReason> {
+        let source = source.to_canonical();
+        let mut by_source = self
+            .by_source
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if self.open.load(Ordering::Relaxed) >= self.max {
+            return Err(LimitReason::max_connections);
+        }
+        let n = by_source.entry(source).or_insert(0);
+        if *n >= self.per_source {
+            return Err(LimitReason::max_connections_per_source);
+        }
+        *n += 1;
+        self.open.fetch_add(1, Ordering::Relaxed);
+        Ok(ConnPermit {
+            limiter: self.clone(),
+            source,
+        })
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Resolves when no connection is open.
+    pub async fn all_closed(&self) {
+        loop {
+            let closed = self.closed.notified();
+            if self.open() == 0 {
+                return;
+            }
+            closed.await;
+        }
+    }
+}
+
+impl Drop for ConnPermit {
+    fn drop(&mut self) {
+        let mut by_source = self
+            .limiter
+            .by_source
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(n) = by_source.get_mut(&self.source) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                by_source.remove(&self.source);
+            }
+        }
+        if self.limiter.open.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.limiter.closed.notify_waiters();
+        }
+    }
+}
+
+/// Something connections are accepted from: a [`TcpListener`], or a fake in tests.
+pub trait Accept: Send + 'static {
+    type Conn: Send + 'static;
+    fn accept(&mut self) -> impl Future<Output = io::Result<(Self::Conn, SocketAddr)>> + Send;
+}
+
+impl Accept for TcpListener {
+    type Conn = TcpStream;
+    async fn accept(&mut self) -> io::Result<(TcpStream, SocketAddr)> {
+        let (stream, peer) = TcpListener::accept(self).await?;
+        let _ = stream.set_nodelay(true);
+        Ok((stream, peer))
+    }
+}
+
+/// The first and the longest pause after a failed accept. EMFILE leaves the connection in
+/// the queue, so retrying at once would spin; a second is short enough to recover quickly.
+const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
+
+/// What the accept loop shares with the rest of the process.
+#[derive(Clone, Debug)]
+pub struct Admission {
+    pub limiter: Arc<ConnLimiter>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Accepts until the drain starts; each admitted connection runs `handle` in its own task
+/// with its permit (drop it when the connection ends).
+pub async fn accept_loop<A, H, Fut>(
+    mut listener: A,
+    name: &'static str,
+    admission: Admission,
+    mut drain: DrainSignal,
+    handle: H,
+) where
+    A: Accept,
+    H: Fn(A::Conn, SocketAddr, ConnPermit) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let mut backoff = ACCEPT_BACKOFF.0;
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = drain.draining() => {
+                tracing::info!(listener = name, "draining: no new connections");
+                return;
+            }
+        };
+        let (conn, peer) = match accepted {
+            Ok(a) => {
+                backoff = ACCEPT_BACKOFF.0;
+                a
+            }
+            Err(e) => {
+                admission.metrics.record_limit(LimitReason::accept_error);
+                tracing::warn!(listener = name, error = %e, pause_ms = backoff.as_millis() as u64, reason = "accept_error", "accept failed; pausing");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF.1);
+                continue;
+            }
+        };
+        match admission.limiter.try_admit(peer.ip()) {
+            Ok(permit) => {
+                tokio::spawn(handle(conn, peer, permit));
+            }
+            // Closed at once: the peer sees a FIN (or a reset) instead of waiting in the queue.
+            Err(reason) => {
+                reason.fire(&admission.metrics, Some(peer));
+                drop(conn);
+            }
+        }
+    }
+}
+
+/// The deadlines of one HTTP connection: when its request headers started arriving, whether
+/// a request is in flight, and since when it has been idle.
+#[derive(Debug)]
+pub struct ConnClock {
+    state: Mutex<ClockState>,
+    changed: Notify,
+    started: Instant,
+    header_read: Option<Duration>,
+    idle: Option<Duration>,
+    max_age: Option<Duration>,
+}
+
+#[derive(Debug)]
+struct ClockState {
+    active: usize,
+    idle_since: Instant,
+    headers_since: Option<Instant>,
+    http2: bool,
+}
+
+impl ConnClock {
+    pub fn new(limits: &Limits) -> Arc<Self> {
+        let now = Instant::now();
+        Arc::new(Self {
+            state: Mutex::new(ClockState {
+                active: 0,
+                idle_since: now,
+                headers_since: None,
+                http2: false,
+            }),
+            changed: Notify::new(),
+            started: now,
+            header_read: limits.header_read_timeout,
+            idle: limits.idle_timeout,
+            max_age: limits.max_connection_age,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ClockState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Bytes arrived. With no request in flight on HTTP/1 they are the next request's head:
+    /// its header-read deadline starts now.
+    fn on_read(&self) {
+        let mut s = self.lock();
+        if !s.http2 && s.active == 0 && s.headers_since.is_none() {
+            s.headers_since = Some(Instant::now());
+            drop(s);
+            self.changed.notify_one();
+        }
+    }
+
+    /// A request's headers are complete; the connection is busy until the guard drops (when
+    /// the response body has been sent or abandoned).
+    fn begin(self: &Arc<Self>, http2: bool) -> ActiveGuard {
+        let mut s = self.lock();
+        s.active += 1;
+        s.headers_since = None;
+        s.http2 |= http2;
+        ActiveGuard(self.clone())
+    }
+
+    fn next_deadline(&self) -> Option<(Instant, LimitReason)> {
+        let s = self.lock();
+        let age = self
+            .max_age
+            .map(|d| (self.started + d, LimitReason::max_connection_age));
+        let other = match s.headers_since {
+            Some(since) => self
+                .header_read
+                .map(|d| (since + d, LimitReason::header_read_timeout)),
+            None if s.active == 0 => self
+                .idle
+                .map(|d| (s.idle_since + d, LimitReason::idle_timeout)),
+            None => None,
+        };
+        match (age, other) {
+            (Some(a), Some(o)) => Some(if a.0 <= o.0 { a } else { o }),
+            (a, o) => a.or(o),
+        }
+    }
+
+    /// Resolves with the first deadline that passes.
+    pub async fn expired(&self) -> LimitReason {
+        loop {
+            let changed = self.changed.notified();
+            match self.next_deadline() {
+                Some((at, reason)) if at <= Instant::now() => return reason,
+                Some((at, _)) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(at) => {}
+                        _ = changed => {}
+                    }
+                }
+                None => changed.await,
+            }
+        }
+    }
+}
+
+/// A request in flight (see [`ConnClock::begin`]).
+#[derive(Debug)]
+struct ActiveGuard(Arc<ConnClock>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        let mut s = self.0.lock();
+        s.active = s.active.saturating_sub(1);
+        if s.active == 0 {
+            s.idle_since = Instant::now();
+        }
+        drop(s);
+        self.0.changed.notify_one();
+    }
+}
+
+/// A response body that keeps its request counted as in flight until it is done.
+pub struct Tracked<B> {
+    body: B,
+    _guard: Option<ActiveGuard>,
+}
+
+impl<B: Body + Unpin> Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The connection's stream, telling the clock when bytes arrive.
+struct Watched<S> {
+    inner: S,
+    clock: Arc<ConnClock>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.clock.on_read();
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// hyper's server settings from the limits: header size and count, HTTP/2 streams, header
+/// list, keep-alive PINGs, and the reset-flood guards on.
+pub fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        // hyper's own header timer also runs while a keep-alive connection waits for its
+        // next request; ours starts at the first byte of the head (ConnClock), so it is off.
+        .header_read_timeout(None)
+        // hyper answers 431 past these (the buffer has a floor of 8 KiB).
+        .max_buf_size(limits.max_request_headers_size.max(8192))
+        .max_headers(limits.max_request_headers);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.http2_max_concurrent_streams)
+        .max_header_list_size(u32::try_from(limits.max_request_headers_size).unwrap_or(u32::MAX))
+        .keep_alive_interval(limits.http2_keepalive)
+        .keep_alive_timeout(Limits::HTTP2_PING_ACK_TIMEOUT)
+        // CVE-2023-44487 (rapid reset) and its locally-reset twin: h2's defaults, made explicit.
+        .max_pending_accept_reset_streams(Some(20))
+        .max_local_error_reset_streams(Some(1024));
+    builder
+}
+
+/// Why an open connection must close now, decided on each new snapshot by its owner (a client
+/// certificate the new server settings refuse).
+pub type Revalidate = Box<dyn FnMut() -> bool + Send>;
+
+/// What [`serve_http`] needs besides the stream and the request handler.
+pub struct HttpConn {
+    pub peer: SocketAddr,
+    pub limits: Arc<Limits>,
+    pub metrics: Arc<Metrics>,
+    pub drain: DrainSignal,
+    /// Wakes when a new configuration is published; `revalidate` then says whether the
+    /// connection may stay open.
+    pub reloads: Option<(watch::Receiver<Arc<crate::config::Snapshot>>, Revalidate)>,
+}
+
+/// How long a connection closed for a configuration change may finish its requests.
+const REVOKED_GRACE: Duration = Duration::from_secs(1);
+
+/// Serves HTTP/1 or HTTP/2 on `stream` until it ends, a deadline passes, the drain starts or
+/// a reload refuses the client.
+pub async fn serve_http<S, H, Fut, B>(stream: S, conn: HttpConn, handler: H)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let builder = http_builder(&conn.limits);
+    serve_with(stream, conn, handler, builder).await
+}
+
+/// [`serve_http`] for HTTP/1 only (the originator, whose upstream leg is HTTP/1.1).
+pub async fn serve_http1<S, H, Fut, B>(stream: S, conn: HttpConn, handler: H)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let builder = http_builder(&conn.limits).http1_only();
+    serve_with(stream, conn, handler, builder).await
+}
+
+async fn serve_with<S, H, Fut, B>(
+    stream: S,
+    conn: HttpConn,
+    handler: H,
+    builder: auto::Builder<TokioExecutor>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let HttpConn {
+        peer,
+        limits,
+        metrics,
+        mut drain,
+        reloads,
+    } = conn;
+    let clock = ConnClock::new(&limits);
+    let refused = Arc::new(AtomicBool::new(false));
+    let service = {
+        let (clock, refused) = (clock.clone(), refused.clone());
+        let handler = Arc::new(handler);
+        service_fn(move |req: Request<Incoming>| {
+            let guard = clock.begin(req.version() == http::Version::HTTP_2);
+            let refused = refused.load(Ordering::Acquire);
+            let fut = (!refused).then(|| handler(req));
+            async move {
+                match fut {
+                    Some(fut) => {
+                        let resp = fut.await;
+                        Ok(resp.map(|body| Tracked {
+                            body,
+                            _guard: Some(guard),
+                        }))
+                    }
+                    // Between a reload refusing the client and the close, nothing more is served.
+                    None => Err(ConnectionRefused),
+                }
+            }
+        })
+    };
+    let io = Watched {
+        inner: stream,
+        clock: clock.clone(),
+    };
+    let served = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(served);
+    let (mut reloads, mut revalidate) = match reloads {
+        Some((rx, f)) => (Some(rx), Some(f)),
+        None => (None, None),
+    };
+    let mut hard_stop: Option<Instant> = None;
+    loop {
+        let reload = async {
+            match reloads.as_mut() {
+                Some(rx) => {
+                    if rx.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        let stop_at = async {
+            match hard_stop {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            r = served.as_mut() => {
+                if let Err(e) = r {
+                    report_connection_error(&metrics, peer, &*e);
+                }
+                return;
+            }
+            reason = clock.expired(), if hard_stop.is_none() => {
+                reason.fire(&metrics, Some(peer));
+                match reason {
+                    // Mid-head or idle: nothing in flight to finish.
+                    LimitReason::header_read_timeout | LimitReason::idle_timeout => return,
+                    _ => {
+                        served.as_mut().graceful_shutdown();
+                        hard_stop = Some(Instant::now() + limits.drain_timeout);
+                    }
+                }
+            }
+            _ = drain.draining(), if hard_stop.is_none() => {
+                // `Connection: close` on HTTP/1, GOAWAY on HTTP/2; the process exits after
+                // the drain period, so no stop time of our own.
+                served.as_mut().graceful_shutdown();
+                hard_stop = Some(Instant::now() + limits.drain_timeout);
+            }
+            _ = reload => {
+                if let Some(still_ok) = revalidate.as_mut() {
+                    if !still_ok() && !refused.swap(true, Ordering::AcqRel) {
+                        tracing::warn!(%peer, "the new configuration refuses this client's certificate; closing the connection");
+                        served.as_mut().graceful_shutdown();
+                        let at = Instant::now() + REVOKED_GRACE;
+                        hard_stop = Some(hard_stop.map_or(at, |h| h.min(at)));
+                    }
+                }
+            }
+            _ = stop_at => {
+                tracing::debug!(%peer, "closing: requests did not finish in time");
+                return;
+            }
+        }
+    }
+}
+
+/// A request refused because its connection is closing.
+#[derive(Debug, thiserror::Error)]
+#[error("the connection is closing: the configuration no longer accepts this client")]
+pub struct ConnectionRefused;
+
+/// Counts what hyper reports as a limit (431, rapid reset) and logs the rest at debug.
+fn report_connection_error(
+    metrics: &Metrics,
+    peer: SocketAddr,
+    e: &(dyn std::error::Error + 'static),
+) {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            if h.is_parse_too_large() {
+                LimitReason::request_headers_too_large.fire(metrics, Some(peer));
+                return;
+            }
+        }
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            if h2.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) && h2.is_go_away() {
+                LimitReason::http2_rapid_reset.fire(metrics, Some(peer));
+                return;
+            }
+        }
+        source = err.source();
+    }
+    tracing::debug!(%peer, error = %e, "connection ended with an error");
+}
+
+/// Runs `fut` under `deadline` (none: no limit); `Err(())` when it passed.
+pub async fn within<T>(deadline: Option<Duration>, fut: impl Future<Output = T>) -> Result<T, ()> {
+    match deadline {
+        Some(d) => tokio::time::timeout(d, fut).await.map_err(|_| ()),
+        None => Ok(fut.await),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin::metrics::Workload;
+    use http_body_util::Full;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn metrics() -> Arc<Metrics> {
+        Arc::new(Metrics::new(Workload {
+            name: "t".into(),
+            namespace: "t".into(),
+        }))
+    }
+
+    fn limit_count(metrics: &Metrics, reason: &str) -> u64 {
+        let text = metrics.encode().expect("encode");
+        let want = format!("portcullis_limits_total{{reason=\"{reason}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&want))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {want} in\n{text}"))
+    }
+
+    /// An HTTP server on loopback whose connections run through [`serve_http`].
+    async fn server(limits: Limits) -> (SocketAddr, Arc<Metrics>, Drain) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let metrics = metrics();
+        let limits = Arc::new(limits);
+        let drain = Drain::new();
+        let admission = Admission {
+            limiter: ConnLimiter::new(limits.max_connections, limits.max_connections_per_source),
+            metrics: metrics.clone(),
+        };
+        let (m, signal) = (metrics.clone(), drain.signal());
+        tokio::spawn(accept_loop(
+            listener,
+            "test",
+            admission,
+            drain.signal(),
+            move |stream, peer, permit| {
+                let conn = HttpConn {
+                    peer,
+                    limits: limits.clone(),
+                    metrics: m.clone(),
+                    drain: signal.clone(),
+                    reloads: None,
+                };
+                async move {
+                    serve_http(stream, conn, |_req| async {
+                        Response::new(Full::new(Bytes::from_static(b"ok")))
+                    })
+                    .await;
+                    drop(permit);
+                }
+            },
+        ));
+        (addr, metrics, drain)
+    }
+
+    /// Reads until the server closes; true when it did (EOF or reset) before `wait`.
+    async fn closed_within(stream: &mut TcpStream, wait: Duration) -> bool {
+        let mut buf = [0u8; 1024];
+        tokio::time::timeout(wait, async {
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+        .is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_slowloris_client_is_closed_by_its_header_deadline() {
+        let (addr, metrics, _drain) = server(Limits {
+            header_read_timeout: Some(Duration::from_millis(300)),
+            ..Limits::default()
+        })
+        .await;
+        let mut slow = TcpStream::connect(addr).await.expect("connect");
+        slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .expect("write");
+        // One header line now and then, never the blank line.
+        let trickle = async {
+            for _ in 0..20 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if slow.write_all(b"X-A: b\r\n").await.is_err() {
+                    return;
+                }
+            }
+        };
+        trickle.await;
+        assert!(
+            closed_within(&mut slow, Duration::from_secs(5)).await,
+            "the slow client was not closed"
+        );
+        assert_eq!(limit_count(&metrics, "header_read_timeout"), 1);
+    }
+
+    #[tokio::test]
+    async fn an_idle_keep_alive_connection_is_closed_and_a_busy_one_is_not() {
+        let (addr, metrics, _drain) = server(Limits {
+            idle_timeout: Some(Duration::from_millis(300)),
+            ..Limits::default()
+        })
+        .await;
+        let mut c = TcpStream::connect(addr).await.expect("connect");
+        for _ in 0..4 {
+            c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .expect("write");
+            let mut buf = [0u8; 256];
+            let n = c.read(&mut buf).await.expect("read");
+            assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(limit_count(&metrics, "idle_timeout"), 0);
+        assert!(closed_within(&mut c, Duration::from_secs(5)).await);
+        assert_eq!(limit_count(&metrics, "idle_timeout"), 1);
+        assert_eq!(limit_count(&metrics, "header_read_timeout"), 0);
+    }
+
+    #[tokio::test]
+    async fn connections_over_the_caps_are_closed_at_once() {
+        let (addr, metrics, _drain) = server(Limits {
+            max_connections: 3,
+            max_connections_per_source: 2,
+            ..Limits::default()
+        })
+        .await;
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            held.push(TcpStream::connect(addr).await.expect("connect"));
+        }
+        let mut third = TcpStream::connect(addr).await.expect("connect");
+        assert!(closed_within(&mut third, Duration::from_secs(5)).await);
+        assert_eq!(limit_count(&metrics, "max_connections_per_source"), 1);
+        // The held ones are still served.
+        held[0]
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let mut buf = [0u8; 64];
+        let n = held[0].read(&mut buf).await.expect("read");
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        // Another source address takes the last global place, then the cap is full.
+        let other = tokio::net::TcpSocket::new_v4().expect("socket");
+        other
+            .bind("127.0.0.2:0".parse().expect("addr"))
+            .expect("bind");
+        let _fourth = other.connect(addr).await.expect("connect");
+        let other = tokio::net::TcpSocket::new_v4().expect("socket");
+        other
+            .bind("127.0.0.3:0".parse().expect("addr"))
+            .expect("bind");
+        let mut fifth = other.connect(addr).await.expect("connect");
+        assert!(closed_within(&mut fifth, Duration::from_secs(5)).await);
+        assert_eq!(limit_count(&metrics, "max_connections"), 1);
+    }
+
+    #[tokio::test]
+    async fn drain_closes_idle_connections_and_stops_accepting() {
+        let (addr, _metrics, drain) = server(Limits::default()).await;
+        let mut c = TcpStream::connect(addr).await.expect("connect");
+        c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let mut buf = [0u8; 256];
+        let _ = c.read(&mut buf).await.expect("read");
+        drain.start();
+        assert!(closed_within(&mut c, Duration::from_secs(5)).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            TcpStream::connect(addr).await.is_err(),
+            "the listener is closed"
+        );
+    }
+
+    /// Fails every accept with EMFILE.
+    struct Exhausted(Arc<AtomicUsize>);
+
+    impl Accept for Exhausted {
+        type Conn = ();
+        async fn accept(&mut self) -> io::Result<((), SocketAddr)> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            Err(io::Error::from_raw_os_error(libc::EMFILE))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn accept_errors_back_off_instead_of_spinning() {
+        let tries = Arc::new(AtomicUsize::new(0));
+        let metrics = metrics();
+        let admission = Admission {
+            limiter: ConnLimiter::new(10, 10),
+            metrics: metrics.clone(),
+        };
+        let drain = Drain::new();
+        let task = tokio::spawn(accept_loop(
+            Exhausted(tries.clone()),
+            "test",
+            admission,
+            drain.signal(),
+            |_, _, _| async {},
+        ));
+        // Ten seconds of (paused, virtual) time: 10+20+…+640 ms, then one try a second.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let n = tries.load(Ordering::Relaxed);
+        assert!((8..=20).contains(&n), "{n} accept attempts in 10 s");
+        assert_eq!(limit_count(&metrics, "accept_error"), n as u64);
+        drain.start();
+        task.await.expect("the loop ends on drain");
+    }
+}

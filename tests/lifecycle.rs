@@ -1,0 +1,264 @@
+//! Lifecycle end to end: an open connection follows reloads (issue 12 part 4), SIGTERM drains
+//! without losing a request in flight (issue 14 part 2), and the mesh terminator is never a
+//! target (issue 13: one plaintext request to its own port used to loop until the daemon ran
+//! out of descriptors).
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use e2e::walkthrough::{curl, Walkthrough};
+use e2e::{free_port, wait_for_port};
+
+const DENY_200: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no-200, namespace: istio-system}\nspec:\n  action: DENY\n  rules:\n  - from: [{source: {principals: [test.client]}}]\n    to: [{operation: {paths: [/status/200]}}]\n";
+
+/// One kept-alive mutual-TLS HTTP/1.1 connection (Python's http.client over ssl): reads a
+/// path per line on stdin, answers the status, or `CLOSED` once the server has closed it.
+const KEEPALIVE_CLIENT: &str = r#"
+import http.client, socket, ssl, sys
+port, ca, cert, key = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+ctx = ssl.create_default_context(cafile=ca)
+ctx.load_cert_chain(cert, key)
+class Conn(http.client.HTTPSConnection):
+    # test.com, reached on loopback.
+    def connect(self):
+        sock = socket.create_connection(("127.0.0.1", self.port))
+        self.sock = ctx.wrap_socket(sock, server_hostname="test.com")
+conn = Conn("test.com", int(port), context=ctx)
+# Never reconnect: the point is the one connection.
+conn.auto_open = 0
+conn.connect()
+for line in sys.stdin:
+    try:
+        conn.request("GET", line.strip(), headers={"Host": "test.com"})
+        r = conn.getresponse()
+        r.read()
+        print(r.status, flush=True)
+    except Exception as e:
+        print("CLOSED", type(e).__name__, flush=True)
+"#;
+
+struct KeepAlive {
+    child: std::process::Child,
+    out: BufReader<std::process::ChildStdout>,
+}
+
+impl KeepAlive {
+    fn open(w: &Walkthrough, port: u16) -> Result<Self> {
+        let mut child = Command::new("python3")
+            .arg("-c")
+            .arg(KEEPALIVE_CLIENT)
+            .arg(port.to_string())
+            .arg(w.certs.ca_cert())
+            .arg(w.certs.client_cert())
+            .arg(w.certs.client_key())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("python3 runs")?;
+        let out = BufReader::new(child.stdout.take().context("stdout")?);
+        Ok(Self { child, out })
+    }
+
+    fn get(&mut self, path: &str) -> Result<String> {
+        let stdin = self.child.stdin.as_mut().context("stdin")?;
+        writeln!(stdin, "{path}")?;
+        stdin.flush()?;
+        let mut line = String::new();
+        self.out.read_line(&mut line)?;
+        Ok(line.trim().to_owned())
+    }
+}
+
+impl Drop for KeepAlive {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn replace(path: &std::path::Path, contents: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp-write");
+    std::fs::write(&tmp, contents)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+fn eventually(what: &str, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if f()? {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("{what}: not within {:?}", start.elapsed())
+}
+
+#[test]
+fn an_open_connection_follows_policy_and_client_ca_changes() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let w = Walkthrough::prepare(tmp.path())?;
+    let gw = w.start_gateway(&["--admin", "off", "--reload-ms", "100"])?;
+    let mut conn = KeepAlive::open(&w, gw.https_port)?;
+    assert_eq!(conn.get("/status/200")?, "200");
+
+    // Revoke: test.client may no longer read /status/200. A new connection sees it first...
+    replace(&w.config.join("deny-200.yaml"), DENY_200.as_bytes())?;
+    eventually("the policy applies to new connections", || {
+        Ok(gw.https("/status/200", e2e::walkthrough::Identity::Client)? == "403")
+    })?;
+    // ...and so does the connection opened before the change.
+    assert_eq!(
+        conn.get("/status/200")?,
+        "403",
+        "a revoked principal keeps no access on its kept-alive connection"
+    );
+    assert_eq!(conn.get("/status/201")?, "201");
+
+    // The server's client CA changes to one that never signed this client: the open
+    // connection is closed, not left serving under the old CA.
+    let other = tmp.path().join("other-ca");
+    std::fs::create_dir_all(&other)?;
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-subj", "/CN=another CA", "-days", "1"])
+        .args(["-keyout", "ca.key", "-out", "ca.crt"])
+        .current_dir(&other)
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log_len = gw.daemon.log().len();
+    replace(
+        &w.credentials.join("test.com/ca.crt"),
+        &std::fs::read(other.join("ca.crt"))?,
+    )?;
+    eventually("the connection is refused after the reload", || {
+        Ok(gw.daemon.log()[log_len..].contains("re-checked after a reload: refused"))
+    })?;
+    // The daemon gives it at most a second to finish what is in flight (nothing here).
+    std::thread::sleep(Duration::from_millis(1500));
+    let answer = conn.get("/status/201")?;
+    assert!(
+        answer.starts_with("CLOSED"),
+        "the connection whose client certificate no longer passes is closed: {answer}"
+    );
+    Ok(())
+}
+
+#[test]
+fn sigterm_drains_requests_in_flight_and_exits_zero() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let w = Walkthrough::prepare(tmp.path())?;
+    let mut gw = w.start_gateway(&["--admin", "off", "--drain-timeout", "5s"])?;
+    let url = format!("http://127.0.0.1:{}/delay/2", gw.http_port);
+    // Ten requests that are in flight when the signal arrives.
+    let clients: Vec<_> = (0..10)
+        .map(|_| {
+            Command::new("curl")
+                .args([
+                    "-sS",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "--max-time",
+                    "15",
+                ])
+                .args(["-H", "Host: test.com", &url])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+        })
+        .collect::<std::io::Result<_>>()?;
+    std::thread::sleep(Duration::from_millis(700));
+    // SAFETY: kill(2) on the daemon we started.
+    unsafe { libc::kill(gw.daemon.pid() as i32, libc::SIGTERM) };
+    let mut codes = Vec::new();
+    for c in clients {
+        let out = c.wait_with_output()?;
+        codes.push(String::from_utf8_lossy(&out.stdout).into_owned());
+    }
+    assert!(
+        codes.iter().all(|c| c == "200"),
+        "every request in flight finishes: {codes:?}\n{}",
+        gw.daemon.log()
+    );
+    let status = (0..100)
+        .find_map(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            gw.daemon.try_wait()
+        })
+        .context("the daemon exits after the drain")?;
+    assert_eq!(status.code(), Some(0), "{}", gw.daemon.log());
+    assert!(gw.daemon.log().contains("draining"), "{}", gw.daemon.log());
+    Ok(())
+}
+
+const WORKLOAD: &str = "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: hello, namespace: default}\nspec:\n  address: 127.0.0.1\n  labels: {app: hello}\n  serviceAccount: hello\n  ports: {http: 80}\n";
+
+fn open_fds(pid: u32) -> Result<usize> {
+    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
+}
+
+#[test]
+fn the_terminator_port_is_never_a_destination() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let w = Walkthrough::prepare(tmp.path())?;
+    std::fs::write(w.config.join("workload.yaml"), WORKLOAD)?;
+    let terminator: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let gw = w.start_gateway(&[
+        "--admin",
+        "off",
+        "--mesh-credential",
+        "test.com",
+        "--no-kernel",
+        "--terminator",
+        &terminator.to_string(),
+    ])?;
+    wait_for_port(terminator, Duration::from_secs(10))?;
+    let pid = gw.daemon.pid();
+    let before = open_fds(pid)?;
+    // Plaintext, TLS without a certificate, HTTP/2 prior knowledge: straight at the
+    // terminator's own port, as no steered connection ever arrives.
+    let url = format!("http://{terminator}/get");
+    let tls_url = format!("https://{terminator}/get");
+    for extra in [
+        &["--max-time", "5"][..],
+        &["--max-time", "5", "--http2-prior-knowledge"],
+        &["--max-time", "5", "-H", "Connection: keep-alive"],
+    ] {
+        let (code, body) = curl(&url, extra)?;
+        assert_ne!(
+            code, "200",
+            "plaintext to the terminator's port is refused: {body}"
+        );
+    }
+    let (code, _) = curl(&tls_url, &["--max-time", "5", "-k"])?;
+    assert_ne!(code, "200");
+    std::thread::sleep(Duration::from_millis(300));
+    let after = open_fds(pid)?;
+    assert!(
+        after <= before + 4,
+        "the daemon's descriptors stay flat: {before} before, {after} after\n{}",
+        gw.daemon.log()
+    );
+    let log = gw.daemon.log();
+    assert!(
+        log.contains("refused: the destination is the daemon's own port"),
+        "{log}"
+    );
+    Ok(())
+}
