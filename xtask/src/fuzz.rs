@@ -62,13 +62,14 @@ fn prerequisites() -> Result<bool> {
         ("cargo-fuzz", nightly().args(["cargo", "fuzz", "--version"])),
     ]
     .into_iter()
-    .filter(|(_, cmd)| {
-        !cmd.stdout(Stdio::null())
+    .filter_map(|(what, cmd)| {
+        let ok = cmd
+            .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
-            .is_ok_and(|s| s.success())
+            .is_ok_and(|s| s.success());
+        (!ok).then_some(what)
     })
-    .map(|(what, _)| what)
     .collect::<Vec<_>>();
     if missing.is_empty() {
         return Ok(true);
