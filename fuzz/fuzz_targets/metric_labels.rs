@@ -21,7 +21,6 @@ use portcullis::admin::metrics::{
     flags, split_service, Metrics, RequestProtocol, RequestRecord, Workload,
 };
 use portcullis::identity::{Identity, PeerCertificate};
-use portcullis::policy::authz::{Authorizer, AuthzScope};
 use portcullis::proxy::conn::{ConnInfo, InboundTarget};
 use portcullis_fuzz::fields;
 
@@ -49,9 +48,6 @@ fuzz_target!(|data: &[u8]| {
     conn.set_peer_cert(cert);
     conn.inbound = Some(std::sync::Arc::new(InboundTarget {
         app: "127.0.0.1:8080".parse().expect("constant address"),
-        authz: std::sync::Arc::new(
-            Authorizer::compile(&[], &AuthzScope::default()).expect("no policies compile"),
-        ),
         workload_name: s(4),
         workload_namespace: s(5),
     }));
