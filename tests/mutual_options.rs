@@ -312,6 +312,23 @@ fn mutual_options_hold_against_openssl_made_certificates() -> Result<()> {
         );
     }
 
+    // A CRL that does not parse: check names the file and the field.
+    std::fs::write(&gateway_file, gateway_yaml(""))?;
+    let bad_crl = cred_dir.join("ca.crl");
+    std::fs::write(
+        &bad_crl,
+        "-----BEGIN X509 CRL-----\nMIIBAA==\n-----END X509 CRL-----\n",
+    )?;
+    let (ok, out) = check(&w)?;
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(&bad_crl.display().to_string())
+            && out.contains("ca.crl: CRL #1 cannot be parsed")
+            && out.contains("field `spec.servers[1].tls.credentialName`"),
+        "{out}"
+    );
+    std::fs::remove_file(&bad_crl)?;
+
     // 5. Rules that can never match: `check` warns with file:line and why, `explain` notes
     //    it, and neither refuses the configuration. (Hosts: the port-80 server serves `*`; the
     //    unit tests in policy/lint.rs cover a host no server serves.)

@@ -84,6 +84,7 @@ fn backend(name: &str, dir: &Path) -> Result<(u16, Daemon)> {
 
 struct Setup {
     port: u16,
+    admin: u16,
     certs: std::path::PathBuf,
     gateway: Daemon,
     _backends: [Daemon; 2],
@@ -105,6 +106,7 @@ impl Setup {
         let (simple_port, simple) = backend("simple-backend", dir)?;
         let (mutual_port, mutual) = backend("mutual-backend", dir)?;
         let port = free_port()?;
+        let admin = free_port()?;
         let file = dir.join("gw.yaml");
         std::fs::write(&file, config(port, simple_port, mutual_port))?;
         let mut cmd = Command::new(portcullis_bin()?);
@@ -113,7 +115,12 @@ impl Setup {
             .arg(&file)
             .arg("--credentials")
             .arg(&certs)
-            .args(["--bind", "127.0.0.1", "--admin", "off"]);
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--admin",
+                &format!("127.0.0.1:{admin}"),
+            ]);
         let gateway = Daemon::spawn("portcullis", cmd, dir)?;
         wait_for_port(
             SocketAddr::from(([127, 0, 0, 1], port)),
@@ -122,6 +129,7 @@ impl Setup {
         .with_context(|| format!("gateway did not start:\n{}", gateway.log()))?;
         Ok(Self {
             port,
+            admin,
             certs,
             gateway,
             _backends: [simple, mutual],
@@ -275,10 +283,20 @@ fn a_simple_handshake_does_not_reach_the_mutual_server() -> Result<()> {
         failures.join("\n"),
         s.gateway.log()
     );
-    // No misdirected request reached an upstream.
+    // No misdirected request reached an upstream, and each was counted.
     let log = s.gateway.log();
-    for line in log.lines().filter(|l| l.contains("status=421")) {
+    let misdirected: Vec<&str> = log.lines().filter(|l| l.contains("status=421")).collect();
+    assert_eq!(misdirected.len(), 12, "{log}");
+    for line in misdirected {
         assert!(line.contains("upstream=-"), "{line}");
     }
+    let (_, metrics) = curl(
+        &format!("http://127.0.0.1:{}/stats/prometheus", s.admin),
+        &[],
+    )?;
+    assert!(
+        metrics.contains("portcullis_requests_refused_total{reason=\"misdirected\"} 12"),
+        "{metrics}"
+    );
     Ok(())
 }

@@ -43,6 +43,12 @@
 //! and then anything it likes gets that far, which is why STRICT ports are also steered to
 //! the terminator (see `steer`), so that with the daemon up the app only ever talks to it.
 //!
+//! A SYN to a STRICT port that offers MPTCP (option 30: MP_CAPABLE or MP_JOIN) is dropped:
+//! MPTCP maps each subflow's bytes to stream offsets the client chooses, so "the subflow's
+//! first payload" would not be "the first bytes the app reads". Every connection to a STRICT
+//! port is plain TCP; a client that keeps offering MPTCP cannot connect (Linux clients can be
+//! told to fall back to TCP after retransmitted SYNs).
+//!
 //! SYN payload (TCP Fast Open) never marks anything: a SYN to a STRICT port whose data is not
 //! a ClientHello is dropped, and one whose data is passes without leaving any state; its
 //! handshake's first in-order payload is still judged against the socket.
@@ -86,6 +92,8 @@
 //!    sees ECONNRESET instead of data. Dropping (`TC_ACT_SHOT`) would leave it ESTABLISHED.
 //!
 //! # Limits
+//! Every data segment to a STRICT port costs one socket lookup (an established-hash probe and
+//! a reference taken and dropped): the price of state that packets cannot write.
 //! A forged segment that covers `rcv_nxt` of a connection that has not sent its first payload
 //! resets it: that needs the 4-tuple and an in-window guess, like a blind RST (RFC 5961).
 //! Bytes after the first 11 are not judged here (see above). Traffic that reaches the socket
@@ -131,6 +139,10 @@ const NEXTHDR_ROUTING: u8 = 43;
 const NEXTHDR_FRAGMENT: u8 = 44;
 const NEXTHDR_AUTH: u8 = 51;
 const NEXTHDR_DEST: u8 = 60;
+
+const TCPOPT_MPTCP: u8 = 30;
+/// The most option bytes a TCP header holds.
+const MAX_OPTIONS: usize = 40;
 
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
@@ -246,6 +258,9 @@ struct Segment {
     /// Local port, host order.
     port: u16,
     tcp: TcpHdr,
+    /// Where the TCP options start, and how many bytes they take (0–40).
+    options_off: usize,
+    options_len: usize,
     payload_off: usize,
     payload_len: u32,
 }
@@ -365,6 +380,8 @@ fn classify_v4(ctx: &TcContext, eth: &EthHdr, l3: L3, cfg: &KernelConfig) -> Ver
     let seg = Segment {
         port,
         tcp,
+        options_off: l3.off + IPV4_LEN + TCP_LEN,
+        options_len: doff - TCP_LEN,
         payload_off: l3.off + IPV4_LEN + doff,
         payload_len: (ip_len - IPV4_LEN - doff) as u32,
     };
@@ -425,6 +442,8 @@ fn classify_v6(ctx: &TcContext, eth: &EthHdr, l3: L3, cfg: &KernelConfig) -> Ver
     let seg = Segment {
         port,
         tcp,
+        options_off: l3.off + IPV6_LEN + TCP_LEN,
+        options_len: doff - TCP_LEN,
         payload_off: l3.off + IPV6_LEN + doff,
         payload_len: (ip_payload - doff) as u32,
     };
@@ -518,6 +537,9 @@ enum Delivery {
     Handshake,
 }
 
+// Inlined: returned out of line, the enum comes back through a pointer into the caller's
+// stack, which the verifier refuses ("cannot return stack pointer to the caller").
+#[inline(always)]
 fn judge(ctx: &TcContext, seg: &Segment, tuple: &mut bpf_sock_tuple, tuple_len: u32) -> Judgement {
     let flags = seg.tcp.flags;
     if flags & TCP_RST != 0 {
@@ -525,8 +547,17 @@ fn judge(ctx: &TcContext, seg: &Segment, tuple: &mut bpf_sock_tuple, tuple_len: 
         return Judgement::Let;
     }
     if flags & TCP_SYN != 0 {
-        if flags & TCP_ACK != 0 || seg.payload_len == 0 {
-            // A SYN-ACK answers one of this node's connects; a bare SYN carries nothing.
+        if flags & TCP_ACK != 0 {
+            // A SYN-ACK answers one of this node's connects.
+            return Judgement::Let;
+        }
+        if offers_mptcp(ctx, seg) {
+            // MPTCP maps subflow bytes to stream offsets of the client's choosing: the first
+            // payload of a subflow need not be the first the app reads. Without the SYN's
+            // MP_CAPABLE/MP_JOIN, no MPTCP connection to a STRICT port exists.
+            return Judgement::Refuse;
+        }
+        if seg.payload_len == 0 {
             return Judgement::Let;
         }
         // TCP Fast Open data reaches the app with the handshake: judge it, keep nothing.
@@ -605,6 +636,31 @@ fn delivery(ctx: &TcContext, seq: u32, tuple: &mut bpf_sock_tuple, tuple_len: u3
     // SAFETY: releases the reference taken by the lookup, exactly once.
     unsafe { bpf_sk_release(sk as *mut _) };
     result
+}
+
+/// Whether the segment's TCP options include MPTCP's MP_CAPABLE or MP_JOIN (kind 30, length
+/// 4 or 12, subtype 0 or 1). The options are scanned at every offset instead of walked: a walk
+/// with data-dependent steps is too much for the verifier, and a stray match (in a timestamp,
+/// say) only drops one SYN, which the client retransmits with other values.
+fn offers_mptcp(ctx: &TcContext, seg: &Segment) -> bool {
+    let len = seg.options_len;
+    if len > MAX_OPTIONS {
+        return false;
+    }
+    // Straight from the packet, four bytes at a time: a 40-byte copy would not fit the
+    // program's 512-byte stack next to the reset path's headers.
+    for p in 0..MAX_OPTIONS - 3 {
+        if p + 4 > len {
+            break;
+        }
+        let Ok(o) = ctx.load::<[u8; 4]>(seg.options_off + p) else {
+            break;
+        };
+        if o[0] == TCPOPT_MPTCP && (o[1] == 4 || o[1] == 12) && o[2] >> 4 <= 1 {
+            return true;
+        }
+    }
+    false
 }
 
 /// The first 11 bytes at `off` (of `avail` in this segment) open a TLS ClientHello.

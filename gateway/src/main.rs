@@ -502,6 +502,15 @@ async fn run(args: RunArgs) -> Result<()> {
     let nofile = proxy::limits::raise_nofile_limit().context("reading RLIMIT_NOFILE")?;
     let limits = args.limits.resolve(nofile);
     tracing::info!(?limits, nofile, "deadlines and caps");
+    // Credentials are part of the snapshot: a renewed certificate is a reload too. The files
+    // are fingerprinted before they are read, so an edit made during startup is not missed.
+    let watched: Vec<std::path::PathBuf> = args
+        .config
+        .paths()
+        .into_iter()
+        .chain(args.config.credentials.clone())
+        .collect();
+    let seen = portcullis::config::watch::fingerprint(&watched);
     let snapshot = load(&args.config)?;
     let access_log = AccessLog::open(&args.access_log, args.access_log_format)
         .with_context(|| format!("opening the access log {:?}", args.access_log))?;
@@ -569,18 +578,13 @@ async fn run(args: RunArgs) -> Result<()> {
     }
     if args.mesh.reload_ms > 0 {
         let config_args = args.config;
-        // Credentials are part of the snapshot: a renewed certificate is a reload too.
-        let paths = config_args
-            .paths()
-            .into_iter()
-            .chain(config_args.credentials.clone())
-            .collect();
         let reconciler = Reconciler::new(
-            paths,
+            watched,
             Box::new(move || load(&config_args)),
             std::time::Duration::from_millis(args.mesh.reload_ms),
             bus.clone(),
-        );
+        )
+        .since(seen);
         tokio::spawn(reconciler.run());
     }
     if let Some((admin, _)) = &admin {

@@ -71,6 +71,13 @@ impl Reconciler {
         }
     }
 
+    /// Reloads on any change since `seen`, a fingerprint taken before the published snapshot
+    /// was read (an edit made while the daemon started is then not missed).
+    pub fn since(mut self, seen: Fingerprint) -> Self {
+        self.last = seen;
+        self
+    }
+
     /// Runs until the task is dropped. A configuration that does not compile is reported
     /// once and the last good one stays in force; the next edit is tried again.
     pub async fn run(self) {

@@ -3,7 +3,10 @@
 
 pub mod certs;
 pub mod chromium;
+pub mod craft;
 pub mod hello;
+pub mod hostile;
+pub mod load;
 pub mod netns;
 pub mod process;
 pub mod prometheus;

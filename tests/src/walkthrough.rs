@@ -197,6 +197,16 @@ impl Walkthrough {
     /// `portcullis run` on the walkthrough, bound to 127.0.0.1 with a free port offset, with
     /// `extra` arguments; returns once the HTTPS port accepts connections.
     pub fn start_gateway(&self, extra: &[&str]) -> Result<Gateway> {
+        self.start_gateway_with(extra, None)
+    }
+
+    /// [`Self::start_gateway`] with the daemon's `RLIMIT_NOFILE` set to `nofile` (soft, hard)
+    /// before it execs, the way a service manager with a low limit starts it.
+    pub fn start_gateway_with(
+        &self,
+        extra: &[&str],
+        nofile: Option<(u64, u64)>,
+    ) -> Result<Gateway> {
         let offset = port_offset()?;
         let mut cmd = Command::new(portcullis_bin()?);
         cmd.arg("run")
@@ -206,6 +216,23 @@ impl Walkthrough {
             .arg(&self.credentials)
             .args(["--bind", "127.0.0.1", "--port-offset", &offset.to_string()])
             .args(extra);
+        if let Some((soft, hard)) = nofile {
+            use std::os::unix::process::CommandExt;
+            let rlim = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            // SAFETY: setrlimit is async-signal-safe and touches only the child being exec'd.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rlim) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
         let daemon = Daemon::spawn("portcullis", cmd, &self.dir)?;
         wait_for_port(
             SocketAddr::from(([127, 0, 0, 1], 443 + offset)),
@@ -241,6 +268,17 @@ impl Gateway {
 
     /// [`Gateway::https`] with more curl arguments (`--http1.1`, `--path-as-is`, …).
     pub fn https_with(&self, path: &str, identity: Identity, extra: &[&str]) -> Result<String> {
+        Ok(self.https_full(path, identity, extra)?.0)
+    }
+
+    /// [`Gateway::https`] with more curl arguments; returns (status code, body and whatever
+    /// `-w` added).
+    pub fn https_full(
+        &self,
+        path: &str,
+        identity: Identity,
+        extra: &[&str],
+    ) -> Result<(String, String)> {
         let resolve = format!("test.com:{}:127.0.0.1", self.https_port);
         let mut args: Vec<&str> = vec!["--resolve", &resolve, "--cacert"];
         args.push(self.ca.to_str().context("ca path")?);
@@ -259,7 +297,7 @@ impl Gateway {
         }
         args.extend(extra);
         let url = format!("https://test.com:{}{path}", self.https_port);
-        Ok(curl(&url, &args)?.0)
+        curl(&url, &args)
     }
 
     /// A raw client for the HTTPS port, SNI `test.com`, presenting `identity`.

@@ -83,7 +83,12 @@ pub fn compile(resources: Resources, settings: Settings) -> Result<Snapshot, Con
         &mut errors,
         &mut warnings,
     );
-    let routes = routes(&resources, &mut errors);
+    let routes = routes(
+        &resources,
+        settings.path_normalization,
+        &mut errors,
+        &mut warnings,
+    );
     let scope = AuthzScope {
         root_namespace: settings.root_namespace.clone(),
         workload_namespace: settings.gateway_namespace.clone(),
@@ -96,6 +101,7 @@ pub fn compile(resources: Resources, settings: Settings) -> Result<Snapshot, Con
         &resources.authorization_policies,
         &scope,
         &listeners,
+        settings.path_normalization,
     ));
     let mesh = match &settings.mesh_credential {
         Some(name) => {

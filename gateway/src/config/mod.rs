@@ -49,6 +49,75 @@ impl Origin {
             .position(|l| l.contains(needle))
             .map_or(self.first_line, |i| self.first_line + i)
     }
+
+    /// The line of `needle` within the list items that `field` names: for
+    /// `spec.servers[1].tls.caCertificates`, the first line containing `needle` inside the
+    /// second item of `servers:` (so two servers with the same key are told apart). Block
+    /// lists are followed; a flow list (`[{…}, {…}]`) or a path that cannot be followed falls
+    /// back to the narrowest range found, then to the whole document.
+    pub fn line_in(&self, field: &str, needle: &str) -> usize {
+        let lines: Vec<&str> = self.text.lines().collect();
+        let (mut start, mut end) = (0, lines.len());
+        for segment in field.split('.') {
+            let Some((key, index)) = segment
+                .strip_suffix(']')
+                .and_then(|s| s.split_once('['))
+                .and_then(|(k, i)| Some((k, i.parse::<usize>().ok()?)))
+            else {
+                continue;
+            };
+            match list_item(&lines[start..end], key, index) {
+                Some((s, e)) => (start, end) = (start + s, start + e),
+                None => break,
+            }
+        }
+        lines[start..end]
+            .iter()
+            .position(|l| l.contains(needle))
+            .map_or_else(|| self.line_of(needle), |i| self.first_line + start + i)
+    }
+}
+
+fn indent(line: &str) -> usize {
+    line.len() - line.trim_start().len()
+}
+
+/// The line range of item `index` of the block list under `key:` in `lines`.
+fn list_item(lines: &[&str], key: &str, index: usize) -> Option<(usize, usize)> {
+    let key_colon = format!("{key}:");
+    let key_line = lines.iter().position(|l| {
+        let t = l.trim_start().trim_start_matches("- ");
+        t.starts_with(&key_colon)
+    })?;
+    let after_colon = lines[key_line].split_once(&key_colon)?.1.trim();
+    if !after_colon.is_empty() && !after_colon.starts_with('#') {
+        return None; // flow style or a scalar: nothing to follow line by line
+    }
+    let body = |l: &&str| !l.trim().is_empty() && !l.trim_start().starts_with('#');
+    let first = lines[key_line + 1..].iter().position(&body)? + key_line + 1;
+    let marker_indent = indent(lines[first]);
+    if !lines[first].trim_start().starts_with('-') {
+        return None;
+    }
+    let mut items = Vec::new();
+    let mut list_end = lines.len();
+    for (i, l) in lines.iter().enumerate().skip(first) {
+        if !body(l) {
+            continue;
+        }
+        let ind = indent(l);
+        let is_marker = ind == marker_indent && l.trim_start().starts_with('-');
+        if ind < marker_indent || (ind == marker_indent && !is_marker) {
+            list_end = i;
+            break;
+        }
+        if is_marker {
+            items.push(i);
+        }
+    }
+    let start = *items.get(index)?;
+    let end = items.get(index + 1).copied().unwrap_or(list_end);
+    Some((start, end))
 }
 
 /// One resource of a known kind: its metadata, its spec, and its origin.
@@ -76,7 +145,7 @@ impl<S> Doc<S> {
     pub fn error(&self, field: &str, needle: &str, message: impl Into<String>) -> ConfigError {
         ConfigError {
             file: self.origin.file.clone(),
-            line: Some(self.origin.line_of(needle)),
+            line: Some(self.origin.line_in(field, needle)),
             document: Some(self.origin.document),
             resource: Some(self.display_name()),
             field: Some(field.to_owned()),
@@ -87,3 +156,38 @@ impl<S> Doc<S> {
 
 #[cfg(test)]
 mod server_tls_tests;
+
+#[cfg(test)]
+mod tests {
+    use super::Origin;
+
+    fn origin(text: &str) -> Origin {
+        Origin {
+            file: "f.yaml".into(),
+            document: 1,
+            first_line: 10,
+            text: text.into(),
+        }
+    }
+
+    #[test]
+    fn fields_in_list_items_find_their_own_line() {
+        let o = origin("spec:\n  servers:\n  - hosts: [a]\n    tls:\n      mode: MUTUAL\n  - hosts: [b]\n    tls:\n      mode: MUTUAL\n      caCertificates: x\n  selector: {}\n");
+        assert_eq!(o.line_in("spec.servers[1].tls.mode", "mode"), 17);
+        assert_eq!(o.line_in("spec.servers[0].tls.mode", "mode"), 14);
+        assert_eq!(
+            o.line_in("spec.servers[1].tls.caCertificates", "caCertificates"),
+            18
+        );
+        // An index past the end, or a field without indices: the whole document.
+        assert_eq!(o.line_in("spec.servers[5].tls.mode", "mode"), 14);
+        assert_eq!(o.line_in("spec.selector", "selector"), 19);
+        // Nested lists (policy rules) and lists at the key's own indentation.
+        let p = origin("rules:\n- from: [{source: {principals: [a]}}]\n  to:\n  - operation: {paths: [/x]}\n  - operation: {paths: [/x]}\n- to:\n  - operation: {paths: [/x]}\n");
+        assert_eq!(p.line_in("spec.rules[0].to[1].operation.paths", "/x"), 14);
+        assert_eq!(p.line_in("spec.rules[1].to[0].operation.paths", "/x"), 16);
+        // Flow lists are not followed: the first occurrence.
+        let f = origin("servers: [{tls: {mode: A}}, {tls: {mode: B}}]\n");
+        assert_eq!(f.line_in("spec.servers[1].tls.mode", "mode"), 10);
+    }
+}

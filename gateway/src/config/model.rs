@@ -73,7 +73,8 @@ pub enum ServerTls {
         credential_name: String,
         config: Arc<rustls::ServerConfig>,
         /// What MUTUAL asks of a client beyond the chain (SANs, pins, CRL), as built into
-        /// `config`; kept to describe the server and to re-check open connections.
+        /// `config`; kept to describe the server and to re-check open connections
+        /// (`crate::tls::verify_client_chain`).
         client_checks: ClientCertChecks,
     },
     /// Route by SNI and forward the bytes untouched.

@@ -163,13 +163,36 @@ pub struct HttpMatchRequest {
     pub gateways: Vec<String>,
 }
 
-/// Istio's `StringMatch`: exactly one of the three.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+/// Istio's `StringMatch`: exactly one of the three, written as a one-key map
+/// (`uri: {prefix: /api}`). The YAML library reads an externally tagged enum only from a
+/// `!prefix` tag, which no Istio user writes, so the map is read as fields and checked here.
+#[derive(Clone, Debug, PartialEq)]
 pub enum StringMatch {
     Exact(String),
     Prefix(String),
     Regex(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StringMatchFields {
+    exact: Option<String>,
+    prefix: Option<String>,
+    regex: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for StringMatch {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let f = StringMatchFields::deserialize(d)?;
+        match (f.exact, f.prefix, f.regex) {
+            (Some(v), None, None) => Ok(StringMatch::Exact(v)),
+            (None, Some(v), None) => Ok(StringMatch::Prefix(v)),
+            (None, None, Some(v)) => Ok(StringMatch::Regex(v)),
+            _ => Err(serde::de::Error::custom(
+                "a string match takes exactly one of `exact`, `prefix`, `regex`",
+            )),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]

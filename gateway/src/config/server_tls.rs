@@ -108,7 +108,7 @@ pub(super) fn server_tls(
     let cred = match credentials.get(&name) {
         Some(c) => c.clone(),
         None => {
-            let referrer = |msg: String| gw.error(&f("credentialName"), &name, msg);
+            let referrer = |msg: String| gw.error(&f("credentialName"), "credentialName", msg);
             let cred = Arc::new(load_credential(
                 &referrer, &name, settings, resources, warnings,
             )?);
@@ -119,7 +119,7 @@ pub(super) fn server_tls(
     if tls_mode == ServerTlsMode::Mutual && cred.roots.is_none() {
         return Err(gw.error(
             &f("credentialName"),
-            &name,
+            "credentialName",
             format!("MUTUAL needs a CA to verify clients, but credential {name:?} has no ca.crt (nor a {name}-cacert)"),
         ));
     }
@@ -131,12 +131,12 @@ pub(super) fn server_tls(
         alpn: &[b"h2", b"http/1.1"],
     };
     let config = server_config_with(&cred, &options).map_err(|e| {
-        let (key, needle) = if t.cipher_suites.is_empty() {
-            ("credentialName", name.as_str())
+        let key = if t.cipher_suites.is_empty() {
+            "credentialName"
         } else {
-            ("cipherSuites", "cipherSuites")
+            "cipherSuites"
         };
-        gw.error(&f(key), needle, format!("credential {name:?}: {e}"))
+        gw.error(&f(key), key, format!("credential {name:?}: {e}"))
     })?;
     let mut client_checks = client_checks;
     client_checks.revocation = cred.crl.clone();

@@ -515,3 +515,73 @@ fn a_secret_key_that_is_not_read_is_reported() {
         Ok(())
     );
 }
+
+#[test]
+fn the_line_is_the_offending_servers_own() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("gw.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw}\nspec:\n  servers:\n  - hosts: [a.test]\n    port: {number: 443, name: a, protocol: HTTPS}\n    tls:\n      mode: MUTUAL\n      credentialName: a\n  - hosts: [b.test]\n    port: {number: 8443, name: b, protocol: HTTPS}\n    tls:\n      mode: MUTUAL\n      credentialName: b\n      caCertificates: /etc/ca.pem\n",
+    )
+    .expect("write");
+    let err = load_paths(&[file])
+        .and_then(|r| compile(r, Settings::default()))
+        .expect_err("two errors");
+    let a = err
+        .0
+        .iter()
+        .find(|e| e.field.as_deref() == Some("spec.servers[0].tls.credentialName"))
+        .expect("credential a not found");
+    assert_eq!(a.line, Some(10), "{err}");
+    let b = err
+        .0
+        .iter()
+        .find(|e| e.field.as_deref() == Some("spec.servers[1].tls.caCertificates"))
+        .expect("caCertificates refused");
+    assert_eq!(b.line, Some(16), "{err}");
+}
+
+#[test]
+fn a_certificate_accepted_earlier_can_be_checked_against_a_newer_server() {
+    use crate::tls::verify_client_chain;
+    let pki = pki();
+    // What an open connection is re-checked with after a reload: the new snapshot's
+    // credential and the server's client checks.
+    let recheck = |snap: Result<Snapshot, ConfigErrors>| {
+        let snap = snap.expect("compiles");
+        let Some(ServerTls::Terminate {
+            credential_name,
+            client_checks,
+            ..
+        }) = &snap.listeners[0].servers[0].tls
+        else {
+            panic!("expected a MUTUAL server");
+        };
+        verify_client_chain(
+            &snap.credentials[credential_name],
+            client_checks,
+            std::slice::from_ref(&pki.good.der),
+        )
+    };
+    let (before, _d) = compile_mutual(&pki, "", None, "");
+    assert_eq!(recheck(before), Ok(()));
+    // subjectAltNames changed to one the client does not carry; then its serial revoked.
+    let (san, _d) = compile_mutual(&pki, "      subjectAltNames: [spiffe://other]\n", None, "");
+    assert!(recheck(san).is_err());
+    let (crl, _d) = compile_mutual(&pki, "", Some(&crl_pem(&pki.ca, &[2])), "");
+    assert!(recheck(crl).is_err());
+    // A new CA: the old client no longer chains.
+    let other = test_ca("Other CA");
+    let (ca, dir) = compile_mutual(&pki, "", None, "");
+    drop(ca);
+    std::fs::write(dir.path().join("creds/test.com/ca.crt"), other.cert.pem()).expect("write");
+    let settings = Settings {
+        credential_dirs: vec![dir.path().join("creds")],
+        ..Settings::default()
+    };
+    assert!(
+        recheck(load_paths(&[dir.path().join("gw.yaml")]).and_then(|r| compile(r, settings)))
+            .is_err()
+    );
+}

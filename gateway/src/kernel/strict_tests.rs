@@ -195,6 +195,7 @@ struct Tcp {
     seq: u32,
     ack: u32,
     flags: u8,
+    options: Vec<u8>,
     payload: Vec<u8>,
 }
 
@@ -206,6 +207,7 @@ impl Tcp {
             seq,
             ack: 7000,
             flags,
+            options: Vec::new(),
             payload: payload.to_vec(),
         }
     }
@@ -224,7 +226,9 @@ impl Tcp {
         h.extend(self.dst.port().to_be_bytes());
         h.extend(self.seq.to_be_bytes());
         h.extend(self.ack.to_be_bytes());
-        h.extend([5 << 4, self.flags, 0xff, 0xff, 0, 0, 0, 0]);
+        let doff = (20 + self.options.len()) / 4;
+        h.extend([(doff as u8) << 4, self.flags, 0xff, 0xff, 0, 0, 0, 0]);
+        h.extend(&self.options);
         h
     }
 
@@ -415,6 +419,33 @@ fn syn_payload_is_judged_and_never_marks_a_flow() {
             assert_eq!(rc, PASS);
             let (rc, _) = s.run(&make(80, PSH_ACK, 1001, GET).frame());
             assert_eq!(rc, RESET, "plaintext after RST/FIN/SYN");
+        }
+    });
+}
+
+#[test]
+fn a_syn_offering_mptcp_is_dropped() {
+    in_fresh_netns("strict mptcp", || {
+        let mut s = Strict::port80();
+        // MSS, SACK permitted, timestamps, NOP, window scale: what every client sends.
+        let plain = vec![
+            2, 4, 0x05, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7,
+        ];
+        // The same, then MP_CAPABLE (v1, 4 bytes) padded with NOPs.
+        let mut mptcp = plain.clone();
+        mptcp.extend([30, 4, 0x10, 0x01]);
+        for make in [Tcp::v4, Tcp::v6] {
+            let mut syn = make(80, SYN, 1000, b"");
+            syn.options = plain.clone();
+            assert_eq!(s.run(&syn.frame()).0, PASS, "ordinary SYN");
+            syn.options = mptcp.clone();
+            assert_eq!(s.run(&syn.frame()).0, DROP, "SYN with MP_CAPABLE");
+            syn.dst.set_port(81);
+            assert_eq!(
+                s.run(&syn.frame()).0,
+                PASS,
+                "MPTCP to a port that is not STRICT"
+            );
         }
     });
 }
@@ -676,6 +707,7 @@ impl Conn {
             seq,
             ack: 1,
             flags: PSH_ACK,
+            options: Vec::new(),
             payload: payload.to_vec(),
         }
     }

@@ -68,6 +68,8 @@ impl ExplainRequest {
 /// The decision and the policies that were in play.
 #[derive(Clone, Debug)]
 pub struct Explanation {
+    /// The path as given, without its query string.
+    pub received: String,
     /// The path the policies saw, or why the daemon would refuse it with `400`.
     pub path: Result<String, PathError>,
     pub mode: PathNormalization,
@@ -95,6 +97,7 @@ pub fn explain(authz: &Authorizer, req: &ExplainRequest) -> Result<Explanation, 
         Ok(p) => p.into_owned(),
         Err(e) => {
             return Ok(Explanation {
+                received: raw.to_owned(),
                 path: Err(e),
                 mode: req.path_normalization,
                 decision: None,
@@ -115,6 +118,7 @@ pub fn explain(authz: &Authorizer, req: &ExplainRequest) -> Result<Explanation, 
         sni: req.sni.as_deref(),
     });
     Ok(Explanation {
+        received: raw.to_owned(),
         path: Ok(path),
         mode: req.path_normalization,
         decision: Some(decision),
@@ -145,8 +149,8 @@ impl fmt::Display for Explanation {
             (Err(e), _) => {
                 return writeln!(
                     f,
-                    "REFUSED: 400 Bad Request before any policy\n  path: {e} (path normalization {})",
-                    self.mode
+                    "REFUSED: 400 Bad Request, before any policy\n  path: {}\n  why: {e}\n  path normalization: {}",
+                    self.received, self.mode
                 );
             }
             (Ok(_), None) => return Ok(()),
@@ -285,6 +289,48 @@ mod tests {
             .to_string();
         assert!(out.starts_with("DENY\n  decided by: DENY policy "), "{out}");
         assert!(out.contains(", rule "), "{out}");
+    }
+
+    /// The walkthrough's DENY through `explain`: every spelling that decodes to the denied path
+    /// is denied (or refused), in every mode but NONE, as the daemon does it.
+    #[test]
+    fn spellings_of_a_denied_path_are_denied() {
+        let case = CASES
+            .iter()
+            .find(|c| c.name == "walkthrough: test.client /status/418 is denied")
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let authz = load(case, dir.path());
+        let plain = case.request.path;
+        let spellings = [
+            plain.replacen('/', "//", 1),
+            plain.replacen('/', "/./", 1),
+            plain.replacen('/', "/x/../", 1),
+            plain.replacen('/', "\\", 2).replacen('\\', "/", 1),
+            format!("{}?q=1", plain.replace('a', "%61")),
+        ];
+        for mode in [
+            PathNormalization::Base,
+            PathNormalization::MergeSlashes,
+            PathNormalization::DecodeAndMergeSlashes,
+        ] {
+            for path in &spellings {
+                if mode == PathNormalization::Base && path.contains("//") {
+                    continue;
+                }
+                let mut req = as_flags(case);
+                req.path = path.clone();
+                req.path_normalization = mode;
+                let out = explain(&authz, &req).unwrap();
+                assert!(!out.is_allowed(), "{path} in {mode}: {out}");
+                assert_eq!(out.path.as_deref(), Ok(plain), "{path} in {mode}");
+            }
+        }
+        let mut req = as_flags(case);
+        req.path = plain.replacen('/', "/%2F", 1);
+        let out = explain(&authz, &req).unwrap();
+        assert_eq!(out.path, Err(PathError::EncodedSlash));
+        assert!(out.to_string().starts_with("REFUSED: 400"), "{out}");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! | `principals` / `namespaces` with no MUTUAL server on the rule's ports | a peer identity exists only after a verified client certificate |
 //! | `hosts` value no Gateway server serves | the request would not reach this gateway's routes |
 //! | `paths` / `notPaths` value with `?` or `#` | the matcher sees the path only, never a query string or fragment |
+//! | `paths` / `notPaths` value that path normalization changes or refuses (`/a//b`, `/%73tatus`, `/a;b`) | the matcher sees the normalized path |
 //!
 //! A `*` inside a path (`/api/*/admin`) is not a warning but an error from the policy
 //! compiler: Istio takes it literally, which is never what the author meant.
@@ -16,6 +17,7 @@ use crate::config::model::{Listener, ServerTls};
 use crate::config::resources::AuthorizationPolicySpec;
 use crate::config::{ConfigWarning, Doc};
 use crate::policy::authz::{applies, AuthzScope};
+use crate::policy::path::{never_normalized, PathNormalization};
 use crate::tls::ServerTlsMode;
 
 /// Warnings for every policy of `policies` that applies to the gateway (`scope`).
@@ -23,6 +25,7 @@ pub fn never_matching(
     policies: &[Doc<AuthorizationPolicySpec>],
     scope: &AuthzScope,
     listeners: &[Listener],
+    path_normalization: PathNormalization,
 ) -> Vec<ConfigWarning> {
     let mut out = Vec::new();
     let mutual_ports: Vec<u16> = listeners
@@ -90,6 +93,16 @@ pub fn never_matching(
                             path,
                             format!("{path:?} can never match: paths are matched without the query string and fragment, which this value contains"),
                         ));
+                    }
+                    for path in values.iter().filter(|p| !p.contains(['?', '#'])) {
+                        if let Some(why) = never_normalized(path, path_normalization) {
+                            out.push(warn(
+                                doc,
+                                &format!("spec.rules[{r}].to[{t}].operation.{key}"),
+                                path,
+                                format!("{path:?} can never match: request paths are normalized ({path_normalization}) before policies see them, and {why}"),
+                            ));
+                        }
                     }
                 }
             }
@@ -164,6 +177,31 @@ mod tests {
             .iter()
             .map(|w| w.to_string().replace(&file.display().to_string(), "F"))
             .collect()
+    }
+
+    #[test]
+    fn paths_the_normalization_changes_are_flagged() {
+        let w = warnings(
+            PLAIN_ONLY,
+            "  - to: [{operation: {paths: ['/status//418', '/%73tatus/418', '/a;b', '/ok/*', '*/x', '/a/.*', '/api//*'], notPaths: ['/x/../y']}}]\n",
+        );
+        let flagged: Vec<bool> = [
+            "/status//418",
+            "/%73tatus/418",
+            "/a;b",
+            "/api//*",
+            "/x/../y",
+        ]
+        .iter()
+        .map(|p| {
+            w.iter()
+                .any(|w| w.contains(&format!("{p:?} can never match")))
+        })
+        .collect();
+        assert_eq!(flagged, [true; 5], "{w:?}");
+        assert_eq!(w.len(), 5, "{w:?}");
+        assert!(w[0].contains("it becomes \"/status/418\""), "{w:?}");
+        assert!(w[2].contains("refused with 400"), "{w:?}");
     }
 
     #[test]

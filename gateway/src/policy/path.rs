@@ -330,5 +330,30 @@ fn merge_slashes(path: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Why a configured path pattern (`/exact`, `/prefix*`, `*suffix`) can never equal a
+/// normalized request path, if it cannot: `check` warns about such AuthorizationPolicy and
+/// VirtualService paths. The literal part is completed into a whole path (`z` after a prefix,
+/// `/z` before a suffix) so that a prefix ending in `.` is not taken for a dot segment.
+pub fn never_normalized(pattern: &str, mode: PathNormalization) -> Option<String> {
+    let sample = if let Some(prefix) = pattern.strip_suffix('*') {
+        format!("{prefix}z")
+    } else if let Some(suffix) = pattern.strip_prefix('*') {
+        format!("/z{suffix}")
+    } else {
+        pattern.to_owned()
+    };
+    if pattern == "*" || !sample.starts_with('/') {
+        return None;
+    }
+    match normalize(&sample, mode) {
+        Ok(n) if n == sample => None,
+        Ok(n) if pattern.ends_with('*') || pattern.starts_with('*') => {
+            Some(format!("a request path it would match becomes {n:?}"))
+        }
+        Ok(n) => Some(format!("it becomes {n:?}")),
+        Err(e) => Some(format!("a request path like it is refused with 400 ({e})")),
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -170,13 +170,11 @@ struct RequestTarget {
 
 impl RequestTarget {
     fn of(uri: &Uri, mode: PathNormalization) -> Result<Self, PathError> {
-        // Asterisk-form and authority-form have no path_and_query; refuse them as not
-        // origin-form rather than route them as `/`.
-        let Some(pq) = uri.path_and_query() else {
-            return Err(PathError::NotOriginForm);
-        };
-        let path = path::normalize(pq.path(), mode)?.into_owned();
-        let path_and_query = match pq.query() {
+        // `Uri::path` is `*` for asterisk-form, empty for authority-form (both refused as not
+        // origin-form) and `/` for an absolute-form target with an empty path (RFC 9110
+        // §4.2.3: the same resource as `/`).
+        let path = path::normalize(uri.path(), mode)?.into_owned();
+        let path_and_query = match uri.query() {
             Some(q) => format!("{path}?{q}"),
             None => path.clone(),
         };
@@ -390,8 +388,8 @@ enum NoServer {
 /// the `Host` of a MUTUAL server on the same port, reaching its backend with no client
 /// certificate. The answer is `421 Misdirected Request` (RFC 9110 §15.5.20) rather than
 /// Envoy's `404`: an HTTP/2 client that reused a connection for another origin its certificate
-/// also covers (RFC 9113 §9.1.1) retries a 421 on a new connection, with the right SNI and
-/// handshake, where a 404 would be shown to the user as a missing page.
+/// also covers (RFC 9113 §9.1.1) retries a 421 on a new connection (§9.1.2), with the right
+/// SNI and handshake, where a 404 would be shown to the user as a missing page.
 fn server_gateway(
     snapshot: &Snapshot,
     conn: &ConnInfo,
@@ -566,5 +564,34 @@ mod tests {
                 "ab".repeat(32)
             )
         );
+    }
+
+    fn target(uri: &str) -> Result<(String, String), PathError> {
+        let uri: Uri = uri.parse().expect("a URI hyper would hand us");
+        RequestTarget::of(&uri, PathNormalization::MergeSlashes).map(|t| (t.path, t.path_and_query))
+    }
+
+    #[test]
+    fn request_targets_as_hyper_hands_them_over() {
+        let ok = |p: &str, pq: &str| Ok((p.to_owned(), pq.to_owned()));
+        assert_eq!(
+            target("/status/%34%31%38"),
+            ok("/status/418", "/status/418")
+        );
+        // The query string is kept byte for byte and never normalized.
+        assert_eq!(
+            target("//a/./%62?x=%2F&y=/../"),
+            ok("/a/b", "/a/b?x=%2F&y=/../")
+        );
+        assert_eq!(target("/a?"), ok("/a", "/a?"));
+        // HTTP/1.1 absolute-form: the path is normalized like any other.
+        assert_eq!(
+            target("https://test.com//status/%34%31%38?q"),
+            ok("/status/418", "/status/418?q")
+        );
+        assert_eq!(target("http://test.com"), ok("/", "/"));
+        assert_eq!(target("*"), Err(PathError::AsteriskForm));
+        assert_eq!(target("test.com:443"), Err(PathError::NotOriginForm));
+        assert_eq!(target("/status%2F418"), Err(PathError::EncodedSlash));
     }
 }

@@ -789,6 +789,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_connection_past_its_max_age_is_closed_between_requests() {
+        let (addr, metrics, _drain) = server(Limits {
+            max_connection_age: Some(Duration::from_millis(300)),
+            ..Limits::default()
+        })
+        .await;
+        let mut c = TcpStream::connect(addr).await.expect("connect");
+        c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let mut buf = [0u8; 256];
+        let n = c.read(&mut buf).await.expect("read");
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        assert!(closed_within(&mut c, Duration::from_secs(5)).await);
+        assert_eq!(limit_count(&metrics, "max_connection_age"), 1);
+        assert_eq!(limit_count(&metrics, "idle_timeout"), 0);
+    }
+
+    #[tokio::test]
     async fn connections_over_the_caps_are_closed_at_once() {
         let (addr, metrics, _drain) = server(Limits {
             max_connections: 3,

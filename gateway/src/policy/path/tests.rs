@@ -328,3 +328,28 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn configured_patterns_that_can_never_match() {
+    let dead = |p: &str| never_normalized(p, MergeSlashes);
+    for live in [
+        "/status/418",
+        "/api/*",
+        "/api/.*",
+        "*.json",
+        "*/admin",
+        "*",
+        "/",
+    ] {
+        assert_eq!(dead(live), None, "{live}");
+    }
+    assert_eq!(
+        dead("/status//418").as_deref(),
+        Some("it becomes \"/status/418\"")
+    );
+    assert!(dead("/%73tatus/*").is_some());
+    assert!(dead("*//admin").is_some());
+    assert!(dead("/a;b").is_some_and(|w| w.contains("refused with 400")));
+    assert!(dead("/a%2Fb").is_some());
+    assert_eq!(never_normalized("/a%2Fb", Untouched), None);
+}
