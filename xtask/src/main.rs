@@ -1,7 +1,8 @@
-//! Developer workflows for Portcullis: `cargo xtask build|run|demo|test|bench|prereqs`.
+//! Developer workflows for Portcullis: `cargo xtask build|run|demo|test|bench|fuzz|prereqs`.
 
 mod bench;
 mod demo;
+mod fuzz;
 mod prereqs;
 
 use std::path::{Path, PathBuf};
@@ -33,7 +34,8 @@ enum Cmd {
         #[arg(long)]
         port_offset: Option<u16>,
     },
-    /// The whole test suite, as CI runs it: fmt, clippy, build, unit and end-to-end tests.
+    /// The whole test suite, as CI runs it: fmt, clippy, build, unit and end-to-end tests,
+    /// then each fuzz target for 60 s.
     Test {
         /// Skip `cargo fmt --check` and clippy.
         #[arg(long)]
@@ -57,6 +59,8 @@ enum Cmd {
         #[arg(long)]
         vagrant: bool,
     },
+    /// The cargo-fuzz targets in fuzz/, each for a bounded time on a copy of its corpus.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn workspace() -> PathBuf {
@@ -200,7 +204,7 @@ fn test(no_lint: bool, extra: &[String]) -> Result<()> {
     } else if !is_root() {
         eprintln!("\n!!!!! xtask test: not root: `cargo xtask demo mesh` SKIPPED !!!!!\n");
     }
-    Ok(())
+    fuzz::in_test(&workspace(), &target_dir())
 }
 
 /// Errors print as one cause chain, not a backtrace: the failing command is the message.
@@ -235,5 +239,6 @@ fn dispatch(cli: Cli) -> Result<()> {
         Cmd::Vagrant => demo::vagrant(&build(false)?),
         Cmd::Prereqs { vagrant: false } => prereqs::ensure(false),
         Cmd::Prereqs { vagrant: true } => prereqs::ensure_vagrant(),
+        Cmd::Fuzz(args) => fuzz::run(args, &workspace(), &target_dir()),
     }
 }

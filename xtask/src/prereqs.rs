@@ -65,6 +65,12 @@ const STEPS: &[Step] = &[
         install: install_bpf_linker,
     },
     Step {
+        name: "cargo-fuzz (the bounded fuzz run of `cargo xtask test`, `cargo xtask fuzz`)",
+        needs_root: false,
+        check: missing_cargo_fuzz,
+        install: install_cargo_fuzz,
+    },
+    Step {
         name: "PyPI httpbin and gunicorn (one end-to-end upstream)",
         needs_root: true,
         check: missing_httpbin,
@@ -310,6 +316,22 @@ fn install_nightly_src(_: &str) -> Result<()> {
 
 fn missing_bpf_linker() -> Result<Option<String>> {
     Ok((!succeeds(Command::new("bpf-linker").arg("--version"))).then(|| "bpf-linker".to_owned()))
+}
+
+fn missing_cargo_fuzz() -> Result<Option<String>> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    Ok((!succeeds(Command::new(cargo).args(["fuzz", "--version"])))
+        .then(|| "cargo-fuzz".to_owned()))
+}
+
+fn install_cargo_fuzz(_: &str) -> Result<()> {
+    sh(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args([
+            "install",
+            "cargo-fuzz",
+            "--locked",
+        ]),
+    )
 }
 
 fn install_bpf_linker(_: &str) -> Result<()> {

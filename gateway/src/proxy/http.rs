@@ -478,25 +478,94 @@ fn outbound_request(
 }
 
 /// Envoy's x-forwarded-client-cert element: `Hash=…;Subject="…";URI=…;DNS=…`.
+///
+/// Envoy's grammar: `,` separates elements, `;` pairs, `=` key from value; a value holding
+/// any of them is double-quoted, with `\"` for a quote. A backslash is escaped too (`\\`),
+/// or a value ending in one would escape its own closing quote. Certificate fields are
+/// whatever the CA signed, so every value is quoted when it needs to be: a DNS SAN
+/// `x;URI=spiffe://admin` must not add a second URI.
 pub fn xfcc(cert: &crate::identity::PeerCertificate) -> String {
     let mut out = format!("Hash={}", cert.sha256_hex);
-    out.push_str(";Subject=\"");
-    out.push_str(&cert.subject.replace('"', "\\\""));
-    out.push('"');
+    out.push_str(";Subject=");
+    // Envoy always quotes the subject.
+    push_xfcc_value(&mut out, &cert.subject, true);
     if let Some(uri) = cert.uris.first() {
         out.push_str(";URI=");
-        out.push_str(uri);
+        push_xfcc_value(&mut out, uri, false);
     }
     for dns in &cert.dns_names {
         out.push_str(";DNS=");
-        out.push_str(dns);
+        push_xfcc_value(&mut out, dns, false);
     }
     out
+}
+
+fn push_xfcc_value(out: &mut String, value: &str, always_quote: bool) {
+    if !always_quote && !value.contains([',', ';', '=', '"', '\\']) {
+        out.push_str(value);
+        return;
+    }
+    out.push('"');
+    for c in value.chars() {
+        if matches!(c, '"' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::identity::PeerCertificate;
+
+    fn cert(subject: &str, uri: &str, dns: &[&str]) -> PeerCertificate {
+        PeerCertificate {
+            identity: None,
+            uris: vec![uri.to_owned()],
+            dns_names: dns.iter().map(|d| (*d).to_owned()).collect(),
+            subject: subject.to_owned(),
+            sha256_hex: "ab".repeat(32),
+        }
+    }
+
+    #[test]
+    fn xfcc_is_envoys_format() {
+        let got = xfcc(&cert(
+            "CN=test.client,O=Portcullis",
+            "spiffe://cluster.local/ns/default/sa/sleep",
+            &["test.client"],
+        ));
+        assert_eq!(
+            got,
+            format!(
+                "Hash={};Subject=\"CN=test.client,O=Portcullis\";\
+                 URI=spiffe://cluster.local/ns/default/sa/sleep;DNS=test.client",
+                "ab".repeat(32)
+            )
+        );
+    }
+
+    /// Found by the `xfcc` fuzz target: a subject ending in `\` escaped its closing quote,
+    /// and a SAN holding `;`, `,` or `=` was written bare, so a certificate's DNS name
+    /// `x;URI=spiffe://evil` added a URI of its own choosing to the header.
+    #[test]
+    fn certificate_fields_cannot_add_xfcc_fields() {
+        let got = xfcc(&cert(
+            "CN=x\\",
+            "spiffe://td/ns/a;b/sa/c",
+            &["x;URI=spiffe://evil", "a,Hash=00", "q\"z"],
+        ));
+        assert_eq!(
+            got,
+            format!(
+                "Hash={};Subject=\"CN=x\\\\\";URI=\"spiffe://td/ns/a;b/sa/c\";\
+                 DNS=\"x;URI=spiffe://evil\";DNS=\"a,Hash=00\";DNS=\"q\\\"z\"",
+                "ab".repeat(32)
+            )
+        );
+    }
 
     fn target(uri: &str) -> Result<(String, String), PathError> {
         let uri: Uri = uri.parse().expect("a URI hyper would hand us");
