@@ -15,7 +15,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use portcullis::admin::access_log::{format_line, AccessEntry, AccessLogFormat};
+use portcullis::proxy::telemetry::access_log::{format_line, AccessEntry, AccessLogFormat};
+use portcullis::proxy::telemetry::ResponseFlags;
 use portcullis_fuzz::{fields, is_line_break, parse_text_log};
 
 const TIME: &str = "2026-01-02T03:04:05.678Z";
@@ -38,7 +39,7 @@ fuzz_target!(|data: &[u8]| {
         authz: f[5].clone(),
         policy: f[6].clone(),
         upstream: s(7),
-        response_flags: "-",
+        response_flags: ResponseFlags::None,
     };
 
     let json = format_line(AccessLogFormat::Json, TIME, &entry);

@@ -17,11 +17,12 @@ use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
 use portcullis::admin::graph::exposition::request_series;
-use portcullis::admin::metrics::{
-    flags, split_service, Metrics, RequestProtocol, RequestRecord, Workload,
-};
 use portcullis::identity::{Identity, PeerCertificate};
 use portcullis::proxy::conn::{ConnInfo, InboundTarget};
+use portcullis::proxy::telemetry::metrics::{
+    split_service, Metrics, RequestProtocol, RequestRecord, Workload,
+};
+use portcullis::proxy::telemetry::ResponseFlags;
 use portcullis_fuzz::fields;
 
 fuzz_target!(|data: &[u8]| {
@@ -61,7 +62,7 @@ fuzz_target!(|data: &[u8]| {
         service: Some(&service),
         protocol: RequestProtocol::http,
         status: 403,
-        flags: flags::NONE,
+        flags: ResponseFlags::None,
         duration: Duration::from_millis(1),
         request_bytes: 1,
         response_bytes: 2,

@@ -13,10 +13,11 @@ use hyper::body::Incoming;
 
 use super::conn::ConnInfo;
 use super::limits::LimitReason;
+use super::telemetry::access_log::AccessEntry;
+use super::telemetry::metrics::{RequestProtocol, RequestRecord};
+use super::telemetry::ResponseFlags;
 use super::upstream::{is_connect_timeout, WithPermit};
 use super::Gateway;
-use crate::admin::access_log::AccessEntry;
-use crate::admin::metrics::{flags, RequestProtocol, RequestRecord};
 use crate::config::hosts::{authority_host, best_match};
 use crate::config::model::GatewayRef;
 use crate::config::Snapshot;
@@ -117,7 +118,7 @@ pub async fn handle(
                 decision: None,
                 upstream: None,
                 service: None,
-                flags: flags::DOWNSTREAM_PROTOCOL_ERROR,
+                flags: ResponseFlags::DownstreamProtocolError,
             };
             (out, received)
         }
@@ -201,7 +202,7 @@ struct Outcome<'s> {
     /// The destination service of the gateway route taken.
     service: Option<&'s str>,
     /// Envoy's response flag for what went wrong in the proxy, `-` for nothing.
-    flags: &'static str,
+    flags: ResponseFlags,
 }
 
 async fn route_and_forward<'s>(
@@ -218,7 +219,7 @@ async fn route_and_forward<'s>(
         decision: None,
         upstream: None,
         service: None,
-        flags: flags::NO_ROUTE,
+        flags: ResponseFlags::NoRouteFound,
     };
     // Inbound mesh connections go to the local app on their original port; gateway
     // connections are routed by their VirtualServices.
@@ -230,7 +231,7 @@ async fn route_and_forward<'s>(
                 decision: None,
                 upstream: None,
                 service: None,
-                flags: flags::NO_ROUTE,
+                flags: ResponseFlags::NoRouteFound,
             };
         };
         (&*mesh.authz, inbound.app.to_string(), None, "inbound")
@@ -247,7 +248,7 @@ async fn route_and_forward<'s>(
                     decision: None,
                     upstream: None,
                     service: None,
-                    flags: flags::NO_ROUTE,
+                    flags: ResponseFlags::NoRouteFound,
                 };
             }
         };
@@ -297,7 +298,7 @@ async fn route_and_forward<'s>(
             local(StatusCode::FORBIDDEN, RBAC_DENIED),
             decision,
             None,
-            flags::NONE,
+            ResponseFlags::None,
         );
     }
     let outbound = match outbound_request(req, conn, authority, &target.path_and_query, &endpoint) {
@@ -308,7 +309,7 @@ async fn route_and_forward<'s>(
                 local(StatusCode::BAD_REQUEST, "bad request"),
                 decision,
                 Some(endpoint),
-                flags::NONE,
+                ResponseFlags::None,
             );
         }
     };
@@ -321,7 +322,7 @@ async fn route_and_forward<'s>(
             ),
             decision,
             Some(endpoint),
-            flags::UPSTREAM_OVERFLOW,
+            ResponseFlags::UpstreamOverflow,
         );
     };
     let call = gateway.upstream.client().request(outbound);
@@ -334,7 +335,7 @@ async fn route_and_forward<'s>(
                     local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
                     decision,
                     Some(endpoint),
-                    flags::UPSTREAM_TIMEOUT,
+                    ResponseFlags::UpstreamRequestTimeout,
                 );
             }
         },
@@ -347,7 +348,7 @@ async fn route_and_forward<'s>(
                 resp.map(|body| WithPermit::new(body, permit).boxed()),
                 decision,
                 Some(endpoint),
-                flags::NONE,
+                ResponseFlags::None,
             )
         }
         Err(e) => {
@@ -356,14 +357,14 @@ async fn route_and_forward<'s>(
                 LimitReason::upstream_connect_timeout.fire(&gateway.metrics, Some(conn.peer));
             }
             let (resp, flag) = if e.is_connect() {
-                (local(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error or disconnect/reset before headers. reset reason: connection failure"), flags::UPSTREAM_FAILURE)
+                (local(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error or disconnect/reset before headers. reset reason: connection failure"), ResponseFlags::UpstreamConnectionFailure)
             } else {
                 (
                     local(
                         StatusCode::BAD_GATEWAY,
                         "upstream reset before response headers",
                     ),
-                    flags::UPSTREAM_RESET,
+                    ResponseFlags::UpstreamConnectionTermination,
                 )
             };
             routed(resp, decision, Some(endpoint), flag)

@@ -15,6 +15,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use super::ResponseFlags;
+
 /// Where access lines go (`--access-log`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AccessLogTarget {
@@ -81,7 +83,7 @@ pub struct AccessEntry<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream: Option<&'a str>,
     /// Envoy's response flags (`-`, `UF`, `NR`, …).
-    pub response_flags: &'static str,
+    pub response_flags: ResponseFlags,
 }
 
 /// An open access log. Cheap to call when off.
@@ -205,7 +207,7 @@ pub fn format_line(format: AccessLogFormat, time: &str, e: &AccessEntry<'_>) -> 
             field("authz", e.authz.as_deref());
             field("policy", e.policy.as_deref());
             field("upstream", e.upstream);
-            field("response_flags", Some(e.response_flags));
+            field("response_flags", Some(e.response_flags.as_str()));
             s.push('\n');
             s
         }
@@ -260,7 +262,7 @@ mod tests {
             authz: Some("DENY by istio-system/test rule 0".to_owned()),
             policy: Some("istio-system/test".to_owned()),
             upstream: None,
-            response_flags: "-",
+            response_flags: ResponseFlags::None,
         }
     }
 
