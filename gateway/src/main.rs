@@ -7,7 +7,6 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use portcullis::admin::access_log::{AccessLog, AccessLogFormat, AccessLogTarget};
 use portcullis::admin::graph::prometheus::PrometheusUrl;
 use portcullis::admin::Admin;
 use portcullis::config::{self, Settings};
@@ -16,6 +15,7 @@ use portcullis::policy::explain::{explain, ExplainRequest};
 use portcullis::proxy::inbound::Inbound;
 use portcullis::proxy::limits::{parse_size, Deadline, Limits};
 use portcullis::proxy::outbound::Outbound;
+use portcullis::proxy::telemetry::access_log::{AccessLog, AccessLogFormat, AccessLogTarget};
 use portcullis::proxy::{self, Drain, Gateway, Ingress};
 use portcullis::reconcile::{Reconciler, SnapshotBus};
 

@@ -1,5 +1,5 @@
-//! The admin listener: metrics, health, config dump, and the observability pieces the proxy
-//! records into ([`metrics`], [`access_log`]).
+//! The admin listener: metrics, health, config dump. It only serves what the proxy records
+//! ([`crate::proxy::telemetry`]); the proxy never imports `admin`.
 //!
 //! Endpoints (plain HTTP/1.1, meant for loopback; `portcullis run --admin`):
 //!
@@ -11,10 +11,8 @@
 //! | `/kernel` | the eBPF programs' state and counters, and the terminator's own counters |
 //! | `/graph` | the mesh graph page ([`graph`]); `/graph/data` is its JSON |
 
-pub mod access_log;
 pub mod config_dump;
 pub mod graph;
-pub mod metrics;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};

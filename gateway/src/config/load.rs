@@ -59,6 +59,19 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<Resources, ConfigErrors> {
     }
 }
 
+/// Loads one YAML text the way [`load_paths`] loads a file; `file` is only named in errors,
+/// never opened. The YAML fuzzing entry point (`fuzz/fuzz_targets/config.rs`).
+pub fn load_str(file: &Path, text: &str) -> Result<Resources, ConfigErrors> {
+    let mut errors = Vec::new();
+    let mut resources = Resources::default();
+    resources.add_file(file, text, &mut errors);
+    if errors.is_empty() {
+        Ok(resources)
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
 fn yaml_files(path: &Path) -> Result<Vec<PathBuf>, ConfigError> {
     let meta = std::fs::metadata(path)
         .map_err(|e| ConfigError::file(path, format!("cannot read: {e}")))?;
@@ -277,7 +290,12 @@ fn deserialize<T: DeserializeOwned>(origin: &Origin, kind: &'static str) -> Resu
 }
 
 fn yaml_error(origin: &Origin, kind: Option<&'static str>, e: &serde_norway::Error) -> ConfigError {
-    let line = e.location().map(|l| origin.first_line + l.line() - 1);
+    // libyaml places an error at the end of the stream on the line after the last one: name
+    // the document's last line instead, which exists.
+    let last = origin.text.lines().count().max(1);
+    let line = e
+        .location()
+        .map(|l| origin.first_line + l.line().clamp(1, last) - 1);
     // serde_norway appends "at line N column M" in the document's own numbering; we print the
     // file's line in front instead.
     let message = e.to_string();
@@ -335,6 +353,16 @@ fn name_in(text: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `config` fuzz target: an error at the end of the text pointed one line
+    /// past the end of the file.
+    #[test]
+    fn an_error_at_the_end_names_a_line_of_the_file() {
+        let text = "apiVersion: v1\nkind: Secret\nmetadata: {name: x\n";
+        let err = load_str(Path::new("a.yaml"), text).expect_err("unterminated mapping");
+        assert_eq!(err.0.len(), 1, "{err}");
+        assert_eq!(err.0[0].line, Some(3), "{err}");
+    }
 
     fn load_text(text: &str) -> Result<Resources, ConfigErrors> {
         let dir = tempfile::tempdir().map_err(|e| ConfigError::file("tmp", e.to_string()))?;

@@ -24,7 +24,7 @@ pub mod watch;
 
 pub use compile::{compile, Settings, Snapshot};
 pub use error::{ConfigError, ConfigErrors, ConfigWarning};
-pub use load::{load_paths, Resources};
+pub use load::{load_paths, load_str, Resources};
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -29,7 +29,7 @@ pub struct ConnInfo {
     /// The x-forwarded-client-cert value, made once from the verified certificate.
     pub xfcc: Option<http::HeaderValue>,
     /// Metric handles already resolved for this connection's label sets.
-    pub metric_handles: crate::admin::metrics::HandleCache,
+    pub metric_handles: super::telemetry::metrics::HandleCache,
 }
 
 /// Where an inbound mesh connection's requests go, and the policies that guard them.

@@ -13,10 +13,11 @@ use hyper::body::Incoming;
 
 use super::conn::ConnInfo;
 use super::limits::LimitReason;
+use super::telemetry::access_log::AccessEntry;
+use super::telemetry::metrics::{RequestProtocol, RequestRecord};
+use super::telemetry::ResponseFlags;
 use super::upstream::{is_connect_timeout, WithPermit};
 use super::Gateway;
-use crate::admin::access_log::AccessEntry;
-use crate::admin::metrics::{flags, RequestProtocol, RequestRecord};
 use crate::config::hosts::{authority_host, best_match};
 use crate::config::model::GatewayRef;
 use crate::config::Snapshot;
@@ -117,7 +118,7 @@ pub async fn handle(
                 decision: None,
                 upstream: None,
                 service: None,
-                flags: flags::DOWNSTREAM_PROTOCOL_ERROR,
+                flags: ResponseFlags::DownstreamProtocolError,
             };
             (out, received)
         }
@@ -201,7 +202,7 @@ struct Outcome<'s> {
     /// The destination service of the gateway route taken.
     service: Option<&'s str>,
     /// Envoy's response flag for what went wrong in the proxy, `-` for nothing.
-    flags: &'static str,
+    flags: ResponseFlags,
 }
 
 async fn route_and_forward<'s>(
@@ -218,7 +219,7 @@ async fn route_and_forward<'s>(
         decision: None,
         upstream: None,
         service: None,
-        flags: flags::NO_ROUTE,
+        flags: ResponseFlags::NoRouteFound,
     };
     // Inbound mesh connections go to the local app on their original port; gateway
     // connections are routed by their VirtualServices.
@@ -230,7 +231,7 @@ async fn route_and_forward<'s>(
                 decision: None,
                 upstream: None,
                 service: None,
-                flags: flags::NO_ROUTE,
+                flags: ResponseFlags::NoRouteFound,
             };
         };
         (&*mesh.authz, inbound.app.to_string(), None, "inbound")
@@ -247,7 +248,7 @@ async fn route_and_forward<'s>(
                     decision: None,
                     upstream: None,
                     service: None,
-                    flags: flags::NO_ROUTE,
+                    flags: ResponseFlags::NoRouteFound,
                 };
             }
         };
@@ -297,7 +298,7 @@ async fn route_and_forward<'s>(
             local(StatusCode::FORBIDDEN, RBAC_DENIED),
             decision,
             None,
-            flags::NONE,
+            ResponseFlags::None,
         );
     }
     let outbound = match outbound_request(req, conn, authority, &target.path_and_query, &endpoint) {
@@ -308,7 +309,7 @@ async fn route_and_forward<'s>(
                 local(StatusCode::BAD_REQUEST, "bad request"),
                 decision,
                 Some(endpoint),
-                flags::NONE,
+                ResponseFlags::None,
             );
         }
     };
@@ -321,7 +322,7 @@ async fn route_and_forward<'s>(
             ),
             decision,
             Some(endpoint),
-            flags::UPSTREAM_OVERFLOW,
+            ResponseFlags::UpstreamOverflow,
         );
     };
     let call = gateway.upstream.client().request(outbound);
@@ -334,7 +335,7 @@ async fn route_and_forward<'s>(
                     local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
                     decision,
                     Some(endpoint),
-                    flags::UPSTREAM_TIMEOUT,
+                    ResponseFlags::UpstreamRequestTimeout,
                 );
             }
         },
@@ -347,7 +348,7 @@ async fn route_and_forward<'s>(
                 resp.map(|body| WithPermit::new(body, permit).boxed()),
                 decision,
                 Some(endpoint),
-                flags::NONE,
+                ResponseFlags::None,
             )
         }
         Err(e) => {
@@ -356,14 +357,14 @@ async fn route_and_forward<'s>(
                 LimitReason::upstream_connect_timeout.fire(&gateway.metrics, Some(conn.peer));
             }
             let (resp, flag) = if e.is_connect() {
-                (local(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error or disconnect/reset before headers. reset reason: connection failure"), flags::UPSTREAM_FAILURE)
+                (local(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error or disconnect/reset before headers. reset reason: connection failure"), ResponseFlags::UpstreamConnectionFailure)
             } else {
                 (
                     local(
                         StatusCode::BAD_GATEWAY,
                         "upstream reset before response headers",
                     ),
-                    flags::UPSTREAM_RESET,
+                    ResponseFlags::UpstreamConnectionTermination,
                 )
             };
             routed(resp, decision, Some(endpoint), flag)
@@ -477,25 +478,94 @@ fn outbound_request(
 }
 
 /// Envoy's x-forwarded-client-cert element: `Hash=…;Subject="…";URI=…;DNS=…`.
+///
+/// Envoy's grammar: `,` separates elements, `;` pairs, `=` key from value; a value holding
+/// any of them is double-quoted, with `\"` for a quote. A backslash is escaped too (`\\`),
+/// or a value ending in one would escape its own closing quote. Certificate fields are
+/// whatever the CA signed, so every value is quoted when it needs to be: a DNS SAN
+/// `x;URI=spiffe://admin` must not add a second URI.
 pub fn xfcc(cert: &crate::identity::PeerCertificate) -> String {
     let mut out = format!("Hash={}", cert.sha256_hex);
-    out.push_str(";Subject=\"");
-    out.push_str(&cert.subject.replace('"', "\\\""));
-    out.push('"');
+    out.push_str(";Subject=");
+    // Envoy always quotes the subject.
+    push_xfcc_value(&mut out, &cert.subject, true);
     if let Some(uri) = cert.uris.first() {
         out.push_str(";URI=");
-        out.push_str(uri);
+        push_xfcc_value(&mut out, uri, false);
     }
     for dns in &cert.dns_names {
         out.push_str(";DNS=");
-        out.push_str(dns);
+        push_xfcc_value(&mut out, dns, false);
     }
     out
+}
+
+fn push_xfcc_value(out: &mut String, value: &str, always_quote: bool) {
+    if !always_quote && !value.contains([',', ';', '=', '"', '\\']) {
+        out.push_str(value);
+        return;
+    }
+    out.push('"');
+    for c in value.chars() {
+        if matches!(c, '"' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::identity::PeerCertificate;
+
+    fn cert(subject: &str, uri: &str, dns: &[&str]) -> PeerCertificate {
+        PeerCertificate {
+            identity: None,
+            uris: vec![uri.to_owned()],
+            dns_names: dns.iter().map(|d| (*d).to_owned()).collect(),
+            subject: subject.to_owned(),
+            sha256_hex: "ab".repeat(32),
+        }
+    }
+
+    #[test]
+    fn xfcc_is_envoys_format() {
+        let got = xfcc(&cert(
+            "CN=test.client,O=Portcullis",
+            "spiffe://cluster.local/ns/default/sa/sleep",
+            &["test.client"],
+        ));
+        assert_eq!(
+            got,
+            format!(
+                "Hash={};Subject=\"CN=test.client,O=Portcullis\";\
+                 URI=spiffe://cluster.local/ns/default/sa/sleep;DNS=test.client",
+                "ab".repeat(32)
+            )
+        );
+    }
+
+    /// Found by the `xfcc` fuzz target: a subject ending in `\` escaped its closing quote,
+    /// and a SAN holding `;`, `,` or `=` was written bare, so a certificate's DNS name
+    /// `x;URI=spiffe://evil` added a URI of its own choosing to the header.
+    #[test]
+    fn certificate_fields_cannot_add_xfcc_fields() {
+        let got = xfcc(&cert(
+            "CN=x\\",
+            "spiffe://td/ns/a;b/sa/c",
+            &["x;URI=spiffe://evil", "a,Hash=00", "q\"z"],
+        ));
+        assert_eq!(
+            got,
+            format!(
+                "Hash={};Subject=\"CN=x\\\\\";URI=\"spiffe://td/ns/a;b/sa/c\";\
+                 DNS=\"x;URI=spiffe://evil\";DNS=\"a,Hash=00\";DNS=\"q\\\"z\"",
+                "ab".repeat(32)
+            )
+        );
+    }
 
     fn target(uri: &str) -> Result<(String, String), PathError> {
         let uri: Uri = uri.parse().expect("a URI hyper would hand us");

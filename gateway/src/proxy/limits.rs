@@ -66,7 +66,7 @@ impl LimitReason {
     }
 
     /// Counts the firing and logs it with the peer: the one place every limit reports.
-    pub fn fire(self, metrics: &crate::admin::metrics::Metrics, peer: Option<SocketAddr>) {
+    pub fn fire(self, metrics: &super::telemetry::metrics::Metrics, peer: Option<SocketAddr>) {
         metrics.record_limit(self);
         match peer {
             Some(peer) => tracing::info!(reason = self.as_str(), %peer, "limit reached"),

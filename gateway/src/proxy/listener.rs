@@ -15,9 +15,10 @@ use super::conn::ConnInfo;
 use super::io::Prefixed;
 use super::limits::LimitReason;
 use super::serve::{self, accept_loop, ConnPermit, Drain, DrainSignal, HttpConn, Revalidate};
+use super::telemetry::access_log::AccessEntry;
+use super::telemetry::metrics::{HandshakeFailure, RequestProtocol};
+use super::telemetry::ResponseFlags;
 use super::{Gateway, Stats};
-use crate::admin::access_log::AccessEntry;
-use crate::admin::metrics::{flags, HandshakeFailure, RequestProtocol};
 use crate::config::model::ServerTls;
 use crate::identity::PeerCertificate;
 use crate::tls::sniff::{classify, ClientHelloInfo, FirstBytes, MAX_HELLO};
@@ -478,7 +479,7 @@ async fn passthrough(
         return;
     };
     // One access line and one opened/closed pair per connection, failed or not.
-    let finish = |flags: &'static str, received: u64, sent: u64| {
+    let finish = |flags: ResponseFlags, received: u64, sent: u64| {
         let labels = gw.metrics.tcp_labels(
             &conn,
             Some(&route.upstream.service),
@@ -507,24 +508,24 @@ async fn passthrough(
         Ok(Ok(s)) => s,
         Err(()) => {
             LimitReason::upstream_connect_timeout.fire(&gw.metrics, Some(conn.peer));
-            finish(flags::UPSTREAM_FAILURE, 0, 0);
+            finish(ResponseFlags::UpstreamConnectionFailure, 0, 0);
             return;
         }
         Ok(Err(e)) => {
             tracing::warn!(upstream = %endpoint, error = %e, "passthrough: upstream connect failed");
-            finish(flags::UPSTREAM_FAILURE, 0, 0);
+            finish(ResponseFlags::UpstreamConnectionFailure, 0, 0);
             return;
         }
     };
     if upstream.write_all(&prefix).await.is_err() {
-        finish(flags::UPSTREAM_RESET, 0, 0);
+        finish(ResponseFlags::UpstreamConnectionTermination, 0, 0);
         return;
     }
     match tokio::io::copy_bidirectional(&mut stream, &mut upstream).await {
-        Ok((up, down)) => finish(flags::NONE, up + prefix.len() as u64, down),
+        Ok((up, down)) => finish(ResponseFlags::None, up + prefix.len() as u64, down),
         Err(e) => {
             tracing::debug!(error = %e, "passthrough ended");
-            finish(flags::NONE, prefix.len() as u64, 0);
+            finish(ResponseFlags::None, prefix.len() as u64, 0);
         }
     }
 }

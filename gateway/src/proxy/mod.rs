@@ -15,15 +15,16 @@ pub mod limits;
 pub mod listener;
 pub mod outbound;
 pub mod serve;
+pub mod telemetry;
 pub mod upstream;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::admin::access_log::AccessLog;
-use crate::admin::metrics::{Metrics, Workload};
 use crate::config::Snapshot;
 use crate::reconcile::SnapshotBus;
+use telemetry::access_log::AccessLog;
+use telemetry::metrics::{Metrics, Workload};
 
 pub use limits::{LimitReason, Limits};
 pub use listener::{BindError, Ingress};
@@ -47,7 +48,7 @@ pub struct Gateway {
     pub kernel_pins: std::sync::OnceLock<std::path::PathBuf>,
 }
 
-/// Process-wide counters (the Istio-standard metrics are separate, in `admin`).
+/// Process-wide counters (the Istio-standard metrics are separate, in [`telemetry`]).
 #[derive(Debug, Default, serde::Serialize)]
 pub struct Stats {
     pub connections_accepted: AtomicU64,

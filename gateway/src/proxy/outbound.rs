@@ -19,9 +19,10 @@ use tracing::Instrument;
 
 use super::http::Body;
 use super::serve::{self, accept_loop, DrainSignal, HttpConn};
+use super::telemetry::access_log::AccessEntry;
+use super::telemetry::metrics::{split_service, RequestHandles, RequestLabels, RequestProtocol};
+use super::telemetry::{Reporter, ResponseFlags, SecurityPolicy};
 use super::{Gateway, Stats};
-use crate::admin::access_log::AccessEntry;
-use crate::admin::metrics::{split_service, RequestLabels, RequestProtocol};
 use crate::config::model::{MeshDestination, MeshInbound};
 use crate::identity::PeerCertificate;
 use crate::tls::client::mesh_client_config;
@@ -123,18 +124,13 @@ struct Upstream {
     /// `reporter="source"` labels of this connection (response code 0: filled per status).
     labels: RequestLabels,
     /// Resolved metric handles by (status, flags): the label set is built once per status.
-    by_status: std::sync::Mutex<Vec<((u16, &'static str), crate::admin::metrics::RequestHandles)>>,
+    by_status: std::sync::Mutex<Vec<((u16, ResponseFlags), RequestHandles)>>,
     client: SocketAddr,
     destination: String,
 }
 
 impl Upstream {
-    fn handles(
-        &self,
-        gateway: &Gateway,
-        status: u16,
-        flags: &'static str,
-    ) -> crate::admin::metrics::RequestHandles {
+    fn handles(&self, gateway: &Gateway, status: u16, flags: ResponseFlags) -> RequestHandles {
         let mut cache = self
             .by_status
             .lock()
@@ -260,7 +256,7 @@ fn labels(mesh: &MeshInbound, dest: &MeshDestination, server: &str) -> RequestLa
         .map_or_else(|| "unknown".to_owned(), |i| i.uri());
     let (service_name, service_namespace) = split_service(&dest.service);
     RequestLabels {
-        reporter: "source",
+        reporter: Reporter::Source,
         source_workload: mesh.workload_name.clone(),
         source_workload_namespace: mesh.workload_namespace.clone(),
         source_principal: own,
@@ -277,8 +273,8 @@ fn labels(mesh: &MeshInbound, dest: &MeshDestination, server: &str) -> RequestLa
         },
         request_protocol: RequestProtocol::http,
         response_code: 0,
-        response_flags: "-",
-        connection_security_policy: "mutual_tls",
+        response_flags: ResponseFlags::None,
+        connection_security_policy: SecurityPolicy::MutualTls,
     }
 }
 
@@ -298,7 +294,7 @@ async fn forward(gateway: &Gateway, conn: &Upstream, req: Request<Incoming>) -> 
         }
     };
     let (resp, flags) = match result {
-        Ok(resp) => (resp.map(BodyExt::boxed), "-"),
+        Ok(resp) => (resp.map(BodyExt::boxed), ResponseFlags::None),
         Err(e) => {
             tracing::warn!(error = %e, "outbound request failed");
             let mut resp = Response::new(
@@ -309,7 +305,7 @@ async fn forward(gateway: &Gateway, conn: &Upstream, req: Request<Incoming>) -> 
                 .boxed(),
             );
             *resp.status_mut() = StatusCode::BAD_GATEWAY;
-            (resp, "UC")
+            (resp, ResponseFlags::UpstreamConnectionTermination)
         }
     };
     let status = resp.status().as_u16();

@@ -32,7 +32,7 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use super::limits::{LimitReason, Limits};
-use crate::admin::metrics::Metrics;
+use super::telemetry::metrics::Metrics;
 
 /// Starts the drain: listeners stop accepting, open connections close gracefully.
 #[derive(Debug)]
@@ -946,7 +946,7 @@ pub async fn within<T>(deadline: Option<Duration>, fut: impl Future<Output = T>)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::admin::metrics::Workload;
+    use crate::proxy::telemetry::metrics::Workload;
     use http_body_util::Full;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

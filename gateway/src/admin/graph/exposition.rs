@@ -97,8 +97,9 @@ istio_requests_total{broken
 
     #[test]
     fn reads_what_the_metrics_module_writes() {
-        use crate::admin::metrics::{flags, Metrics, RequestProtocol, RequestRecord, Workload};
         use crate::proxy::conn::ConnInfo;
+        use crate::proxy::telemetry::metrics::{Metrics, RequestProtocol, RequestRecord, Workload};
+        use crate::proxy::telemetry::ResponseFlags;
         let m = Metrics::new(Workload {
             name: "portcullis".to_owned(),
             namespace: "istio-system".to_owned(),
@@ -114,7 +115,7 @@ istio_requests_total{broken
                 service: Some("httpbin.default.svc.cluster.local"),
                 protocol: RequestProtocol::http,
                 status,
-                flags: flags::NONE,
+                flags: ResponseFlags::None,
                 duration: std::time::Duration::from_millis(1),
                 request_bytes: 0,
                 response_bytes: 0,

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use http::StatusCode;
 use serde::Serialize;
 
-use crate::admin::metrics::Metrics;
+use crate::proxy::telemetry::metrics::Metrics;
 use prometheus::Prometheus;
 
 /// What Istio writes for a workload it cannot name (a client outside the mesh).
@@ -426,7 +426,7 @@ mod tests {
 
     #[tokio::test]
     async fn data_reads_the_local_registry_unless_a_prometheus_is_configured() {
-        use crate::admin::metrics::Workload;
+        use crate::proxy::telemetry::metrics::Workload;
         let metrics = Metrics::new(Workload {
             name: "portcullis".to_owned(),
             namespace: "istio-system".to_owned(),

@@ -22,6 +22,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use rustls::{AlertDescription, CertificateError};
 
+use super::{Reporter, ResponseFlags, SecurityPolicy};
 use crate::config::model::Credentials;
 use crate::policy::authz::{Decision, DenyReason, Verdict};
 use crate::proxy::conn::ConnInfo;
@@ -50,7 +51,7 @@ type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 /// The labels of Istio's HTTP metrics, in the order Istio's docs list them.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    pub reporter: &'static str,
+    pub reporter: Reporter,
     pub source_workload: String,
     pub source_workload_namespace: String,
     pub source_principal: String,
@@ -63,8 +64,8 @@ pub struct RequestLabels {
     pub destination_service_namespace: String,
     pub request_protocol: RequestProtocol,
     pub response_code: u16,
-    pub response_flags: &'static str,
-    pub connection_security_policy: &'static str,
+    pub response_flags: ResponseFlags,
+    pub connection_security_policy: SecurityPolicy,
 }
 
 impl TcpLabels {
@@ -93,7 +94,7 @@ impl TcpLabels {
 /// The labels of Istio's TCP metrics: the HTTP set without `response_code`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TcpLabels {
-    pub reporter: &'static str,
+    pub reporter: Reporter,
     pub source_workload: String,
     pub source_workload_namespace: String,
     pub source_principal: String,
@@ -105,8 +106,8 @@ pub struct TcpLabels {
     pub destination_service_name: String,
     pub destination_service_namespace: String,
     pub request_protocol: RequestProtocol,
-    pub response_flags: &'static str,
-    pub connection_security_policy: &'static str,
+    pub response_flags: ResponseFlags,
+    pub connection_security_policy: SecurityPolicy,
 }
 
 /// `request_protocol`.
@@ -213,24 +214,6 @@ impl fmt::Display for HandshakeFailure {
     }
 }
 
-/// Envoy's response flags that the gateway can produce.
-pub mod flags {
-    /// Nothing went wrong in the proxy.
-    pub const NONE: &str = "-";
-    /// No route for the request (`NR`).
-    pub const NO_ROUTE: &str = "NR";
-    /// The upstream could not be connected to (`UF`).
-    pub const UPSTREAM_FAILURE: &str = "UF";
-    /// The upstream reset the connection before responding (`UC`).
-    pub const UPSTREAM_RESET: &str = "UC";
-    /// The upstream did not answer within the route timeout (`UT`).
-    pub const UPSTREAM_TIMEOUT: &str = "UT";
-    /// The upstream's connection cap was full (Envoy's circuit breaker).
-    pub const UPSTREAM_OVERFLOW: &str = "UO";
-    /// The request was malformed or ambiguous and refused before routing (`DPE`).
-    pub const DOWNSTREAM_PROTOCOL_ERROR: &str = "DPE";
-}
-
 /// One finished HTTP request, as the proxy knows it.
 pub struct RequestRecord<'a> {
     pub conn: &'a ConnInfo,
@@ -239,7 +222,7 @@ pub struct RequestRecord<'a> {
     pub service: Option<&'a str>,
     pub protocol: RequestProtocol,
     pub status: u16,
-    pub flags: &'static str,
+    pub flags: ResponseFlags,
     pub duration: Duration,
     pub request_bytes: u64,
     pub response_bytes: u64,
@@ -263,8 +246,8 @@ impl RequestHandles {
     }
 }
 
-type HandleKey<'a> = (Option<&'a str>, u16, &'static str, RequestProtocol);
-type OwnedHandleKey = (Option<String>, u16, &'static str, RequestProtocol);
+type HandleKey<'a> = (Option<&'a str>, u16, ResponseFlags, RequestProtocol);
+type OwnedHandleKey = (Option<String>, u16, ResponseFlags, RequestProtocol);
 
 /// A connection's resolved metric handles, by (service, status, flags, protocol). A
 /// connection sees few distinct keys, so a short list beats a map; it is capped so a client
@@ -502,7 +485,7 @@ impl Metrics {
         conn: &ConnInfo,
         service: Option<&str>,
         protocol: RequestProtocol,
-        flags: &'static str,
+        flags: ResponseFlags,
     ) -> TcpLabels {
         let source_namespace = conn
             .peer_cert
@@ -530,7 +513,7 @@ impl Metrics {
             _ => UNKNOWN.to_owned(),
         };
         TcpLabels {
-            reporter: "destination",
+            reporter: Reporter::Destination,
             source_workload,
             source_workload_namespace: source_namespace.unwrap_or(UNKNOWN).to_owned(),
             source_principal: conn
@@ -547,9 +530,9 @@ impl Metrics {
             request_protocol: protocol,
             response_flags: flags,
             connection_security_policy: if conn.peer_cert.is_some() {
-                "mutual_tls"
+                SecurityPolicy::MutualTls
             } else {
-                "none"
+                SecurityPolicy::None
             },
         }
     }
@@ -674,7 +657,7 @@ mod tests {
             service: Some("httpbin.default.svc.cluster.local"),
             protocol: RequestProtocol::http,
             status,
-            flags: flags::NONE,
+            flags: ResponseFlags::None,
             duration: Duration::from_millis(1),
             request_bytes: 0,
             response_bytes: 10,
@@ -704,7 +687,7 @@ mod tests {
             service: Some("httpbin.default.svc.cluster.local"),
             protocol: RequestProtocol::http,
             status: 403,
-            flags: flags::NONE,
+            flags: ResponseFlags::None,
             duration: Duration::from_millis(3),
             request_bytes: 0,
             response_bytes: 19,

@@ -15,6 +15,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use super::ResponseFlags;
+
 /// Where access lines go (`--access-log`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AccessLogTarget {
@@ -81,7 +83,7 @@ pub struct AccessEntry<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream: Option<&'a str>,
     /// Envoy's response flags (`-`, `UF`, `NR`, …).
-    pub response_flags: &'static str,
+    pub response_flags: ResponseFlags,
 }
 
 /// An open access log. Cheap to call when off.
@@ -153,7 +155,9 @@ impl AccessLog {
     }
 }
 
-fn format_line(format: AccessLogFormat, time: &str, e: &AccessEntry<'_>) -> String {
+/// One access-log line, newline included, exactly as [`AccessLog::write`] writes it. Public
+/// as the log-injection fuzzing entry point (`fuzz/fuzz_targets/access_log.rs`).
+pub fn format_line(format: AccessLogFormat, time: &str, e: &AccessEntry<'_>) -> String {
     match format {
         AccessLogFormat::Json => {
             #[derive(Serialize)]
@@ -162,8 +166,16 @@ fn format_line(format: AccessLogFormat, time: &str, e: &AccessEntry<'_>) -> Stri
                 #[serde(flatten)]
                 entry: &'a AccessEntry<'b>,
             }
-            let mut s = serde_json::to_string(&Line { time, entry: e })
+            let s = serde_json::to_string(&Line { time, entry: e })
                 .unwrap_or_else(|err| format!("{{\"error\":\"{err}\"}}"));
+            // JSON allows NEL, LINE SEPARATOR and PARAGRAPH SEPARATOR raw inside strings, but
+            // log tools split lines on them (Python's `splitlines`, older JavaScript): escape
+            // them so a client-sent value can never break the line. They only occur inside
+            // strings, so the escape decodes to the same value.
+            let mut s = s
+                .replace('\u{85}', "\\u0085")
+                .replace('\u{2028}', "\\u2028")
+                .replace('\u{2029}', "\\u2029");
             s.push('\n');
             s
         }
@@ -171,7 +183,12 @@ fn format_line(format: AccessLogFormat, time: &str, e: &AccessEntry<'_>) -> Stri
             let mut s = format!("{time} access {}", e.kind);
             let mut field = |k: &str, v: Option<&str>| {
                 let v = v.unwrap_or("-");
-                if v.is_empty() || v.contains([' ', '"', '=']) {
+                // Quoted with Rust's escapes: anything empty, holding `"` or `=`, or holding
+                // whitespace or a control character (Unicode line separators included), so a
+                // client-sent value can never end the line or forge a field.
+                let plain =
+                    |c: char| !(c.is_whitespace() || c.is_control() || c == '"' || c == '=');
+                if v.is_empty() || !v.chars().all(plain) {
                     let _ = write!(s, " {k}={v:?}");
                 } else {
                     let _ = write!(s, " {k}={v}");
@@ -190,7 +207,7 @@ fn format_line(format: AccessLogFormat, time: &str, e: &AccessEntry<'_>) -> Stri
             field("authz", e.authz.as_deref());
             field("policy", e.policy.as_deref());
             field("upstream", e.upstream);
-            field("response_flags", Some(e.response_flags));
+            field("response_flags", Some(e.response_flags.as_str()));
             s.push('\n');
             s
         }
@@ -245,7 +262,7 @@ mod tests {
             authz: Some("DENY by istio-system/test rule 0".to_owned()),
             policy: Some("istio-system/test".to_owned()),
             upstream: None,
-            response_flags: "-",
+            response_flags: ResponseFlags::None,
         }
     }
 
@@ -270,6 +287,45 @@ mod tests {
         assert_eq!(v["status"], 403);
         assert_eq!(v["authz"], "DENY by istio-system/test rule 0");
         assert!(v.get("upstream").is_none());
+    }
+
+    /// Found by the `access_log` fuzz target: an unspaced value with a raw `\n` or `\r` was
+    /// written unquoted (a forged line), and JSON kept U+2028 raw (a line break to
+    /// `splitlines`).
+    #[test]
+    fn client_values_cannot_break_the_line() {
+        for evil in [
+            "/a\nT",
+            "x\r",
+            "a\u{b}b",
+            "a\u{c}b",
+            "a\u{85}b",
+            "a\u{2028}b",
+            "a\u{2029}b",
+            "a\tb",
+            "a\u{1e}b",
+        ] {
+            let entry = AccessEntry {
+                sni: Some(evil),
+                path: Some(evil),
+                ..denied()
+            };
+            for format in [AccessLogFormat::Text, AccessLogFormat::Json] {
+                let line = format_line(format, "T", &entry);
+                let body = line.strip_suffix('\n').expect("one final newline");
+                assert!(
+                    !body
+                        .chars()
+                        .any(|c| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}')),
+                    "{format:?} line for {evil:?} holds a raw break: {line:?}"
+                );
+            }
+            let json = format_line(AccessLogFormat::Json, "T", &entry);
+            let v: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+            assert_eq!(v["path"], evil);
+            let text = format_line(AccessLogFormat::Text, "T", &entry);
+            assert!(text.contains(&format!(" path={evil:?} ")), "{text}");
+        }
     }
 
     #[test]
