@@ -141,7 +141,6 @@ fn streams_over_the_concurrency_cap_are_refused() -> Result<()> {
 }
 
 #[test]
-#[ignore = "an HTTP/2 connection with no stream is not closed by --idle-timeout (closed after 10s as header_read_timeout instead) (lifecycle db68833), issue 14"]
 fn idle_http2_connection_is_closed_by_the_idle_timeout() -> Result<()> {
     let mut s = Setup::start(&["--idle-timeout", "2s", "--http2-keepalive", "60s"])?;
     let r = abuse(&s, "idle", &["--wait", "15"])?;

@@ -292,7 +292,6 @@ fn header_cases(s: &mut Setup, cases: &[(&str, Vec<String>, &str)]) -> Result<()
 }
 
 #[test]
-#[ignore = "HTTP/1 request headers over --max-request-headers-size (62 KiB against 60 KiB) are served 200, not 431 (lifecycle db68833), issue 14"]
 fn oversized_headers_get_431() -> Result<()> {
     let mut s = Setup::start(&[])?;
     // Sizes counted the strict way (name + value + 32 per header, HTTP/2's rule) or as raw
@@ -316,7 +315,6 @@ fn oversized_headers_get_431() -> Result<()> {
 }
 
 #[test]
-#[ignore = "HTTP/2 header count over --max-request-headers is not refused by the gateway: the 431 comes from the upstream httpbin (lifecycle db68833), issue 14"]
 fn too_many_headers_get_431() -> Result<()> {
     let mut s = Setup::start(&[])?;
     // Under the cap by a margin: the gateway adds forwarding headers (XFCC, X-Forwarded-*) and

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use super::conn::ConnInfo;
@@ -108,7 +109,7 @@ impl Ingress {
             bound,
         } = self;
         let mut reloads = gateway.bus().subscribe();
-        let mut running: BTreeMap<u16, Drain> = BTreeMap::new();
+        let mut running: BTreeMap<u16, (Drain, JoinHandle<()>)> = BTreeMap::new();
         for (port, listener) in bound {
             running.insert(port, spawn_port(&gateway, port, listener, &drain));
         }
@@ -120,7 +121,7 @@ impl Ingress {
                         break;
                     }
                     let want = gateway_ports(&reloads.borrow_and_update());
-                    running.retain(|port, stop| {
+                    running.retain(|port, (stop, _)| {
                         let keep = want.contains(port);
                         if !keep {
                             tracing::info!(port, "Gateway port removed: no longer listening");
@@ -142,8 +143,13 @@ impl Ingress {
                 }
             }
         }
-        for stop in running.values() {
+        for (stop, _) in running.values() {
             stop.start();
+        }
+        // The accept loops hand their queued connections over before the process counts
+        // what is left open.
+        for (_, task) in running.into_values() {
+            let _ = task.await;
         }
     }
 }
@@ -152,20 +158,20 @@ fn gateway_ports(snapshot: &crate::config::Snapshot) -> Vec<u16> {
     snapshot.listeners.iter().map(|l| l.port).collect()
 }
 
-/// Starts one port's accept loop; the returned drain stops it. Its connections follow the
-/// process `drain`.
+/// Starts one port's accept loop; the returned drain stops it (the task ends once the
+/// listener is closed). Its connections follow the process `drain`.
 fn spawn_port(
     gateway: &Arc<Gateway>,
     port: u16,
     listener: TcpListener,
     drain: &DrainSignal,
-) -> Drain {
+) -> (Drain, JoinHandle<()>) {
     let addr = listener.local_addr().ok();
     tracing::info!(port, ?addr, "listening");
     // Stopped by its removal, or by `Ingress::run` when the process drains.
     let stop = Drain::new();
     let (gw, conn_drain) = (gateway.clone(), drain.clone());
-    tokio::spawn(accept_loop(
+    let task = tokio::spawn(accept_loop(
         listener,
         "ingress",
         gateway.admission(),
@@ -185,7 +191,7 @@ fn spawn_port(
             .instrument(span)
         },
     ));
-    stop
+    (stop, task)
 }
 
 fn bind_port(bind: IpAddr, port: u16, port_offset: u16) -> Result<TcpListener, BindError> {

@@ -179,7 +179,18 @@ impl Drop for ConnPermit {
 pub trait Accept: Send + 'static {
     type Conn: Send + 'static;
     fn accept(&mut self) -> impl Future<Output = io::Result<(Self::Conn, SocketAddr)>> + Send;
+
+    /// Called once when the drain starts, just before the listener is closed: stops new
+    /// handshakes and returns the connections already in the accept queue, which closing
+    /// the listener would otherwise reset.
+    fn take_backlog(&mut self) -> Vec<(Self::Conn, SocketAddr)> {
+        Vec::new()
+    }
 }
+
+/// The most connections taken from the accept queue when the drain starts (the queue's
+/// length is bounded by the listen backlog anyway; this only bounds the loop).
+const BACKLOG_SWEEP_MAX: usize = 4096;
 
 impl Accept for TcpListener {
     type Conn = TcpStream;
@@ -187,6 +198,70 @@ impl Accept for TcpListener {
         let (stream, peer) = TcpListener::accept(self).await?;
         let _ = stream.set_nodelay(true);
         Ok((stream, peer))
+    }
+
+    fn take_backlog(&mut self) -> Vec<(TcpStream, SocketAddr)> {
+        // Closing a listening socket resets every connection still in its accept queue: a
+        // client whose handshake completed just before the drain would lose its request. So
+        // first stop handshakes from completing (a socket filter that drops every packet:
+        // a new SYN goes unanswered, and its retry finds the port closed, a clean refusal),
+        // then accept what is queued until EAGAIN; those are served like any other.
+        if let Err(e) = drop_all_packets(self) {
+            tracing::warn!(error = %e, "could not stop new handshakes before closing the listener");
+        }
+        let sock = socket2::SockRef::from(&*self);
+        let mut taken = Vec::new();
+        while taken.len() < BACKLOG_SWEEP_MAX {
+            let (conn, peer) = match sock.accept() {
+                Ok(c) => c,
+                // EAGAIN: the queue is empty (the listener is non-blocking).
+                Err(_) => break,
+            };
+            let Some(peer) = peer.as_socket() else {
+                continue;
+            };
+            let stream = std::net::TcpStream::from(conn);
+            if stream.set_nonblocking(true).is_err() {
+                continue;
+            }
+            if let Ok(stream) = TcpStream::from_std(stream) {
+                let _ = stream.set_nodelay(true);
+                taken.push((stream, peer));
+            }
+        }
+        taken
+    }
+}
+
+/// Attaches a classic BPF filter that drops every packet to `listener`: no new connection
+/// enters its accept queue.
+fn drop_all_packets(listener: &TcpListener) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut drop_all = [libc::sock_filter {
+        code: (libc::BPF_RET | libc::BPF_K) as u16,
+        jt: 0,
+        jf: 0,
+        k: 0,
+    }];
+    let prog = libc::sock_fprog {
+        len: 1,
+        filter: drop_all.as_mut_ptr(),
+    };
+    // SAFETY: `prog` and the one instruction it points to outlive the call; the kernel copies
+    // the program; the fd is the listener's own.
+    let r = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&prog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 
@@ -219,7 +294,11 @@ pub async fn accept_loop<A, H, Fut>(
         let accepted = tokio::select! {
             r = listener.accept() => r,
             _ = drain.draining() => {
-                tracing::info!(listener = name, "draining: no new connections");
+                let backlog = listener.take_backlog();
+                tracing::info!(listener = name, queued = backlog.len(), "draining: no new connections");
+                for (conn, peer) in backlog {
+                    admit(&admission, &handle, conn, peer);
+                }
                 return;
             }
         };
@@ -236,15 +315,24 @@ pub async fn accept_loop<A, H, Fut>(
                 continue;
             }
         };
-        match admission.limiter.try_admit(peer.ip()) {
-            Ok(permit) => {
-                tokio::spawn(handle(conn, peer, permit));
-            }
-            // Closed at once: the peer sees a FIN (or a reset) instead of waiting in the queue.
-            Err(reason) => {
-                reason.fire(&admission.metrics, Some(peer));
-                drop(conn);
-            }
+        admit(&admission, &handle, conn, peer);
+    }
+}
+
+/// Runs `handle` on a connection under the caps, or closes it at once when over one.
+fn admit<C, H, Fut>(admission: &Admission, handle: &H, conn: C, peer: SocketAddr)
+where
+    H: Fn(C, SocketAddr, ConnPermit) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    match admission.limiter.try_admit(peer.ip()) {
+        Ok(permit) => {
+            tokio::spawn(handle(conn, peer, permit));
+        }
+        // Closed at once: the peer sees a FIN (or a reset) instead of waiting in the queue.
+        Err(reason) => {
+            reason.fire(&admission.metrics, Some(peer));
+            drop(conn);
         }
     }
 }
@@ -255,6 +343,8 @@ pub async fn accept_loop<A, H, Fut>(
 pub struct ConnClock {
     state: Mutex<ClockState>,
     changed: Notify,
+    /// Wakes [`ConnClock::request_started`].
+    began: Notify,
     started: Instant,
     header_read: Option<Duration>,
     idle: Option<Duration>,
@@ -267,6 +357,10 @@ struct ClockState {
     idle_since: Instant,
     headers_since: Option<Instant>,
     http2: bool,
+    /// Requests begun on this connection so far.
+    requests: u64,
+    /// Whether any byte arrived.
+    read_any: bool,
 }
 
 impl ConnClock {
@@ -278,8 +372,11 @@ impl ConnClock {
                 idle_since: now,
                 headers_since: None,
                 http2: false,
+                requests: 0,
+                read_any: false,
             }),
             changed: Notify::new(),
+            began: Notify::new(),
             started: now,
             header_read: limits.header_read_timeout,
             idle: limits.idle_timeout,
@@ -297,6 +394,7 @@ impl ConnClock {
     /// its header-read deadline starts now.
     fn on_read(&self) {
         let mut s = self.lock();
+        s.read_any = true;
         if !s.http2 && s.active == 0 && s.headers_since.is_none() {
             s.headers_since = Some(Instant::now());
             drop(s);
@@ -311,7 +409,50 @@ impl ConnClock {
         s.active += 1;
         s.headers_since = None;
         s.http2 |= http2;
+        s.requests += 1;
+        drop(s);
+        self.began.notify_waiters();
         ActiveGuard(self.clone())
+    }
+
+    /// The client sent the HTTP/2 connection preface: from now on the connection is idle
+    /// while no stream is open, whatever frames (SETTINGS, PING) it sends.
+    fn on_http2_preface(&self) {
+        let mut s = self.lock();
+        s.http2 = true;
+        s.headers_since = None;
+        drop(s);
+        self.changed.notify_one();
+    }
+
+    /// Requests begun so far.
+    fn requests(&self) -> u64 {
+        self.lock().requests
+    }
+
+    /// Resolves once more than `after` requests have begun on this connection.
+    async fn request_started(&self, after: u64) {
+        loop {
+            let began = self.began.notified();
+            if self.lock().requests > after {
+                return;
+            }
+            began.await;
+        }
+    }
+
+    /// What the drain must do with this connection now.
+    fn drain_state(&self) -> DrainState {
+        let s = self.lock();
+        if s.active > 0 {
+            DrainState::Busy
+        } else if s.headers_since.is_some() {
+            DrainState::MidHead
+        } else if s.requests == 0 && !(s.http2 && s.read_any) {
+            DrainState::Fresh
+        } else {
+            DrainState::Idle
+        }
     }
 
     fn next_deadline(&self) -> Option<(Instant, LimitReason)> {
@@ -352,6 +493,23 @@ impl ConnClock {
     }
 }
 
+/// Where a connection stands when the drain starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DrainState {
+    /// A request in flight: it finishes, answered with `Connection: close` / after a GOAWAY.
+    Busy,
+    /// An HTTP/1 request head is arriving: it is served, then the connection closes.
+    MidHead,
+    /// Accepted but nothing has arrived yet (typically accepted just as the drain started):
+    /// its client is about to send its first request, which is served.
+    Fresh,
+    /// Between requests: closed now.
+    Idle,
+}
+
+/// How long a connection accepted as the drain starts may take to send its first bytes.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
+
 /// A request in flight (see [`ConnClock::begin`]).
 #[derive(Debug)]
 struct ActiveGuard(Arc<ConnClock>);
@@ -370,7 +528,8 @@ impl Drop for ActiveGuard {
 
 /// A response body that keeps its request counted as in flight until it is done.
 pub struct Tracked<B> {
-    body: B,
+    /// None: an empty body (an answer of the gateway's own, such as 431).
+    body: Option<B>,
     _guard: Option<ActiveGuard>,
 }
 
@@ -382,15 +541,20 @@ impl<B: Body + Unpin> Body for Tracked<B> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        match self.body.as_mut() {
+            Some(body) => Pin::new(body).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.body.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        self.body
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
 }
 
@@ -398,6 +562,37 @@ impl<B: Body + Unpin> Body for Tracked<B> {
 struct Watched<S> {
     inner: S,
     clock: Arc<ConnClock>,
+    /// The connection's first bytes, until they show whether it is HTTP/2.
+    sniffed: Option<Vec<u8>>,
+}
+
+/// The start of the HTTP/2 client connection preface (RFC 9113 §3.4), enough to tell it from
+/// any HTTP/1 request line.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
+
+impl<S> Watched<S> {
+    fn new(inner: S, clock: Arc<ConnClock>) -> Self {
+        Self {
+            inner,
+            clock,
+            sniffed: Some(Vec::with_capacity(H2_PREFACE.len())),
+        }
+    }
+
+    /// Looks at newly read bytes until the preface is recognised or ruled out.
+    fn sniff(&mut self, new: &[u8]) {
+        let Some(seen) = self.sniffed.as_mut() else {
+            return;
+        };
+        let want = H2_PREFACE.len() - seen.len();
+        seen.extend_from_slice(&new[..new.len().min(want)]);
+        if !H2_PREFACE.starts_with(seen) {
+            self.sniffed = None;
+        } else if seen.len() == H2_PREFACE.len() {
+            self.sniffed = None;
+            self.clock.on_http2_preface();
+        }
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
@@ -410,6 +605,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             self.clock.on_read();
+            if self.sniffed.is_some() {
+                self.sniff(&buf.filled()[before..]);
+            }
         }
         r
     }
@@ -534,17 +732,35 @@ async fn serve_with<S, H, Fut, B>(
     let refused = Arc::new(AtomicBool::new(false));
     let service = {
         let (clock, refused) = (clock.clone(), refused.clone());
+        let (limits, metrics, draining) = (limits.clone(), metrics.clone(), drain.clone());
         let handler = Arc::new(handler);
         service_fn(move |req: Request<Incoming>| {
-            let guard = clock.begin(req.version() == http::Version::HTTP_2);
+            let http2 = req.version() == http::Version::HTTP_2;
+            let guard = clock.begin(http2);
             let refused = refused.load(Ordering::Acquire);
-            let fut = (!refused).then(|| handler(req));
+            let too_large = headers_too_large(&req, &limits);
+            if too_large {
+                LimitReason::request_headers_too_large.fire(&metrics, Some(peer));
+            }
+            let fut = (!refused && !too_large).then(|| handler(req));
+            let draining = draining.clone();
             async move {
+                if too_large {
+                    return Ok(headers_too_large_response(http2, guard));
+                }
                 match fut {
                     Some(fut) => {
-                        let resp = fut.await;
+                        let mut resp = fut.await;
+                        // Said on the response itself: the drain may have started after the
+                        // connection loop last looked (a request begun just as it started).
+                        if !http2 && draining.is_draining() {
+                            resp.headers_mut().insert(
+                                http::header::CONNECTION,
+                                http::HeaderValue::from_static("close"),
+                            );
+                        }
                         Ok(resp.map(|body| Tracked {
-                            body,
+                            body: Some(body),
                             _guard: Some(guard),
                         }))
                     }
@@ -554,10 +770,7 @@ async fn serve_with<S, H, Fut, B>(
             }
         })
     };
-    let io = Watched {
-        inner: stream,
-        clock: clock.clone(),
-    };
+    let io = Watched::new(stream, clock.clone());
     let served = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(served);
     let (mut reloads, mut revalidate) = match reloads {
@@ -565,6 +778,10 @@ async fn serve_with<S, H, Fut, B>(
         None => (None, None),
     };
     let mut hard_stop: Option<Instant> = None;
+    // The drain started before this connection's first request (or mid-head): it is served
+    // that request, then closed. `first_bytes_by` bounds the wait for a silent client.
+    let mut drain_after_request: Option<u64> = None;
+    let mut first_bytes_by: Option<Instant> = None;
     loop {
         let reload = async {
             match reloads.as_mut() {
@@ -578,6 +795,12 @@ async fn serve_with<S, H, Fut, B>(
         };
         let stop_at = async {
             match hard_stop {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending::<()>().await,
+            }
+        };
+        let first_bytes_late = async {
+            match first_bytes_by {
                 Some(at) => tokio::time::sleep_until(at).await,
                 None => std::future::pending::<()>().await,
             }
@@ -600,11 +823,35 @@ async fn serve_with<S, H, Fut, B>(
                     }
                 }
             }
-            _ = drain.draining(), if hard_stop.is_none() => {
-                // `Connection: close` on HTTP/1, GOAWAY on HTTP/2; the process exits after
-                // the drain period, so no stop time of our own.
+            _ = drain.draining(), if hard_stop.is_none() && drain_after_request.is_none() => {
+                match clock.drain_state() {
+                    // `Connection: close` on HTTP/1, GOAWAY on HTTP/2; the process exits
+                    // after the drain period, so no stop time of our own.
+                    DrainState::Busy | DrainState::Idle => {
+                        served.as_mut().graceful_shutdown();
+                        hard_stop = Some(Instant::now() + limits.drain_timeout);
+                    }
+                    // Closing now would drop a request its client already sent (or is
+                    // sending): serve it first.
+                    DrainState::MidHead => drain_after_request = Some(clock.requests()),
+                    DrainState::Fresh => {
+                        drain_after_request = Some(clock.requests());
+                        first_bytes_by = Some(Instant::now() + FIRST_REQUEST_GRACE.min(limits.drain_timeout));
+                    }
+                }
+            }
+            _ = clock.request_started(drain_after_request.unwrap_or(0)), if drain_after_request.is_some() && hard_stop.is_none() => {
                 served.as_mut().graceful_shutdown();
                 hard_stop = Some(Instant::now() + limits.drain_timeout);
+            }
+            _ = first_bytes_late, if hard_stop.is_none() => {
+                first_bytes_by = None;
+                // Still silent (or an HTTP/2 client that opened no stream): close. A head
+                // that started arriving is waited for (its header-read deadline bounds it).
+                if clock.drain_state() != DrainState::MidHead {
+                    served.as_mut().graceful_shutdown();
+                    hard_stop = Some(Instant::now() + limits.drain_timeout);
+                }
             }
             _ = reload => {
                 if let Some(still_ok) = revalidate.as_mut() {
@@ -652,6 +899,40 @@ fn report_connection_error(
         source = err.source();
     }
     tracing::debug!(%peer, error = %e, "connection ended with an error");
+}
+
+/// Whether a request's headers are over `--max-request-headers` (count) or
+/// `--max-request-headers-size` (bytes as on the HTTP/1 wire: the request line and each
+/// `name: value\r\n`). hyper refuses most such HTTP/1 heads itself, but its size check
+/// is on its read buffer, which may hold a whole oversized head that arrived at once; h2 checks
+/// the size (advertised as SETTINGS_MAX_HEADER_LIST_SIZE) but not the count.
+fn headers_too_large<B>(req: &Request<B>, limits: &Limits) -> bool {
+    let headers = req.headers();
+    if headers.len() > limits.max_request_headers {
+        return true;
+    }
+    // "METHOD URI HTTP/1.1\r\n"
+    let line = req.method().as_str().len() + req.uri().to_string().len() + 12;
+    let bytes = headers.iter().fold(line, |n, (name, value)| {
+        n.saturating_add(name.as_str().len() + value.len() + 4)
+    });
+    bytes > limits.max_request_headers_size
+}
+
+/// The gateway's own 431 (with `Connection: close` on HTTP/1: the client is misbehaving).
+fn headers_too_large_response<B>(http2: bool, guard: ActiveGuard) -> Response<Tracked<B>> {
+    let mut resp = Response::new(Tracked {
+        body: None,
+        _guard: Some(guard),
+    });
+    *resp.status_mut() = http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+    if !http2 {
+        resp.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+    }
+    resp
 }
 
 /// Runs `fut` under `deadline` (none: no limit); `Err(())` when it passed.
@@ -856,6 +1137,116 @@ mod tests {
         let _ = c.read(&mut buf).await.expect("read");
         drain.start();
         assert!(closed_within(&mut c, Duration::from_secs(5)).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            TcpStream::connect(addr).await.is_err(),
+            "the listener is closed"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_http2_connection_without_streams_is_closed_by_the_idle_timeout() {
+        let (addr, metrics, _drain) = server(Limits {
+            idle_timeout: Some(Duration::from_millis(300)),
+            header_read_timeout: Some(Duration::from_secs(30)),
+            ..Limits::default()
+        })
+        .await;
+        let mut c = TcpStream::connect(addr).await.expect("connect");
+        // The preface, an empty SETTINGS frame, then PINGs now and then: frames, no stream.
+        c.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+            .await
+            .expect("write");
+        assert!(closed_within(&mut c, Duration::from_secs(5)).await);
+        assert_eq!(limit_count(&metrics, "idle_timeout"), 1);
+        assert_eq!(limit_count(&metrics, "header_read_timeout"), 0);
+    }
+
+    #[tokio::test]
+    async fn headers_over_the_size_that_arrive_at_once_get_431() {
+        let (addr, metrics, _drain) = server(Limits::default()).await;
+        let mut head = b"GET / HTTP/1.1\r\nHost: x\r\n".to_vec();
+        for i in 0..62 {
+            head.extend_from_slice(format!("x-big-{i:02}: {}\r\n", "a".repeat(1000)).as_bytes());
+        }
+        head.extend_from_slice(b"\r\n");
+        let mut c = TcpStream::connect(addr).await.expect("connect");
+        c.write_all(&head).await.expect("write");
+        let mut buf = [0u8; 256];
+        let n = c.read(&mut buf).await.expect("read");
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 431"),
+            "{}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+        assert_eq!(limit_count(&metrics, "request_headers_too_large"), 1);
+    }
+
+    #[test]
+    fn header_count_and_size_are_checked() {
+        let limits = Limits {
+            max_request_headers: 3,
+            max_request_headers_size: 100,
+            ..Limits::default()
+        };
+        let mut req = Request::get("/").body(()).expect("request");
+        for i in 0..3 {
+            req.headers_mut().insert(
+                format!("h{i}").parse::<http::HeaderName>().expect("name"),
+                "v".parse().expect("value"),
+            );
+        }
+        assert!(!headers_too_large(&req, &limits));
+        req.headers_mut()
+            .append("h0", "again".parse().expect("value"));
+        assert!(
+            headers_too_large(&req, &limits),
+            "4 values over a count of 3"
+        );
+        let mut req = Request::get("/").body(()).expect("request");
+        req.headers_mut()
+            .insert("big", "a".repeat(90).parse().expect("value"));
+        assert!(headers_too_large(&req, &limits), "over 100 bytes");
+    }
+
+    #[tokio::test]
+    async fn a_connection_accepted_as_the_drain_starts_is_served_its_request() {
+        let (addr, _metrics, drain) = server(Limits::default()).await;
+        let mut c = TcpStream::connect(addr).await.expect("connect");
+        // Accepted, nothing sent yet; then the drain starts, then the request arrives.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drain.start();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut got)).await;
+        let got = String::from_utf8_lossy(&got).to_ascii_lowercase();
+        assert!(got.starts_with("http/1.1 200"), "{got:?}");
+        assert!(got.contains("connection: close"), "{got:?}");
+    }
+
+    #[tokio::test]
+    async fn connections_in_the_accept_queue_when_the_drain_starts_are_served() {
+        let (addr, _metrics, drain) = server(Limits::default()).await;
+        // Handshakes the kernel completes while the (single-threaded) runtime does not run the
+        // accept loop: they sit in the accept queue when the drain starts.
+        let queued: Vec<std::net::TcpStream> = (0..3)
+            .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
+            .collect();
+        drain.start();
+        for c in queued {
+            c.set_nonblocking(true).expect("nonblocking");
+            let mut c = TcpStream::from_std(c).expect("tokio stream");
+            c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .expect("write");
+            let mut got = Vec::new();
+            let r = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut got)).await;
+            let got = String::from_utf8_lossy(&got).to_ascii_lowercase();
+            assert!(got.starts_with("http/1.1 200"), "{r:?} {got:?}");
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(
             TcpStream::connect(addr).await.is_err(),
