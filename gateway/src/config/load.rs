@@ -262,11 +262,11 @@ impl Resources {
 fn typed<S: DeserializeOwned>(origin: Origin, kind: &'static str) -> Result<Doc<S>, ConfigError> {
     let env: Envelope<S> = deserialize(&origin, kind)?;
     if env.metadata.name.is_empty() {
-        return Err(located(
-            &origin,
-            Some(kind),
-            "metadata.name must not be empty",
-        ));
+        return Err(ConfigError {
+            field: Some("metadata.name".into()),
+            line: Some(origin.line_of("metadata")),
+            ..located(&origin, Some(kind), "metadata.name must not be empty")
+        });
     }
     Ok(Doc {
         origin,
@@ -314,11 +314,13 @@ fn yaml_error(origin: &Origin, kind: Option<&'static str>, e: &serde_norway::Err
     }
 }
 
+/// An error about one document; it points at the document's first line until the caller
+/// knows a better one, so no error about the text is ever without a line.
 fn located(origin: &Origin, kind: Option<&'static str>, message: impl Into<String>) -> ConfigError {
     let name = name_in(&origin.text);
     ConfigError {
         file: origin.file.clone(),
-        line: None,
+        line: Some(origin.first_line),
         document: Some(origin.document),
         resource: match (kind, name) {
             (Some(k), Some(n)) => Some(format!("{k} {n}")),
@@ -431,6 +433,15 @@ spec:
             shown.contains("config.yaml:11 (document 1, Gateway default/httpbin)"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn an_empty_name_is_located() {
+        // Found by the config fuzz target: `{name, …}` is a null name, once reported without a line.
+        let text = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name, namespace: istio-system}\nspec:\n  rules:\n  - when: [{key: source.ip}]\n";
+        let err = load_text(text).expect_err("empty name");
+        assert_eq!(err.0[0].line, Some(3), "{}", err.0[0]);
+        assert_eq!(err.0[0].field.as_deref(), Some("metadata.name"));
     }
 
     #[test]
