@@ -51,7 +51,12 @@ enum Cmd {
     Bench(bench::BenchArgs),
     /// The mesh story's steps 1, 3, 4, 5 on two Vagrant VMs (local box, libvirt in a network
     /// namespace, software emulation), then everything torn down. Root; several minutes.
-    Vagrant,
+    Vagrant {
+        /// Build the box again from vagrant/build-box.sh even when Vagrant already has one
+        /// (after changing the script).
+        #[arg(long)]
+        rebuild_box: bool,
+    },
     /// Check every prerequisite (Debian packages, nightly rust-src, bpf-linker, …) and install
     /// what is missing; `build`, `run`, `demo` and `test` do this first.
     Prereqs {
@@ -221,7 +226,7 @@ fn main() -> std::process::ExitCode {
 fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
         Cmd::Bench(_) | Cmd::Prereqs { .. } => {}
-        Cmd::Vagrant => prereqs::ensure_vagrant()?,
+        Cmd::Vagrant { .. } => prereqs::ensure_vagrant()?,
         _ => prereqs::ensure(true)?,
     }
     match cli.command {
@@ -236,7 +241,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             cargo_test_args,
         } => test(no_lint, &cargo_test_args),
         Cmd::Bench(args) => bench::run(args, &workspace(), &target_dir()),
-        Cmd::Vagrant => demo::vagrant(&build(false)?),
+        Cmd::Vagrant { rebuild_box } => demo::vagrant(&build(false)?, rebuild_box),
         Cmd::Prereqs { vagrant: false } => prereqs::ensure(false),
         Cmd::Prereqs { vagrant: true } => prereqs::ensure_vagrant(),
         Cmd::Fuzz(args) => fuzz::run(args, &workspace(), &target_dir()),

@@ -30,7 +30,7 @@ struct Run {
     up: bool,
 }
 
-pub fn run(bin: &Path) -> Result<()> {
+pub fn run(bin: &Path, rebuild_box: bool) -> Result<()> {
     if !crate::is_root() {
         bail!("cargo xtask vagrant runs libvirtd and makes a network namespace: run it as root");
     }
@@ -38,7 +38,7 @@ pub fn run(bin: &Path) -> Result<()> {
     let started = Instant::now();
     let cache = crate::target_dir().join("vagrant");
     std::fs::create_dir_all(&cache)?;
-    ensure_box(&cache)?;
+    ensure_box(&cache, rebuild_box)?;
     let dir = cache.join(format!("run-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let mut run = Run {
@@ -62,10 +62,18 @@ fn progress(started: Instant, what: &str) {
     println!("[{:>4.0}s] {what}", started.elapsed().as_secs_f64());
 }
 
-/// Builds the box once (about 3 minutes) and adds it to vagrant once.
-fn ensure_box(cache: &Path) -> Result<()> {
+/// Builds the box once (ten minutes or so under emulation) and adds it to vagrant once. A box
+/// Vagrant already has is used as it is, even when the cached file is gone (a cleaned target
+/// directory must not cost a rebuild); `--rebuild-box` builds and adds it again.
+fn ensure_box(cache: &Path, rebuild: bool) -> Result<()> {
     let file = cache.join("portcullis-bookworm.box");
-    if !file.exists() {
+    let boxes = sh::ok(Command::new("vagrant").args(["box", "list"]))?;
+    let added = boxes.lines().any(|l| l.starts_with(&format!("{BOX} ")));
+    if added && !rebuild {
+        println!("using the box {BOX} Vagrant already has (--rebuild-box builds it again)");
+        return Ok(());
+    }
+    if rebuild || !file.exists() {
         println!("building the box {} (debootstrap; once) …", file.display());
         let t = Instant::now();
         sh::ok(
@@ -75,14 +83,11 @@ fn ensure_box(cache: &Path) -> Result<()> {
         )?;
         println!("box built in {:.0}s", t.elapsed().as_secs_f64());
     }
-    let boxes = sh::ok(Command::new("vagrant").args(["box", "list"]))?;
-    if !boxes.lines().any(|l| l.starts_with(&format!("{BOX} "))) {
-        sh::ok(
-            Command::new("vagrant")
-                .args(["box", "add", "--force", "--name", BOX])
-                .arg(&file),
-        )?;
-    }
+    sh::ok(
+        Command::new("vagrant")
+            .args(["box", "add", "--force", "--name", BOX])
+            .arg(&file),
+    )?;
     Ok(())
 }
 
