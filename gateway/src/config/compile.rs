@@ -10,7 +10,7 @@ use super::resources::Labels;
 use super::routes::routes;
 use super::{ConfigErrors, Resources};
 use crate::policy::authz::{Authorizer, AuthzScope};
-use crate::policy::path::PathNormalization;
+use super::path_normalization::PathNormalization;
 
 /// Settings that come from the command line, not from YAML.
 #[derive(Clone, Debug)]

@@ -17,6 +17,7 @@ pub mod listeners;
 pub mod load;
 pub mod mesh;
 pub mod model;
+pub mod path_normalization;
 pub mod resources;
 pub mod routes;
 pub mod server_tls;

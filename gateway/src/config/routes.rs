@@ -8,7 +8,8 @@ use super::model::{
 };
 use super::resources::{RouteDestination, StringMatch};
 use super::{ConfigError, ConfigWarning, Doc, Resources};
-use crate::policy::path::{never_normalized, PathNormalization};
+use super::path_normalization::PathNormalization;
+use crate::policy::path::never_normalized;
 
 /// The routes; `warnings` gets every `uri` match the path normalization makes unreachable.
 pub(super) fn routes(
