@@ -1,6 +1,6 @@
 //! How request paths are normalized before routing and authorization: Istio's
 //! `meshConfig.pathNormalization` modes, as settings name them. What each mode does to a path
-//! is [`crate::policy::path`]'s business.
+//! is the business of `policy::path`, which re-exports this type.
 
 use std::fmt;
 use std::str::FromStr;
@@ -81,6 +81,9 @@ mod tests {
         );
         let e = "DECODE".parse::<PathNormalization>().unwrap_err();
         assert!(e.to_string().contains("MERGE_SLASHES"), "{e}");
-        assert_eq!(PathNormalization::default(), PathNormalization::MergeSlashes);
+        assert_eq!(
+            PathNormalization::default(),
+            PathNormalization::MergeSlashes
+        );
     }
 }

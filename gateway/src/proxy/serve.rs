@@ -676,7 +676,7 @@ pub struct HttpConn {
     pub drain: DrainSignal,
     /// Wakes when a new configuration is published; `revalidate` then says whether the
     /// connection may stay open.
-    pub reloads: Option<(watch::Receiver<Arc<crate::config::Snapshot>>, Revalidate)>,
+    pub reloads: Option<(watch::Receiver<Arc<crate::snapshot::Snapshot>>, Revalidate)>,
 }
 
 /// How long a connection closed for a configuration change may finish its requests.
