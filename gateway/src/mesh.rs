@@ -1,7 +1,7 @@
 //! The mesh side of a node: the terminator's listener that the kernel steers workload ports
 //! to, the kernel programs kept in step with the configuration, and configuration reloads.
 //!
-//! The same [`Snapshot`](crate::snapshot::Snapshot) drives both halves: its
+//! The same [`Snapshot`] drives both halves: its
 //! [`MeshInbound::modes`] go to the terminator and, as [`PortSetting`]s, to the kernel maps, so
 //! user space and the kernel never disagree for longer than one reload.
 

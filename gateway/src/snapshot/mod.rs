@@ -1,6 +1,6 @@
 //! Validated resources → one immutable [`Snapshot`]: what the running proxy uses.
 //!
-//! The layer above [`crate::config`], [`crate::tls`] and [`crate::policy`]: [`compile`] takes
+//! The layer above [`crate::config`], [`crate::tls`] and [`crate::policy`]: [`compile()`] takes
 //! the loaded resources and the command-line [`Settings`](crate::config::Settings), builds
 //! each Gateway server's rustls configuration ([`server_tls`], from the credentials
 //! [`credentials`] finds), compiles the AuthorizationPolicies, assembles this node's mesh side
