@@ -331,7 +331,7 @@ fn mutual_options_hold_against_openssl_made_certificates() -> Result<()> {
 
     // 5. Rules that can never match: `check` warns with file:line and why, `explain` notes
     //    it, and neither refuses the configuration. (Hosts: the port-80 server serves `*`; the
-    //    unit tests in policy/lint.rs cover a host no server serves.)
+    //    unit tests in snapshot/lint.rs cover a host no server serves.)
     std::fs::write(&gateway_file, gateway_yaml(""))?;
     let lint = w.config.join("lint.yaml");
     std::fs::write(

@@ -15,7 +15,8 @@
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use portcullis::config::{compile, load_str, ConfigErrors, Settings};
+use portcullis::config::{load_str, ConfigErrors, Settings};
+use portcullis::snapshot::compile;
 
 const FILE: &str = "fuzz.yaml";
 

@@ -18,6 +18,7 @@ use portcullis::proxy::outbound::Outbound;
 use portcullis::proxy::telemetry::access_log::{AccessLog, AccessLogFormat, AccessLogTarget};
 use portcullis::proxy::{self, Drain, Gateway, Ingress};
 use portcullis::reconcile::{Reconciler, SnapshotBus};
+use portcullis::snapshot::{self, Snapshot};
 
 /// A service-mesh security gateway that enforces mutual TLS with help from the Linux kernel.
 ///
@@ -353,7 +354,7 @@ fn init_logging(format: LogFormat, kernel_log: bool) {
     }
 }
 
-fn load(args: &ConfigArgs) -> Result<config::Snapshot, config::ConfigErrors> {
+fn load(args: &ConfigArgs) -> Result<Snapshot, config::ConfigErrors> {
     let settings = Settings {
         root_namespace: args.root_namespace.clone(),
         gateway_labels: args.labels.iter().cloned().collect(),
@@ -365,7 +366,7 @@ fn load(args: &ConfigArgs) -> Result<config::Snapshot, config::ConfigErrors> {
         path_normalization: args.path_normalization,
         trust_domain_aliases: args.trust_domain_aliases.clone(),
     };
-    config::compile(config::load_paths(&args.paths())?, settings)
+    snapshot::compile(config::load_paths(&args.paths())?, settings)
 }
 
 /// Errors are printed as a cause chain (`error: …: …`), never as a backtrace: what an operator
@@ -431,8 +432,8 @@ fn check(args: &ConfigArgs) -> Result<()> {
             let hosts: Vec<String> = s.hosts.iter().map(ToString::to_string).collect();
             let tls = match &s.tls {
                 None => "plain HTTP".to_owned(),
-                Some(config::model::ServerTls::Passthrough) => "TLS PASSTHROUGH".to_owned(),
-                Some(config::model::ServerTls::Terminate {
+                Some(snapshot::model::ServerTls::Passthrough) => "TLS PASSTHROUGH".to_owned(),
+                Some(snapshot::model::ServerTls::Terminate {
                     mode,
                     credential_name,
                     client_checks,

@@ -1,7 +1,7 @@
 //! The mesh side of a node: the terminator's listener that the kernel steers workload ports
 //! to, the kernel programs kept in step with the configuration, and configuration reloads.
 //!
-//! The same [`Snapshot`](crate::config::Snapshot) drives both halves: its
+//! The same [`Snapshot`] drives both halves: its
 //! [`MeshInbound::modes`] go to the terminator and, as [`PortSetting`]s, to the kernel maps, so
 //! user space and the kernel never disagree for longer than one reload.
 
@@ -12,9 +12,9 @@ use std::sync::Arc;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::config::model::MeshInbound;
-use crate::config::model::DEFAULT_PORT;
-use crate::config::Snapshot;
+use crate::snapshot::model::MeshInbound;
+use crate::snapshot::model::DEFAULT_PORT;
+use crate::snapshot::Snapshot;
 use std::sync::Mutex;
 
 use crate::kernel::{
@@ -233,7 +233,7 @@ impl KernelSync {
             Some(mesh) => mesh.modes.clone(),
             // The reconciler only publishes snapshots for which this succeeded.
             None => {
-                crate::config::mesh::workload_port_modes(&snapshot.resources, &snapshot.settings)
+                crate::snapshot::mesh::workload_port_modes(&snapshot.resources, &snapshot.settings)
                     .unwrap_or_default()
             }
         };

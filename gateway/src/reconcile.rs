@@ -14,7 +14,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::config::watch::{fingerprint, Fingerprint};
-use crate::config::{ConfigErrors, Snapshot};
+use crate::config::ConfigErrors;
+use crate::snapshot::Snapshot;
 
 /// The current snapshot and the channel that announces the next one.
 #[derive(Clone, Debug)]
@@ -109,7 +110,8 @@ impl Reconciler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{compile, Resources, Settings};
+    use crate::config::{Resources, Settings};
+    use crate::snapshot::compile;
 
     #[tokio::test]
     async fn a_good_edit_is_published_and_a_bad_one_is_not() {

@@ -8,8 +8,9 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::config::hosts::HostMatch;
-use crate::config::model::{ServerTls, Upstream, UriMatch};
-use crate::config::Snapshot;
+use crate::config::model::{Upstream, UriMatch};
+use crate::snapshot::model::ServerTls;
+use crate::snapshot::Snapshot;
 use crate::tls::ServerTlsMode;
 
 #[derive(Serialize)]

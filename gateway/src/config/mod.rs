@@ -1,30 +1,32 @@
-//! Istio YAML → one validated, immutable configuration [`Snapshot`].
+//! Istio YAML → typed, validated resources: data plus validation, nothing built from it.
 //!
-//! Loading happens in two steps: [`load`] splits files into documents and deserializes each
-//! into its typed resource ([`resources`]), remembering where it came from ([`Origin`]);
-//! [`compile`] checks the resources against each other and builds the model the proxy reads.
-//! A snapshot is never edited: a reload builds a new one and swaps it in whole.
+//! [`load`] splits files into documents and deserializes each into its typed resource
+//! ([`resources`]), remembering where it came from ([`Origin`]) so every error names file,
+//! line, document, resource and field. [`routes`] checks VirtualServices against
+//! ServiceEntries into the routing [`model`]; [`Settings`] are what the command line adds.
+//!
+//! This module imports neither `tls` nor `policy`: turning the resources into what the running
+//! proxy uses (rustls configurations, compiled policies) is the job of `snapshot`, one layer
+//! up. `policy` may read config's types, never the reverse.
 
 // Config errors are built only while loading, never on the request path; keeping them flat
 // (file, line, document, resource, field) reads better than boxing them.
 #![allow(clippy::result_large_err)]
 
-pub mod compile;
-pub mod credentials;
 pub mod error;
 pub mod hosts;
-pub mod listeners;
 pub mod load;
-pub mod mesh;
 pub mod model;
+pub mod path_normalization;
 pub mod resources;
 pub mod routes;
-pub mod server_tls;
+pub mod settings;
 pub mod watch;
 
-pub use compile::{compile, Settings, Snapshot};
 pub use error::{ConfigError, ConfigErrors, ConfigWarning};
 pub use load::{load_paths, load_str, Resources};
+pub use path_normalization::PathNormalization;
+pub use settings::Settings;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -153,9 +155,6 @@ impl<S> Doc<S> {
         }
     }
 }
-
-#[cfg(test)]
-mod server_tls_tests;
 
 #[cfg(test)]
 mod tests {

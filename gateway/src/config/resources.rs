@@ -1,7 +1,7 @@
 //! Raw Istio / Kubernetes resources as they appear in YAML, field for field.
 //!
 //! Every struct denies unknown fields: a typo in a policy must be an error, never a silently
-//! ignored rule. These types carry no meaning yet; [`super::compile`] turns them into the
+//! ignored rule. These types carry no meaning yet; the snapshot's `compile` turns them into the
 //! validated model the proxy uses.
 
 use std::collections::BTreeMap;

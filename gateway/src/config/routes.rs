@@ -7,16 +7,11 @@ use super::model::{
     GatewayRef, HttpRouteRule, Routes, TlsRouteRule, Upstream, UriMatch, VirtualHost,
 };
 use super::resources::{RouteDestination, StringMatch};
-use super::{ConfigError, ConfigWarning, Doc, Resources};
-use crate::policy::path::{never_normalized, PathNormalization};
+use super::{ConfigError, Doc, Resources};
 
-/// The routes; `warnings` gets every `uri` match the path normalization makes unreachable.
-pub(super) fn routes(
-    resources: &Resources,
-    path_normalization: PathNormalization,
-    errors: &mut Vec<ConfigError>,
-    warnings: &mut Vec<ConfigWarning>,
-) -> Routes {
+/// The routes, with every problem found pushed onto `errors`. Which `uri` matches the path
+/// normalization makes unreachable is checked one layer up, by the snapshot's lint.
+pub fn routes(resources: &Resources, errors: &mut Vec<ConfigError>) -> Routes {
     let mut virtual_hosts = Vec::new();
     for vs in &resources.virtual_services {
         let ns = vs.namespace().to_owned();
@@ -48,21 +43,6 @@ pub(super) fn routes(
             let field = format!("spec.http[{i}]");
             let mut matches = Vec::new();
             for (j, m) in route.matches.iter().enumerate() {
-                // Routes see the normalized path: a value it never equals is dead.
-                let sample = match &m.uri {
-                    Some(StringMatch::Exact(p)) => Some((p, p.clone(), "exact")),
-                    Some(StringMatch::Prefix(p)) => Some((p, format!("{p}*"), "prefix")),
-                    _ => None,
-                };
-                if let Some((value, pattern, kind)) = sample {
-                    if let Some(why) = never_normalized(&pattern, path_normalization) {
-                        warnings.push(ConfigWarning(vs.error(
-                            &format!("{field}.match[{j}].uri.{kind}"),
-                            value,
-                            format!("{value:?} can never match: request paths are normalized ({path_normalization}) before routing, and {why}"),
-                        )));
-                    }
-                }
                 let uri = match &m.uri {
                     None => None,
                     Some(StringMatch::Exact(p)) => Some(UriMatch::Exact(p.clone())),
@@ -250,10 +230,11 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 #[cfg(test)]
 mod tests {
-    use crate::config::model::UriMatch;
-    use crate::config::{compile, load_paths, Settings};
+    use super::routes;
+    use crate::config::model::{Routes, UriMatch};
+    use crate::config::{load_paths, ConfigErrors};
 
-    fn compile_vs(matches: &str) -> Result<crate::config::Snapshot, crate::config::ConfigErrors> {
+    fn compile_vs(matches: &str) -> Result<Routes, ConfigErrors> {
         let dir = tempfile::tempdir().expect("tmp");
         let file = dir.path().join("vs.yaml");
         std::fs::write(
@@ -261,7 +242,14 @@ mod tests {
             format!("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: vs, namespace: default}}\nspec:\n  hosts: ['*']\n  gateways: [gw]\n  http:\n  - match:\n{matches}    route: [{{destination: {{host: up.local}}}}]\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: up, namespace: default}}\nspec:\n  hosts: [up.local]\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  resolution: STATIC\n  endpoints: [{{address: 127.0.0.1}}]\n"),
         )
         .expect("write");
-        load_paths(std::slice::from_ref(&file)).and_then(|r| compile(r, Settings::default()))
+        let resources = load_paths(std::slice::from_ref(&file))?;
+        let mut errors = Vec::new();
+        let routes = routes(&resources, &mut errors);
+        if errors.is_empty() {
+            Ok(routes)
+        } else {
+            Err(ConfigErrors(errors))
+        }
     }
 
     /// Istio writes `uri: {prefix: /api}` (flow or block style); both load.
@@ -269,7 +257,7 @@ mod tests {
     fn uri_matches_load_as_istio_writes_them() {
         let snap = compile_vs("    - uri: {exact: /a}\n    - uri:\n        prefix: /b/\n")
             .expect("compiles");
-        let rule = &snap.routes.virtual_hosts[0].http[0];
+        let rule = &snap.virtual_hosts[0].http[0];
         assert_eq!(
             rule.matches,
             vec![
@@ -281,31 +269,5 @@ mod tests {
         assert!(err.to_string().contains("exactly one of"), "{err}");
         let err = compile_vs("    - uri: {exakt: /a}\n").expect_err("typo");
         assert!(err.to_string().contains("exakt"), "{err}");
-    }
-
-    #[test]
-    fn uri_matches_the_normalization_changes_are_warned_about() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let file = dir.path().join("vs.yaml");
-        std::fs::write(
-            &file,
-            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: vs, namespace: default}\nspec:\n  hosts: ['*']\n  gateways: [gw]\n  http:\n  - match:\n    - uri: {exact: /status//418}\n    - uri: {prefix: /%61pi/}\n    - uri: {prefix: /api/.}\n    - uri: {exact: /ok}\n    route: [{destination: {host: up.local}}]\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: up, namespace: default}\nspec:\n  hosts: [up.local]\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  resolution: STATIC\n  endpoints: [{address: 127.0.0.1}]\n",
-        )
-        .expect("write");
-        let snap = load_paths(std::slice::from_ref(&file))
-            .and_then(|r| compile(r, Settings::default()))
-            .expect("compiles");
-        let w: Vec<String> = snap.warnings.iter().map(ToString::to_string).collect();
-        assert_eq!(w.len(), 2, "{w:?}");
-        assert!(
-            w[0].contains(":9 ")
-                && w[0].contains("spec.http[0].match[0].uri.exact")
-                && w[0].contains("it becomes \"/status/418\""),
-            "{w:?}"
-        );
-        assert!(
-            w[1].contains(":10 ") && w[1].contains("match[1].uri.prefix"),
-            "{w:?}"
-        );
     }
 }

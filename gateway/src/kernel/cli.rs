@@ -14,12 +14,13 @@ use super::bpffs::DEFAULT_PIN_DIR;
 use super::capture::{attached_cgroups, install_capture, open_capture, CaptureOptions};
 use super::loader::{install, open, status, uninstall, InstallOptions, Origin};
 use super::maps::{KernelMaps, PortSetting};
-use crate::config::mesh::workload_port_modes;
-use crate::config::model::DEFAULT_PORT;
-use crate::config::{compile, load_paths, ConfigErrors, Resources, Settings, Snapshot};
+use crate::config::{load_paths, ConfigErrors, Resources, Settings};
 use crate::mesh::KernelSync;
 use crate::policy::peer_auth::{PeerAuthMode, DEFAULT_ROOT_NAMESPACE};
 use crate::reconcile::{Reconciler, SnapshotBus};
+use crate::snapshot::mesh::workload_port_modes;
+use crate::snapshot::model::DEFAULT_PORT;
+use crate::snapshot::{compile, Snapshot};
 
 /// The kernel path: sk_lookup steering, the STRICT plaintext reset, outbound capture.
 #[derive(Debug, Args)]

@@ -17,8 +17,8 @@ const BPF_NOEXIST: u64 = 1;
 
 use super::bpffs::PinLayout;
 use super::error::{KernelError, Result};
-use crate::config::model::DEFAULT_PORT;
 use crate::policy::peer_auth::PeerAuthMode;
+use crate::snapshot::model::DEFAULT_PORT;
 
 /// What the kernel does for one port, in domain terms.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

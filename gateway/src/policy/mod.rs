@@ -1,6 +1,5 @@
 //! Authorization (AuthorizationPolicy) and peer authentication (PeerAuthentication) compiled for the hot path.
 pub mod authz;
 pub mod explain;
-pub mod lint;
 pub mod path;
 pub mod peer_auth;

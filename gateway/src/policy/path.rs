@@ -39,68 +39,10 @@
 //! the path's structure), and the query string, which is never part of the path.
 
 use std::borrow::Cow;
-use std::fmt;
-use std::str::FromStr;
 
-/// How request paths are normalized, by Istio's `meshConfig.pathNormalization` names.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum PathNormalization {
-    None,
-    Base,
-    #[default]
-    MergeSlashes,
-    DecodeAndMergeSlashes,
-}
-
-impl PathNormalization {
-    pub const ALL: [PathNormalization; 4] = [
-        PathNormalization::None,
-        PathNormalization::Base,
-        PathNormalization::MergeSlashes,
-        PathNormalization::DecodeAndMergeSlashes,
-    ];
-
-    /// Istio's name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PathNormalization::None => "NONE",
-            PathNormalization::Base => "BASE",
-            PathNormalization::MergeSlashes => "MERGE_SLASHES",
-            PathNormalization::DecodeAndMergeSlashes => "DECODE_AND_MERGE_SLASHES",
-        }
-    }
-
-    fn merges(self) -> bool {
-        matches!(
-            self,
-            PathNormalization::MergeSlashes | PathNormalization::DecodeAndMergeSlashes
-        )
-    }
-}
-
-impl fmt::Display for PathNormalization {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A mode name that is not one of Istio's.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "{0:?} is not a path normalization mode (NONE, BASE, MERGE_SLASHES, DECODE_AND_MERGE_SLASHES)"
-)]
-pub struct UnknownMode(String);
-
-impl FromStr for PathNormalization {
-    type Err = UnknownMode;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|m| m.as_str().eq_ignore_ascii_case(s))
-            .ok_or_else(|| UnknownMode(s.to_owned()))
-    }
-}
+/// The mode is plain configuration data, so it is defined with the settings; normalizing is
+/// request-path work and stays here.
+pub use crate::config::path_normalization::{PathNormalization, UnknownMode};
 
 /// Why a path is refused with `400`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]

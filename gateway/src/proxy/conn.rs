@@ -3,8 +3,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::config::model::GatewayServer;
 use crate::identity::PeerCertificate;
+use crate::snapshot::model::GatewayServer;
 
 /// Facts about one downstream connection, shared by every request on it.
 #[derive(Clone, Debug)]

@@ -20,9 +20,9 @@ use super::upstream::{is_connect_timeout, WithPermit};
 use super::Gateway;
 use crate::config::hosts::{authority_host, best_match};
 use crate::config::model::GatewayRef;
-use crate::config::Snapshot;
 use crate::policy::authz::{Decision, RequestAttrs};
 use crate::policy::path::{self, PathError, PathNormalization};
+use crate::snapshot::Snapshot;
 
 /// Response bodies: streamed from upstream, or made here.
 pub type Body = BoxBody<Bytes, hyper::Error>;

@@ -66,7 +66,7 @@ impl Inbound {
     }
 
     /// Accepts until the drain starts. The mesh side of each request comes from the newest
-    /// snapshot ([`crate::config::Snapshot::mesh`]), so a reload changes modes and policies
+    /// snapshot ([`crate::snapshot::Snapshot::mesh`]), so a reload changes modes and policies
     /// at once, for open connections too.
     pub async fn run(self, drain: DrainSignal) {
         let Self {
@@ -230,11 +230,12 @@ mod tests {
     use std::process::Command;
 
     use super::*;
-    use crate::config::model::MeshInbound;
-    use crate::config::{compile, load_paths, Resources, Settings};
+    use crate::config::{load_paths, Resources, Settings};
     use crate::identity::certs::{issue_workload_cert, Ca, KeyType};
     use crate::policy::authz::Authorizer;
     use crate::policy::authz::AuthzScope;
+    use crate::snapshot::compile;
+    use crate::snapshot::model::MeshInbound;
     use crate::tls::{server_config, Credential, ServerTlsMode, TlsVersions};
 
     const DENY_SLEEP_418: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no-teapot, namespace: default}\nspec:\n  action: DENY\n  rules:\n  - from: [{source: {principals: [cluster.local/ns/default/sa/sleep]}}]\n    to: [{operation: {paths: [/status/418]}}]\n";

@@ -19,8 +19,8 @@ use super::telemetry::access_log::AccessEntry;
 use super::telemetry::metrics::{HandshakeFailure, RequestProtocol};
 use super::telemetry::ResponseFlags;
 use super::{Gateway, Stats};
-use crate::config::model::ServerTls;
 use crate::identity::PeerCertificate;
+use crate::snapshot::model::ServerTls;
 use crate::tls::sniff::{classify, ClientHelloInfo, FirstBytes, MAX_HELLO};
 use crate::tls::{verify_client_chain, ServerTlsMode};
 
@@ -154,7 +154,7 @@ impl Ingress {
     }
 }
 
-fn gateway_ports(snapshot: &crate::config::Snapshot) -> Vec<u16> {
+fn gateway_ports(snapshot: &crate::snapshot::Snapshot) -> Vec<u16> {
     snapshot.listeners.iter().map(|l| l.port).collect()
 }
 
@@ -463,7 +463,7 @@ pub(super) async fn serve_http<S>(
 /// Forwards a TLS connection, ClientHello included, to the upstream its SNI routes to.
 async fn passthrough(
     gw: &Gateway,
-    snapshot: &crate::config::Snapshot,
+    snapshot: &crate::snapshot::Snapshot,
     gateway: &crate::config::model::GatewayRef,
     conn: ConnInfo,
     prefix: Bytes,

@@ -21,8 +21,8 @@ pub mod upstream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::config::Snapshot;
 use crate::reconcile::SnapshotBus;
+use crate::snapshot::Snapshot;
 use telemetry::access_log::AccessLog;
 use telemetry::metrics::{Metrics, Workload};
 

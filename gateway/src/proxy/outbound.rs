@@ -23,8 +23,8 @@ use super::telemetry::access_log::AccessEntry;
 use super::telemetry::metrics::{split_service, RequestHandles, RequestLabels, RequestProtocol};
 use super::telemetry::{Reporter, ResponseFlags, SecurityPolicy};
 use super::{Gateway, Stats};
-use crate::config::model::{MeshDestination, MeshInbound};
 use crate::identity::PeerCertificate;
+use crate::snapshot::model::{MeshDestination, MeshInbound};
 use crate::tls::client::mesh_client_config;
 
 /// Where a redirected connection was originally going (the kernel's capture map, or a fixed
@@ -342,11 +342,12 @@ mod tests {
     use std::process::Command;
 
     use super::*;
-    use crate::config::{compile, Resources, Settings};
+    use crate::config::{Resources, Settings};
     use crate::identity::certs::{issue_workload_cert, Ca, KeyType};
     use crate::identity::Identity;
     use crate::policy::authz::{Authorizer, AuthzScope};
     use crate::policy::peer_auth::PeerAuthMode;
+    use crate::snapshot::compile;
     use crate::tls::{server_config, Credential, ServerTlsMode, TlsVersions};
 
     fn mesh(

@@ -165,20 +165,6 @@ fn untouched_paths_are_borrowed() {
     ));
 }
 
-#[test]
-fn modes_parse_by_istio_name() {
-    for mode in PathNormalization::ALL {
-        assert_eq!(mode.as_str().parse::<PathNormalization>().ok(), Some(mode));
-    }
-    assert_eq!(
-        "merge_slashes".parse::<PathNormalization>().ok(),
-        Some(MergeSlashes)
-    );
-    let e = "DECODE".parse::<PathNormalization>().unwrap_err();
-    assert!(e.to_string().contains("MERGE_SLASHES"), "{e}");
-    assert_eq!(PathNormalization::default(), MergeSlashes);
-}
-
 /// Paths over a small alphabet that hits every rule: slashes, dots, `%`, hex digits, letters,
 /// backslashes, semicolons.
 fn any_path() -> impl Strategy<Value = String> {

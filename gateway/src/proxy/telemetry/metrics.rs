@@ -23,10 +23,10 @@ use prometheus_client::registry::Registry;
 use rustls::{AlertDescription, CertificateError};
 
 use super::{Reporter, ResponseFlags, SecurityPolicy};
-use crate::config::model::Credentials;
 use crate::policy::authz::{Decision, DenyReason, Verdict};
 use crate::proxy::conn::ConnInfo;
 use crate::proxy::limits::LimitReason;
+use crate::snapshot::model::Credentials;
 
 /// What Istio writes for a label it cannot fill.
 const UNKNOWN: &str = "unknown";

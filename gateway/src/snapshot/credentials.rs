@@ -11,9 +11,8 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine;
 
-use super::compile::Settings;
-use super::resources::SecretBody;
-use super::{ConfigError, ConfigWarning, Doc, Resources};
+use crate::config::resources::SecretBody;
+use crate::config::{ConfigError, ConfigWarning, Doc, Resources, Settings};
 use crate::tls::Credential;
 
 /// The suffix of Istio's companion CA secret.

@@ -1,58 +1,16 @@
-//! Resources → [`Snapshot`]: cross-checks the resources and builds the model.
+//! Resources + settings → [`Snapshot`]: cross-checks the resources and builds what the proxy
+//! runs on.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 
+use super::lint::{never_matching, unreachable_route_matches};
 use super::listeners::listeners;
-use super::model::{Credentials, Listener, MeshInbound, Routes};
-use super::resources::Labels;
-use super::routes::routes;
-use super::{ConfigErrors, Resources};
+use super::mesh::compile_mesh;
+use super::model::{Credentials, Listener, MeshInbound};
+use crate::config::model::Routes;
+use crate::config::routes::routes;
+use crate::config::{ConfigError, ConfigErrors, ConfigWarning, Resources, Settings};
 use crate::policy::authz::{Authorizer, AuthzScope};
-use crate::policy::path::PathNormalization;
-
-/// Settings that come from the command line, not from YAML.
-#[derive(Clone, Debug)]
-pub struct Settings {
-    /// Istio's root namespace: policies there apply mesh-wide.
-    pub root_namespace: String,
-    /// This gateway's labels, matched by `Gateway.spec.selector` and policy selectors.
-    pub gateway_labels: Labels,
-    /// The namespace this gateway runs in (for namespaced policies).
-    pub gateway_namespace: String,
-    /// Directories holding `<credentialName>/{tls.crt,tls.key,ca.crt}`.
-    pub credential_dirs: Vec<PathBuf>,
-    /// The credential of this node's workload: set, it turns on the mesh side.
-    pub mesh_credential: Option<String>,
-    /// Which WorkloadEntry is this node's own (`name` or `namespace/name`); the others are
-    /// mesh destinations. Needed only when the configuration has several.
-    pub local_workload: Option<String>,
-    /// The SPIFFE trust domain of workload identities.
-    pub trust_domain: String,
-    /// How request paths are normalized before routing and authorization (`run`, `check` and
-    /// `explain` all take it from here, so they agree).
-    pub path_normalization: PathNormalization,
-    /// Other trust domains whose workloads the mesh side accepts (Istio's
-    /// `meshConfig.trustDomainAliases`); peers from any other trust domain are refused.
-    pub trust_domain_aliases: Vec<String>,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            root_namespace: "istio-system".to_owned(),
-            gateway_labels: BTreeMap::from([("istio".to_owned(), "ingressgateway".to_owned())]),
-            gateway_namespace: "istio-system".to_owned(),
-            credential_dirs: Vec::new(),
-            mesh_credential: None,
-            local_workload: None,
-            trust_domain: "cluster.local".to_owned(),
-            path_normalization: PathNormalization::default(),
-            trust_domain_aliases: Vec::new(),
-        }
-    }
-}
 
 /// One immutable, validated configuration. The proxy holds it behind an `Arc` and a reload
 /// swaps in a new one whole.
@@ -68,13 +26,13 @@ pub struct Snapshot {
     pub mesh: Option<MeshInbound>,
     pub resources: Resources,
     /// What loads but will not do what it seems to say; `check` and `explain` print these.
-    pub warnings: Vec<super::ConfigWarning>,
+    pub warnings: Vec<ConfigWarning>,
 }
 
 /// Builds a snapshot, reporting every problem found.
 pub fn compile(resources: Resources, settings: Settings) -> Result<Snapshot, ConfigErrors> {
-    let mut errors: Vec<super::ConfigError> = Vec::new();
-    let mut warnings: Vec<super::ConfigWarning> = Vec::new();
+    let mut errors: Vec<ConfigError> = Vec::new();
+    let mut warnings: Vec<ConfigWarning> = Vec::new();
     let mut credentials = Credentials::new();
     let listeners = listeners(
         &resources,
@@ -83,12 +41,11 @@ pub fn compile(resources: Resources, settings: Settings) -> Result<Snapshot, Con
         &mut errors,
         &mut warnings,
     );
-    let routes = routes(
+    let routes = routes(&resources, &mut errors);
+    warnings.extend(unreachable_route_matches(
         &resources,
         settings.path_normalization,
-        &mut errors,
-        &mut warnings,
-    );
+    ));
     let scope = AuthzScope {
         root_namespace: settings.root_namespace.clone(),
         workload_namespace: settings.gateway_namespace.clone(),
@@ -97,16 +54,14 @@ pub fn compile(resources: Resources, settings: Settings) -> Result<Snapshot, Con
     let authz = Authorizer::compile(&resources.authorization_policies, &scope)
         .map_err(|ConfigErrors(mut e)| errors.append(&mut e))
         .ok();
-    warnings.extend(crate::policy::lint::never_matching(
+    warnings.extend(never_matching(
         &resources.authorization_policies,
         &scope,
         &listeners,
         settings.path_normalization,
     ));
     let mesh = match &settings.mesh_credential {
-        Some(name) => {
-            super::mesh::compile_mesh(name, &resources, &settings, &mut errors, &mut warnings)
-        }
+        Some(name) => compile_mesh(name, &resources, &settings, &mut errors, &mut warnings),
         None => None,
     };
     match authz {
@@ -128,8 +83,8 @@ pub fn compile(resources: Resources, settings: Settings) -> Result<Snapshot, Con
 mod tests {
     use super::*;
     use crate::config::load_paths;
-    use crate::config::model::ServerTls;
     use crate::identity::certs::{issue_demo_set, IssueRequest};
+    use crate::snapshot::model::ServerTls;
 
     /// A walkthrough-shaped config with `tls_extra` added to the 443 server's `tls`.
     fn compile_with(tls_extra: &str) -> Result<(Snapshot, Vec<u8>), ConfigErrors> {

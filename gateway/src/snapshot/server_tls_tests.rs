@@ -4,7 +4,8 @@
 use std::path::Path;
 
 use super::model::ServerTls;
-use super::{compile, load_paths, ConfigErrors, Settings, Snapshot};
+use super::{compile, Snapshot};
+use crate::config::{load_paths, ConfigErrors, Settings};
 use crate::tls::testing::{crl_pem, handshake, leaf, test_ca, Leaf, TestCa};
 
 struct Pki {

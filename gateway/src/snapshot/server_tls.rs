@@ -21,11 +21,10 @@ use std::sync::Arc;
 
 use base64::Engine;
 
-use super::compile::Settings;
 use super::credentials::load_credential;
 use super::model::{Credentials, ServerTls};
-use super::resources::{GatewaySpec, ServerTlsSettings};
-use super::{ConfigError, ConfigWarning, Doc, Resources};
+use crate::config::resources::{GatewaySpec, ServerTlsSettings};
+use crate::config::{ConfigError, ConfigWarning, Doc, Resources, Settings};
 use crate::tls::ciphers::cipher_suites;
 use crate::tls::{server_config_with, ClientCertChecks, ServerOptions, ServerTlsMode, TlsVersions};
 

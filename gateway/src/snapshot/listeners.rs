@@ -2,12 +2,12 @@
 
 use std::collections::BTreeMap;
 
-use super::compile::Settings;
-use super::hosts::HostMatch;
-use super::model::{Credentials, GatewayRef, GatewayServer, Listener};
-use super::resources::Labels;
+use super::model::{Credentials, GatewayServer, Listener};
 use super::server_tls::server_tls;
-use super::{ConfigError, ConfigWarning, Resources};
+use crate::config::hosts::HostMatch;
+use crate::config::model::GatewayRef;
+use crate::config::resources::Labels;
+use crate::config::{ConfigError, ConfigWarning, Resources, Settings};
 
 fn is_subset(selector: &Labels, labels: &Labels) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))

@@ -8,17 +8,48 @@
 //! | `hosts` value no Gateway server serves | the request would not reach this gateway's routes |
 //! | `paths` / `notPaths` value with `?` or `#` | the matcher sees the path only, never a query string or fragment |
 //! | `paths` / `notPaths` value that path normalization changes or refuses (`/a//b`, `/%73tatus`, `/a;b`) | the matcher sees the normalized path |
+//! | VirtualService `uri` `exact` / `prefix` value that path normalization changes or refuses | routes see the normalized path |
 //!
 //! A `*` inside a path (`/api/*/admin`) is not a warning but an error from the policy
 //! compiler: Istio takes it literally, which is never what the author meant.
 
+use super::model::{GatewayServer, Listener, ServerTls};
 use crate::config::hosts::HostMatch;
-use crate::config::model::{Listener, ServerTls};
-use crate::config::resources::AuthorizationPolicySpec;
-use crate::config::{ConfigWarning, Doc};
+use crate::config::resources::{AuthorizationPolicySpec, StringMatch};
+use crate::config::{ConfigWarning, Doc, PathNormalization, Resources};
 use crate::policy::authz::{applies, AuthzScope};
-use crate::policy::path::{never_normalized, PathNormalization};
+use crate::policy::path::never_normalized;
 use crate::tls::ServerTlsMode;
+
+/// Warnings for every VirtualService `uri` match the path normalization makes unreachable:
+/// routes see the normalized path, so a value it never equals is dead.
+pub fn unreachable_route_matches(
+    resources: &Resources,
+    path_normalization: PathNormalization,
+) -> Vec<ConfigWarning> {
+    let mut out = Vec::new();
+    for vs in &resources.virtual_services {
+        for (i, route) in vs.spec.http.iter().enumerate() {
+            for (j, m) in route.matches.iter().enumerate() {
+                let sample = match &m.uri {
+                    Some(StringMatch::Exact(p)) => Some((p, p.clone(), "exact")),
+                    Some(StringMatch::Prefix(p)) => Some((p, format!("{p}*"), "prefix")),
+                    _ => None,
+                };
+                if let Some((value, pattern, kind)) = sample {
+                    if let Some(why) = never_normalized(&pattern, path_normalization) {
+                        out.push(ConfigWarning(vs.error(
+                            &format!("spec.http[{i}].match[{j}].uri.{kind}"),
+                            value,
+                            format!("{value:?} can never match: request paths are normalized ({path_normalization}) before routing, and {why}"),
+                        )));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
 
 /// Warnings for every policy of `policies` that applies to the gateway (`scope`).
 pub fn never_matching(
@@ -111,7 +142,7 @@ pub fn never_matching(
     out
 }
 
-fn is_mutual(server: &crate::config::model::GatewayServer) -> bool {
+fn is_mutual(server: &GatewayServer) -> bool {
     matches!(
         server.tls,
         Some(ServerTls::Terminate {
@@ -158,7 +189,8 @@ fn warn(
 
 #[cfg(test)]
 mod tests {
-    use crate::config::{compile, load_paths, Settings};
+    use crate::config::{load_paths, Settings};
+    use crate::snapshot::compile;
 
     const PLAIN_ONLY: &str = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw, namespace: default}\nspec:\n  servers:\n  - hosts: [web.test, '*.shop.test']\n    port: {number: 80, name: http, protocol: HTTP}\n";
 
@@ -299,5 +331,31 @@ mod tests {
             .expect_err("star in the middle");
         assert!(err.to_string().contains("`*` may only be"), "{err}");
         assert_eq!(err.0[0].line, Some(7), "{err}");
+    }
+
+    #[test]
+    fn uri_matches_the_normalization_changes_are_warned_about() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let file = dir.path().join("vs.yaml");
+        std::fs::write(
+            &file,
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: vs, namespace: default}\nspec:\n  hosts: ['*']\n  gateways: [gw]\n  http:\n  - match:\n    - uri: {exact: /status//418}\n    - uri: {prefix: /%61pi/}\n    - uri: {prefix: /api/.}\n    - uri: {exact: /ok}\n    route: [{destination: {host: up.local}}]\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: up, namespace: default}\nspec:\n  hosts: [up.local]\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  resolution: STATIC\n  endpoints: [{address: 127.0.0.1}]\n",
+        )
+        .expect("write");
+        let snap = load_paths(std::slice::from_ref(&file))
+            .and_then(|r| compile(r, Settings::default()))
+            .expect("compiles");
+        let w: Vec<String> = snap.warnings.iter().map(ToString::to_string).collect();
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].contains(":9 ")
+                && w[0].contains("spec.http[0].match[0].uri.exact")
+                && w[0].contains("it becomes \"/status/418\""),
+            "{w:?}"
+        );
+        assert!(
+            w[1].contains(":10 ") && w[1].contains("match[1].uri.prefix"),
+            "{w:?}"
+        );
     }
 }

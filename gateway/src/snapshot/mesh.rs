@@ -6,13 +6,13 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use super::compile::Settings;
 use super::credentials::load_credential;
-use super::model::{MeshDestination, MeshInbound};
-use super::resources::WorkloadEntrySpec;
-use super::{ConfigError, ConfigErrors, Doc, Resources};
+use super::model::{MeshDestination, MeshInbound, DEFAULT_PORT};
+use crate::config::resources::WorkloadEntrySpec;
+use crate::config::{ConfigError, ConfigErrors, ConfigWarning, Doc, Resources, Settings};
 use crate::identity::Identity;
 use crate::policy::authz::{Authorizer, AuthzScope};
+use crate::policy::peer_auth::{default_mode, port_modes, PeerAuthMode};
 use crate::tls::{server_config_with, ClientCertChecks, ServerOptions, ServerTlsMode, TlsVersions};
 
 /// Builds the mesh section for the credential `name` (the `--mesh-credential` flag).
@@ -21,7 +21,7 @@ pub fn compile_mesh(
     resources: &Resources,
     settings: &Settings,
     errors: &mut Vec<ConfigError>,
-    warnings: &mut Vec<super::ConfigWarning>,
+    warnings: &mut Vec<ConfigWarning>,
 ) -> Option<MeshInbound> {
     let flag_error = |msg: String| ConfigError::file("--mesh-credential", msg);
     let cred = match load_credential(&flag_error, name, settings, resources, warnings) {
@@ -96,11 +96,11 @@ pub fn compile_mesh(
 /// The PeerAuthentication mode of every port of this node's workload: what the kernel maps
 /// hold. `portcullis run --mesh-credential` and `portcullis kernel run` both use this, so the
 /// same YAML gives the same maps. The workload-wide default (STRICT on every port not
-/// named) is the entry at [`super::model::DEFAULT_PORT`].
+/// named) is the entry at [`DEFAULT_PORT`].
 pub fn workload_port_modes(
     resources: &Resources,
     settings: &Settings,
-) -> Result<BTreeMap<u16, crate::policy::peer_auth::PeerAuthMode>, Vec<ConfigError>> {
+) -> Result<BTreeMap<u16, PeerAuthMode>, Vec<ConfigError>> {
     // Port modes are this node's business only: the other WorkloadEntries are destinations.
     // Without any WorkloadEntry (`kernel run --config` of policies only) the whole config.
     let own = if resources.workload_entries.is_empty() {
@@ -113,9 +113,9 @@ pub fn workload_port_modes(
         }
     };
     let root = &settings.root_namespace;
-    let mut modes = crate::policy::peer_auth::port_modes(&own, root)?;
-    let default = crate::policy::peer_auth::default_mode(&own, root)?;
-    modes.extend(default.map(|mode| (super::model::DEFAULT_PORT, mode)));
+    let mut modes = port_modes(&own, root)?;
+    let default = default_mode(&own, root)?;
+    modes.extend(default.map(|mode| (DEFAULT_PORT, mode)));
     Ok(modes)
 }
 
@@ -221,8 +221,9 @@ fn destinations(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{compile, load_paths};
+    use crate::config::load_paths;
     use crate::identity::certs::{issue_demo_set, IssueRequest};
+    use crate::snapshot::compile;
 
     const TWO_WORKLOADS: &str = "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: sleep, namespace: default}\nspec: {address: 10.0.0.2, labels: {app: sleep}, serviceAccount: sleep, ports: {http: 8080}}\n---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: hello, namespace: shop}\nspec: {address: 10.0.0.1, labels: {app: hello}, serviceAccount: hello, ports: {http: 80}}\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: hello, namespace: shop}\nspec: {hosts: [hello.shop.svc.cluster.local], ports: [{number: 80, name: http}], workloadSelector: {labels: {app: hello}}}\n---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: STRICT}}\n";
 
@@ -251,7 +252,7 @@ mod tests {
         assert_eq!(mesh.workload, "default/sleep");
         assert_eq!(
             mesh.modes.keys().copied().collect::<Vec<_>>(),
-            vec![super::super::model::DEFAULT_PORT, 8080],
+            vec![DEFAULT_PORT, 8080],
             "only this node's ports get modes, plus the workload-wide one"
         );
         let dest = &mesh.destinations[&"10.0.0.1:80".parse().expect("addr")];
