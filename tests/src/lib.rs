@@ -7,6 +7,7 @@ pub mod craft;
 pub mod hello;
 pub mod hostile;
 pub mod load;
+pub mod mesh;
 pub mod netns;
 pub mod process;
 pub mod prometheus;
