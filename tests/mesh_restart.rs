@@ -151,8 +151,10 @@ enum Outcome {
     Reset,
     /// Closed without a byte.
     Closed,
-    /// Nothing within the timeout (connect or read).
-    Silent,
+    /// The SYN got no answer within the connect timeout.
+    ConnectTimeout,
+    /// Connected, but neither bytes, a close nor a reset within the read timeout.
+    ReadTimeout,
     /// Bytes came back: STRICT did not hold.
     Answered,
     Other,
@@ -164,27 +166,28 @@ struct Attempt {
     from: &'static str,
     family: &'static str,
     outcome: Outcome,
-    /// The first bytes of an answer.
+    /// The first bytes of an answer, or the error.
     answer: String,
 }
 
-/// One attempt: connect, send a plaintext request, read.
+/// One attempt: connect, send a plaintext request, read. The read waits long enough for an
+/// app's answer however loaded the machine: a late answer must not pass for silence.
 fn attempt(addr: SocketAddr) -> (Outcome, String) {
-    let io = |e: std::io::Error| match e.kind() {
+    let io = |e: &std::io::Error, timeout: Outcome| match e.kind() {
         ErrorKind::ConnectionRefused => Outcome::Refused,
         ErrorKind::ConnectionReset | ErrorKind::BrokenPipe | ErrorKind::ConnectionAborted => {
             Outcome::Reset
         }
-        ErrorKind::TimedOut | ErrorKind::WouldBlock => Outcome::Silent,
+        ErrorKind::TimedOut | ErrorKind::WouldBlock => timeout,
         _ => Outcome::Other,
     };
-    let mut s = match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+    let mut s = match TcpStream::connect_timeout(&addr, Duration::from_secs(3)) {
         Ok(s) => s,
-        Err(e) => return (io(e), String::new()),
+        Err(e) => return (io(&e, Outcome::ConnectTimeout), format!("{e}")),
     };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
     if let Err(e) = s.write_all(b"GET /plaintext-probe HTTP/1.1\r\nHost: server\r\n\r\n") {
-        return (io(e), String::new());
+        return (io(&e, Outcome::ReadTimeout), format!("{e}"));
     }
     let mut buf = [0u8; 256];
     match s.read(&mut buf) {
@@ -193,7 +196,7 @@ fn attempt(addr: SocketAddr) -> (Outcome, String) {
             Outcome::Answered,
             String::from_utf8_lossy(&buf[..n]).into_owned(),
         ),
-        Err(e) => (io(e), String::new()),
+        Err(e) => (io(&e, Outcome::ReadTimeout), format!("{e}")),
     }
 }
 
