@@ -1,7 +1,7 @@
 //! The daemon's lifecycle under attack loses no request (issue 14 part 2): SIGTERM/SIGINT drain with a
 //! stream of requests (slow ones in flight) on plain HTTP, mTLS HTTP/1.1 and mTLS HTTP/2; a
 //! second signal exits at once; the drain period is bounded; 100 reloads (good and bad
-//! configurations and certificates) under load; Gateway ports added and removed by a reload
+//! configurations and certificates) under oha's load; Gateway ports added and removed by a reload
 //! are bound and unbound live. Request counts are printed for the integrator.
 
 use std::net::{SocketAddr, TcpStream};
@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use e2e::hostile::Setup;
 use e2e::load::{Load, Transport};
+use e2e::oha::{OhaLoad, OhaTally, OhaWorker};
 use e2e::walkthrough::{curl, Identity, WALKTHROUGH};
 
 fn transports(s: &Setup) -> Vec<Transport> {
@@ -297,8 +298,35 @@ fn wait_count(s: &Setup, needle: &str, count: usize, what: &str) -> Result<usize
     bail!("{what}: no new {needle:?} in the log after 5s")
 }
 
+/// oha's workers for the reload test: plain HTTP/1.1, mTLS HTTP/1.1 and HTTP/2 on kept-alive
+/// connections, mTLS with a handshake per request (every certificate reload meets new
+/// handshakes) and slow requests over HTTP/2 (in flight across reloads). Bounded rates: the
+/// machine has two cores.
+fn oha_workers(s: &Setup) -> Vec<OhaWorker> {
+    let certs = &s.w.certs;
+    let files = || (certs.ca_cert(), certs.client_cert(), certs.client_key());
+    let https = s.gw.https_port;
+    vec![
+        OhaWorker::plain(s.gw.http_port, "/get").shape(2, 120, 40),
+        OhaWorker::mtls(https, "/get", files()).shape(2, 120, 40),
+        OhaWorker::mtls(https, "/get", files())
+            .http2()
+            .shape(2, 120, 40),
+        OhaWorker::mtls(https, "/get", files())
+            .no_keepalive()
+            .shape(2, 60, 20),
+        OhaWorker::mtls(https, "/delay/1", files())
+            .http2()
+            .shape(4, 8, 8),
+    ]
+}
+
 #[test]
 fn a_hundred_reloads_good_and_bad_under_load_lose_nothing() -> Result<()> {
+    let name = "a_hundred_reloads_good_and_bad_under_load_lose_nothing";
+    if !e2e::tool_or_skip(name, "oha", "`cargo install oha --locked`")? {
+        return Ok(());
+    }
     let mut s = Setup::start(&["--reload-ms", "50"])?;
     let extra = s.w.config.join("reload-deny.yaml");
     let crt = s.w.credentials.join("test.com/tls.crt");
@@ -306,8 +334,9 @@ fn a_hundred_reloads_good_and_bad_under_load_lose_nothing() -> Result<()> {
     let chain = [leaf.clone(), std::fs::read(s.w.certs.ca_cert())?].concat();
     let wrong = std::fs::read(s.w.certs.client_cert())?;
 
-    let load = Load::start(&transports(&s), 5, 9, Duration::from_secs(100));
-    std::thread::sleep(Duration::from_millis(500));
+    let load = OhaLoad::start(&oha_workers(&s), Duration::from_secs(150));
+    // Every worker is under way before the first reload.
+    std::thread::sleep(Duration::from_millis(1500));
     let (mut good, mut bad) = (0, 0);
     let mut reloaded = s.gw.daemon.log().matches("configuration reloaded").count();
     let mut rejected =
@@ -349,19 +378,40 @@ fn a_hundred_reloads_good_and_bad_under_load_lose_nothing() -> Result<()> {
     }
     let took = started.elapsed();
     std::thread::sleep(Duration::from_millis(500));
-    let tally = load.stop();
+    let workers = load.stop();
+    let mut all = OhaTally::default();
+    for (worker, t) in &workers {
+        eprintln!(
+            "oha {worker}: {} runs, {} responses {:?}, errors {:?}",
+            t.runs,
+            t.responses(),
+            t.statuses,
+            t.errors
+        );
+        assert!(
+            t.broken_runs.is_empty(),
+            "oha runs that printed no summary: {:?}",
+            t.broken_runs
+        );
+        assert!(t.responses() > 0, "oha {worker} got no response");
+        all.add(t);
+    }
     eprintln!(
         "100 reloads ({good} good, {bad} bad, every one seen in the log) in {took:?} under \
-         load: {} requests served, {} refused, {} LOST",
-        tally.served, tally.refused, tally.lost
+         oha: {} runs, {} requests, {} FAILED (errors {:?}, statuses {:?})",
+        all.runs,
+        all.responses() + all.errors(),
+        all.failed("200"),
+        all.errors,
+        all.statuses
     );
     assert_eq!(
-        tally.lost + tally.refused,
+        all.failed("200"),
         0,
-        "failed: {:?}",
-        tally.lost_samples
+        "failed requests: errors {:?}, statuses {:?}",
+        all.errors,
+        all.statuses
     );
-    assert!(tally.served > 0);
     // The last edit was bad: the last good policy and certificate still serve.
     assert_eq!(s.gw.https(&last_good_path, Identity::Client)?, "403");
     assert_eq!(s.gw.https("/status/200", Identity::Client)?, "200");

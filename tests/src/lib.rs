@@ -7,7 +7,9 @@ pub mod craft;
 pub mod hello;
 pub mod hostile;
 pub mod load;
+pub mod mesh;
 pub mod netns;
+pub mod oha;
 pub mod process;
 pub mod prometheus;
 pub mod rawhttp;
@@ -74,4 +76,27 @@ pub fn skip_not_root(test: &str) {
     eprintln!(
         "\n!!!!! SKIPPED {test}: needs root (network namespaces, eBPF); CI runs it as root !!!!!\n"
     );
+}
+
+/// True when `tool --version` runs. When it does not: in CI (`CI` set) an error naming the
+/// install command; elsewhere a loud skip line for `test` and `false`.
+pub fn tool_or_skip(test: &str, tool: &str, install: &str) -> Result<bool> {
+    let runs = std::process::Command::new(tool)
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if runs {
+        return Ok(true);
+    }
+    if std::env::var_os("CI").is_some() {
+        bail!("{test} needs `{tool}` ({install}; `cargo xtask prereqs` installs it)");
+    }
+    eprintln!(
+        "\n!!!!! SKIPPED {test}: `{tool}` is missing ({install}, or `cargo xtask prereqs`); \
+         CI fails here instead !!!!!\n"
+    );
+    Ok(false)
 }

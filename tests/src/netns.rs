@@ -4,6 +4,10 @@
 //! Addresses live only inside these namespaces: `10.231.0.1` / `fd00:231::1` on the server
 //! side, `.2` / `::2` outside. Inside `outside`, the name `server` resolves to both (an
 //! `/etc/netns/<ns>/hosts` file, which `ip netns exec` bind-mounts over `/etc/hosts`).
+//!
+//! [`Topology::create_with_probe`] adds a third namespace, `probe`, on its own veth pair to the
+//! server (`10.232.0.2` / `fd00:232::2`, routed to the server's addresses): a host that runs
+//! no Portcullis at all, for an attacker beside a two-node mesh.
 
 use std::fs::File;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -22,6 +26,8 @@ pub const SERVER_V4: Ipv4Addr = Ipv4Addr::new(10, 231, 0, 1);
 pub const SERVER_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x231, 0, 0, 0, 0, 0, 1);
 /// Name of the server's veth end, inside the server namespace.
 pub const SERVER_IF: &str = "pc-srv";
+/// Name of the server's veth end towards the probe namespace.
+pub const SERVER_PROBE_IF: &str = "pc-srv-p";
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -31,6 +37,8 @@ pub struct Topology {
     pub server: String,
     /// The client namespace outside the mesh.
     pub outside: String,
+    /// The third namespace of [`Topology::create_with_probe`].
+    pub probe: Option<String>,
     hosts_dir: PathBuf,
 }
 
@@ -49,16 +57,80 @@ fn ip(args: &[&str]) -> Result<()> {
 impl Topology {
     /// Creates `pc-<tag>-<pid>-<n>-{s,o}` with the veth pair, addresses and routes.
     pub fn create(tag: &str) -> Result<Self> {
+        Self::create_inner(tag, false)
+    }
+
+    /// [`Topology::create`] plus `pc-<tag>-<pid>-<n>-p`, a namespace without Portcullis that
+    /// reaches the server's addresses over a second veth pair (the server's end is
+    /// [`SERVER_PROBE_IF`]).
+    pub fn create_with_probe(tag: &str) -> Result<Self> {
+        Self::create_inner(tag, true)
+    }
+
+    fn create_inner(tag: &str, probe: bool) -> Result<Self> {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let base = format!("pc-{tag}-{}-{n}", std::process::id());
         let topo = Self {
             server: format!("{base}-s"),
             outside: format!("{base}-o"),
+            probe: probe.then(|| format!("{base}-p")),
             hosts_dir: PathBuf::from(format!("/etc/netns/{base}-o")),
         };
         // From here on, Drop cleans up whatever was made.
         topo.build()?;
+        if let Some(p) = &topo.probe {
+            topo.build_probe(p)?;
+        }
         Ok(topo)
+    }
+
+    fn build_probe(&self, p: &str) -> Result<()> {
+        let s = self.server.as_str();
+        ip(&["netns", "add", p])?;
+        ip(&[
+            "link",
+            "add",
+            SERVER_PROBE_IF,
+            "netns",
+            s,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "pc-probe",
+            "netns",
+            p,
+        ])?;
+        for (ns, dev, v4, v6) in [
+            (s, SERVER_PROBE_IF, "10.232.0.1/24", "fd00:232::1/64"),
+            (p, "pc-probe", "10.232.0.2/24", "fd00:232::2/64"),
+        ] {
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+            ip(&["-n", ns, "addr", "add", v4, "dev", dev])?;
+            ip(&["-n", ns, "addr", "add", v6, "dev", dev, "nodad"])?;
+            ip(&["-n", ns, "link", "set", dev, "up"])?;
+        }
+        // The server's workload addresses are local to it: no forwarding, just routes there.
+        ip(&[
+            "-n",
+            p,
+            "route",
+            "add",
+            "10.231.0.0/24",
+            "via",
+            "10.232.0.1",
+        ])?;
+        ip(&[
+            "-n",
+            p,
+            "-6",
+            "route",
+            "add",
+            "fd00:231::/64",
+            "via",
+            "fd00:232::1",
+        ])?;
+        Ok(())
     }
 
     fn build(&self) -> Result<()> {
@@ -157,7 +229,7 @@ impl Topology {
 
 impl Drop for Topology {
     fn drop(&mut self) {
-        for ns in [&self.server, &self.outside] {
+        for ns in [&self.server, &self.outside].into_iter().chain(&self.probe) {
             let _ = run(Command::new("ip").args(["netns", "del", ns]));
         }
         let _ = std::fs::remove_dir_all(&self.hosts_dir);

@@ -70,6 +70,7 @@ const STEPS: &[Step] = &[
         check: missing_cargo_fuzz,
         install: install_cargo_fuzz,
     },
+    OHA,
     Step {
         name: "PyPI httpbin and gunicorn (one end-to-end upstream)",
         needs_root: true,
@@ -89,6 +90,20 @@ const STEPS: &[Step] = &[
         install: mount_bpffs,
     },
 ];
+
+/// The load generator of the reload-under-load end-to-end test and of `cargo xtask bench`.
+const OHA: Step = Step {
+    name: "oha (the load generator of the e2e reload test and of `cargo xtask bench`)",
+    needs_root: false,
+    check: missing_oha,
+    install: install_oha,
+};
+
+/// The [`OHA`] step alone, for `cargo xtask bench` (which skips the full list: it needs
+/// neither the kernel toolchain nor the browsers).
+pub fn ensure_oha() -> Result<()> {
+    run_steps(&[OHA], true)
+}
 
 /// What `cargo xtask vagrant` needs on top (only that command checks these): Vagrant with its
 /// libvirt provider, libvirt, QEMU (software emulation), debootstrap for the local box.
@@ -331,6 +346,17 @@ fn install_cargo_fuzz(_: &str) -> Result<()> {
             "cargo-fuzz",
             "--locked",
         ]),
+    )
+}
+
+fn missing_oha() -> Result<Option<String>> {
+    Ok((!succeeds(Command::new("oha").arg("--version"))).then(|| "oha".to_owned()))
+}
+
+fn install_oha(_: &str) -> Result<()> {
+    sh(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["install", "oha", "--locked"]),
     )
 }
 

@@ -76,8 +76,8 @@ fn on_path(bin: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// Installs nginx, HAProxy (Debian packages) and oha (crates.io) when they are missing, so the
-/// suite runs from a fresh clone.
+/// Installs nginx, HAProxy (Debian packages) and oha (crates.io, through the prerequisites'
+/// step) when they are missing, so the suite runs from a fresh clone.
 pub fn ensure_tools() -> Result<()> {
     for tool in ["taskset", "openssl"] {
         if !on_path(tool) {
@@ -98,14 +98,8 @@ pub fn ensure_tools() -> Result<()> {
                 .env("DEBIAN_FRONTEND", "noninteractive"),
         )?;
     }
-    if !on_path("oha") {
-        eprintln!("bench: installing oha with `cargo install oha --locked` (a few minutes)");
-        run_ok(
-            Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-                .args(["install", "oha", "--locked"]),
-        )?;
-    }
-    Ok(())
+    // The prerequisites' own step (`cargo install oha --locked`, a few minutes when missing).
+    crate::prereqs::ensure_oha()
 }
 
 pub fn run_ok(cmd: &mut Command) -> Result<()> {
