@@ -10,6 +10,9 @@ use crate::identity::PeerCertificate;
 #[derive(Clone, Debug)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
+    /// The peer's address as x-forwarded-for writes it, formatted once per connection
+    /// (formatting an `IpAddr` was ~1.5 k instructions per request under callgrind).
+    pub peer_ip: http::HeaderValue,
     pub local: SocketAddr,
     /// The Gateway port this connection arrived on.
     pub port: u16,
@@ -46,8 +49,11 @@ pub struct InboundTarget {
 impl ConnInfo {
     /// A plaintext connection from `peer` to `local`, on Gateway port `port`.
     pub fn new(peer: SocketAddr, local: SocketAddr, port: u16) -> Self {
+        let peer_ip = http::HeaderValue::try_from(peer.ip().to_canonical().to_string())
+            .unwrap_or_else(|_| http::HeaderValue::from_static("unknown"));
         Self {
             peer,
+            peer_ip,
             local,
             port,
             server: None,

@@ -480,12 +480,14 @@ fn outbound_request(
         headers.insert(HOST, v);
     }
     // Append the peer to any x-forwarded-for the client sent, as Envoy does.
-    let peer_ip = conn.peer.ip().to_canonical().to_string();
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.is_empty() => format!("{prev}, {peer_ip}"),
-        _ => peer_ip,
+        Some(prev) if !prev.is_empty() => {
+            let peer_ip = conn.peer_ip.to_str().unwrap_or_default();
+            HeaderValue::from_str(&format!("{prev}, {peer_ip}")).ok()
+        }
+        _ => Some(conn.peer_ip.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR, v);
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(conn.scheme()));
