@@ -23,7 +23,8 @@ pub struct ConnInfo {
     pub peer_cert: Option<PeerCertificate>,
     /// The chain the client presented, as verified: a reload re-verifies it against the new
     /// server settings (CA, CRL, subjectAltNames) and closes the connection if it fails.
-    pub peer_chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// Shared with the re-check closure rather than copied (rustls holds a third copy).
+    pub peer_chain: Arc<[rustls::pki_types::CertificateDer<'static>]>,
     pub tls: bool,
     /// The principal (`test.client`) read once from the certificate.
     pub principal: Option<String>,
@@ -59,7 +60,7 @@ impl ConnInfo {
             server: None,
             sni: None,
             peer_cert: None,
-            peer_chain: Vec::new(),
+            peer_chain: Arc::default(),
             tls: false,
             principal: None,
             inbound: None,
