@@ -419,21 +419,41 @@ fn server_gateway(
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Headers named in Connection are hop-by-hop too (most requests carry no Connection).
-    if headers.contains_key(http::header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(http::header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
+    // One pass over the names present, comparing `HeaderName`s (a byte for the standard ones),
+    // then a `remove` only for what is there: a `remove` hashes and probes even for an absent
+    // name, and eight of them per message were ~3 k instructions per request under callgrind.
+    // Most requests carry none of these; most upstream responses carry only `Connection`.
+    let mut present = 0u8;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
         }
     }
-    for name in &HOP_BY_HOP {
+    if present == 0 {
+        return;
+    }
+    // Headers named in Connection are hop-by-hop too; the standard ones are removed below
+    // only when present, the others are rare enough to remove by name.
+    let named: Vec<HeaderName> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|n| {
+            !HOP_BY_HOP
+                .iter()
+                .any(|h| h.as_str().eq_ignore_ascii_case(n))
+        })
+        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+        .collect();
+    for name in named {
         headers.remove(name);
+    }
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
 }
 
@@ -460,12 +480,14 @@ fn outbound_request(
         headers.insert(HOST, v);
     }
     // Append the peer to any x-forwarded-for the client sent, as Envoy does.
-    let peer_ip = conn.peer.ip().to_canonical().to_string();
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.is_empty() => format!("{prev}, {peer_ip}"),
-        _ => peer_ip,
+        Some(prev) if !prev.is_empty() => {
+            let peer_ip = conn.peer_ip.to_str().unwrap_or_default();
+            HeaderValue::from_str(&format!("{prev}, {peer_ip}")).ok()
+        }
+        _ => Some(conn.peer_ip.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR, v);
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(conn.scheme()));
@@ -570,6 +592,48 @@ mod tests {
     fn target(uri: &str) -> Result<(String, String), PathError> {
         let uri: Uri = uri.parse().expect("a URI hyper would hand us");
         RequestTarget::of(&uri, PathNormalization::MergeSlashes).map(|t| (t.path, t.path_and_query))
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_named_in_connection_are_stripped() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("x-secret, Keep-Alive"),
+        );
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("upgrade", HeaderValue::from_static("websocket"));
+        h.insert(
+            "proxy-authorization",
+            HeaderValue::from_static("Basic eA=="),
+        );
+        h.insert("accept", HeaderValue::from_static("*/*"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(
+            h.keys().map(HeaderName::as_str).collect::<Vec<_>>(),
+            ["accept"]
+        );
+
+        // Without a Connection header a lone hop-by-hop header still goes.
+        let mut h = HeaderMap::new();
+        h.insert("accept", HeaderValue::from_static("*/*"));
+        h.insert("proxy-authenticate", HeaderValue::from_static("Basic"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(
+            h.keys().map(HeaderName::as_str).collect::<Vec<_>>(),
+            ["accept"]
+        );
+
+        // Nothing to strip: nothing changes.
+        let mut h = HeaderMap::new();
+        h.insert("accept", HeaderValue::from_static("*/*"));
+        h.insert("content-length", HeaderValue::from_static("3"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2);
     }
 
     #[test]

@@ -164,15 +164,16 @@ async fn handle(
     match hello {
         Some(_) => {
             Stats::bump(&gateway.stats.inbound_tls);
-            let tls = serve::within(
+            // Boxed for the reason given in `listener::handle_connection`.
+            let tls = Box::pin(serve::within(
                 gateway.limits.tls_handshake_timeout,
                 terminate(&gateway, &mesh.tls, prefix, stream, &mut conn),
-            )
+            ))
             .await;
             match tls {
                 Ok(Some(tls)) => {
                     let revalidate = recheck_peer(&gateway, &conn);
-                    serve_http(gateway.clone(), conn, tls, drain, revalidate).await
+                    Box::pin(serve_http(gateway.clone(), conn, tls, drain, revalidate)).await
                 }
                 Ok(None) => {}
                 Err(()) => LimitReason::tls_handshake_timeout.fire(&gateway.metrics, Some(peer)),
@@ -185,13 +186,13 @@ async fn handle(
         }
         None => {
             Stats::bump(&gateway.stats.inbound_plaintext);
-            serve_http(
+            Box::pin(serve_http(
                 gateway.clone(),
                 conn,
                 Prefixed::new(prefix, stream),
                 drain,
                 None,
-            )
+            ))
             .await
         }
     }

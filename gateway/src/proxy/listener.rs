@@ -2,6 +2,7 @@
 //! and remove ports; TLS first-bytes inspection, termination and passthrough.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -237,7 +238,7 @@ async fn handle_connection(
     };
     let mut conn = ConnInfo::new(peer, local, port);
     if !listener.tls {
-        serve_http(gateway, conn, stream, drain, None).await;
+        Box::pin(serve_http(gateway, conn, stream, drain, None)).await;
         return;
     }
     // One deadline for the whole handshake: the ClientHello and everything after it.
@@ -275,7 +276,7 @@ async fn handle_connection(
         conn.server = Some(server.clone());
         Some((prefix, server))
     };
-    let (prefix, server) = match serve::within(deadline, handshake).await {
+    let (prefix, server) = match Box::pin(serve::within(deadline, handshake)).await {
         Ok(Some(found)) => found,
         Ok(None) => return,
         Err(()) => {
@@ -286,18 +287,30 @@ async fn handle_connection(
     match &server.tls {
         None => {}
         Some(ServerTls::Passthrough) => {
-            passthrough(&gateway, &snapshot, &server.gateway, conn, prefix, stream).await
+            Box::pin(passthrough(
+                &gateway,
+                &snapshot,
+                &server.gateway,
+                conn,
+                prefix,
+                stream,
+            ))
+            .await
         }
         Some(ServerTls::Terminate { config, .. }) => {
-            let tls = serve::within(
+            // Boxed, the handshake and the serving each take memory only while they run:
+            // the task itself stays small, instead of holding room for both (and the copies
+            // the state machine makes when one is moved into the other) on every idle
+            // connection.
+            let tls = Box::pin(serve::within(
                 deadline,
                 terminate(&gateway, config, prefix, stream, &mut conn),
-            )
+            ))
             .await;
             match tls {
                 Ok(Some(tls)) => {
                     let revalidate = recheck_client(&gateway, &conn);
-                    serve_http(gateway, conn, tls, drain, revalidate).await
+                    Box::pin(serve_http(gateway, conn, tls, drain, revalidate)).await
                 }
                 Ok(None) => {}
                 Err(()) => LimitReason::tls_handshake_timeout.fire(&gateway.metrics, Some(peer)),
@@ -430,13 +443,16 @@ pub(super) async fn read_first_bytes(
 /// Serves HTTP on an accepted (and maybe terminated) connection through the shared
 /// deadlines and drain. Each request is decided by the newest snapshot; `revalidate` says,
 /// after a reload, whether the connection's client may stay.
-pub(super) async fn serve_http<S>(
+///
+/// Not an `async fn`, for the reason given on [`serve::serve_http`].
+pub(super) fn serve_http<S>(
     gateway: Arc<Gateway>,
     conn: ConnInfo,
     stream: S,
     drain: DrainSignal,
     revalidate: Option<Revalidate>,
-) where
+) -> impl Future<Output = ()> + Send + 'static
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let conn = Arc::new(conn);
@@ -449,15 +465,16 @@ pub(super) async fn serve_http<S>(
     };
     serve::serve_http(stream, http, move |req| {
         let (gateway, conn) = (gateway.clone(), conn.clone());
-        async move {
+        // Boxed per request: hyper keeps one slot the size of this future for the whole
+        // connection, so unboxed it cost every idle connection ~4 KB.
+        Box::pin(async move {
             let snapshot = gateway.snapshot();
             match super::http::handle(gateway, snapshot, conn, req).await {
                 Ok(resp) => resp,
                 Err(never) => match never {},
             }
-        }
+        })
     })
-    .await;
 }
 
 /// Forwards a TLS connection, ClientHello included, to the upstream its SNI routes to.

@@ -2,6 +2,7 @@
 //! one endpoint may be sent at once.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,32 +24,48 @@ pub struct UpstreamClient {
 
 /// Requests in flight per endpoint. Over HTTP/1.1 each holds one upstream connection, so this
 /// caps the connections one endpoint is opened (Envoy's circuit breaker, `UO` when full).
+///
+/// One counter per endpoint, found by name under the lock and then shared with the permit, so a
+/// request hashes the endpoint once and allocates nothing; the permit's drop is one atomic
+/// decrement. Counters are kept at zero rather than removed: endpoints come from the
+/// configuration, so the map is as big as the set of endpoints ever configured.
 #[derive(Debug)]
 struct EndpointLoad {
     max: usize,
-    by_endpoint: Mutex<HashMap<String, usize>>,
+    by_endpoint: Mutex<HashMap<String, Arc<AtomicUsize>, BuildHasherDefault<Fnv1a>>>,
+}
+
+/// FNV-1a: endpoint names come from the configuration, never from a client, so a keyed hash
+/// (std's SipHash, ~650 instructions per lookup here) buys no flooding resistance.
+#[derive(Debug)]
+struct Fnv1a(u64);
+
+impl Default for Fnv1a {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv1a {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
 }
 
 /// A place under an endpoint's cap; dropping it frees the place.
 #[derive(Debug)]
 pub struct UpstreamPermit {
-    load: Arc<EndpointLoad>,
-    endpoint: String,
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl Drop for UpstreamPermit {
     fn drop(&mut self) {
-        let mut map = self
-            .load
-            .by_endpoint
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(n) = map.get_mut(&self.endpoint) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                map.remove(&self.endpoint);
-            }
-        }
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -71,7 +88,7 @@ impl UpstreamClient {
             next: AtomicUsize::new(0),
             in_flight: Arc::new(EndpointLoad {
                 max: limits.upstream_max_connections,
-                by_endpoint: Mutex::new(HashMap::new()),
+                by_endpoint: Mutex::new(HashMap::default()),
             }),
         }
     }
@@ -84,20 +101,24 @@ impl UpstreamClient {
     /// A place for one more request to `endpoint`, or `None` when it is at its cap (answer
     /// 503 with flag `UO`).
     pub fn admit(&self, endpoint: &str) -> Option<UpstreamPermit> {
-        let mut map = self
-            .in_flight
-            .by_endpoint
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let n = map.entry(endpoint.to_owned()).or_insert(0);
-        if *n >= self.in_flight.max {
-            return None;
-        }
-        *n += 1;
-        Some(UpstreamPermit {
-            load: self.in_flight.clone(),
-            endpoint: endpoint.to_owned(),
-        })
+        let counter = {
+            let mut map = self
+                .in_flight
+                .by_endpoint
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            match map.get(endpoint) {
+                Some(c) => c.clone(),
+                None => map.entry(endpoint.to_owned()).or_default().clone(),
+            }
+        };
+        // Increment only below the cap, so a refused request never holds a place.
+        counter
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.in_flight.max).then_some(n + 1)
+            })
+            .ok()?;
+        Some(UpstreamPermit { in_flight: counter })
     }
 
     /// Picks an endpoint round-robin.
@@ -172,5 +193,22 @@ mod tests {
         assert!(client.admit("10.0.0.2:80").is_some(), "per endpoint");
         drop(a);
         assert!(client.admit("10.0.0.1:80").is_some());
+    }
+
+    #[test]
+    fn a_refused_request_holds_no_place() {
+        let client = UpstreamClient::new(&Limits {
+            upstream_max_connections: 1,
+            ..Limits::default()
+        });
+        let a = client.admit("10.0.0.1:80").expect("first");
+        for _ in 0..3 {
+            assert!(client.admit("10.0.0.1:80").is_none());
+        }
+        drop(a);
+        let _b = client
+            .admit("10.0.0.1:80")
+            .expect("the place freed by the first");
+        assert!(client.admit("10.0.0.1:80").is_none());
     }
 }

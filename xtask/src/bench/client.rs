@@ -2,12 +2,13 @@
 //! and make full handshakes with session resumption off.
 
 use std::io::BufReader;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
@@ -40,7 +41,21 @@ pub fn client_config(certs: &Certs, resume: bool) -> Result<Arc<rustls::ClientCo
 
 /// One connection: handshake, one request, read the whole 1 KB response, keep it open.
 pub async fn open(connector: TlsConnector, port: u16) -> Result<TlsStream<TcpStream>> {
-    let tcp = TcpStream::connect(("127.0.0.1", port)).await?;
+    open_from(connector, port, Ipv4Addr::LOCALHOST).await
+}
+
+/// [`open`] from the loopback address `source`, so that many held connections can come from
+/// many sources and each stays under a proxy's per-source connection cap.
+pub async fn open_from(
+    connector: TlsConnector,
+    port: u16,
+    source: Ipv4Addr,
+) -> Result<TlsStream<TcpStream>> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::from((source, 0)))?;
+    let tcp = socket
+        .connect(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+        .await?;
     let name = ServerName::try_from("test.com")?;
     let mut tls = connector.connect(name, tcp).await?;
     tls.write_all(format!("GET {SMALL_PATH} HTTP/1.1\r\nHost: test.com\r\n\r\n").as_bytes())

@@ -3,6 +3,7 @@
 //! one request on each (so the proxy has set up everything a live connection needs, including
 //! its upstream side), keeps them all open, and reads the proxy's RSS growth.
 
+use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -11,7 +12,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use super::client::{client_config, open};
+use super::client::{client_config, open_from};
 use super::peers::{Certs, Lab, Target};
 use super::sys;
 
@@ -40,9 +41,12 @@ async fn hold(certs: &Certs, port: u16, n: usize) -> Result<Vec<TlsStream<TcpStr
     while held.len() < n {
         let batch = (n - held.len()).min(64);
         let mut set = tokio::task::JoinSet::new();
-        for _ in 0..batch {
+        for i in held.len()..held.len() + batch {
             let c = connector.clone();
-            set.spawn(tokio::time::timeout(Duration::from_secs(10), open(c, port)));
+            set.spawn(tokio::time::timeout(
+                Duration::from_secs(10),
+                open_from(c, port, source(i)),
+            ));
         }
         while let Some(r) = set.join_next().await {
             let stream = r?
@@ -52,6 +56,17 @@ async fn hold(certs: &Certs, port: u16, n: usize) -> Result<Vec<TlsStream<TcpStr
         }
     }
     Ok(held)
+}
+
+/// Connections held from one loopback source address. Portcullis caps connections per
+/// source (`--max-connections-per-source`, 256 by default); the bench keeps that default on and
+/// spreads its connections over 127.0.0.2, 127.0.0.3, … instead, as many clients would.
+const PER_SOURCE: usize = 200;
+
+/// The loopback source of the `i`th held connection.
+fn source(i: usize) -> Ipv4Addr {
+    let host = u8::try_from(2 + i / PER_SOURCE).unwrap_or(u8::MAX);
+    Ipv4Addr::new(127, 0, 0, host)
 }
 
 /// How many connections to hold: 10,000 (1,000 with `--quick`), fewer when the open-file
@@ -99,4 +114,17 @@ pub fn measure(lab: &Lab, certs: &Certs, n: usize) -> Result<Vec<IdleRecord>> {
         out.push(rec);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn held_connections_stay_under_the_per_source_cap() {
+        assert_eq!(source(0), Ipv4Addr::new(127, 0, 0, 2));
+        assert_eq!(source(PER_SOURCE - 1), Ipv4Addr::new(127, 0, 0, 2));
+        assert_eq!(source(PER_SOURCE), Ipv4Addr::new(127, 0, 0, 3));
+        assert_eq!(source(9_999), Ipv4Addr::new(127, 0, 0, 51));
+    }
 }

@@ -73,7 +73,12 @@ const REVOKED_GRACE: Duration = Duration::from_secs(1);
 
 /// Serves HTTP/1 or HTTP/2 on `stream` until it ends, a deadline passes, the drain starts or
 /// a reload refuses the client.
-pub async fn serve_http<S, H, Fut, B>(stream: S, conn: HttpConn, handler: H)
+///
+/// A plain function returning [`serve_with`]'s future, not an `async fn`: each `async fn`
+/// layer keeps its by-value arguments (the TLS stream among them) in its state for as long as
+/// the connection lives, although they were moved on; one layer fewer is one dead copy fewer
+/// per idle connection.
+pub fn serve_http<S, H, Fut, B>(stream: S, conn: HttpConn, handler: H) -> impl Future<Output = ()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
@@ -82,11 +87,11 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let builder = http_builder(&conn.limits);
-    serve_with(stream, conn, handler, builder).await
+    serve_with(stream, conn, handler, builder)
 }
 
 /// [`serve_http`] for HTTP/1 only (the originator, whose upstream leg is HTTP/1.1).
-pub async fn serve_http1<S, H, Fut, B>(stream: S, conn: HttpConn, handler: H)
+pub fn serve_http1<S, H, Fut, B>(stream: S, conn: HttpConn, handler: H) -> impl Future<Output = ()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
@@ -95,7 +100,7 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let builder = http_builder(&conn.limits).http1_only();
-    serve_with(stream, conn, handler, builder).await
+    serve_with(stream, conn, handler, builder)
 }
 
 async fn serve_with<S, H, Fut, B>(

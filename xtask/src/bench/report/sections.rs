@@ -137,7 +137,9 @@ pub(super) fn idle_section(
          keeps them open; the figure is the proxy's RSS growth divided by N. N is 10,000 \
          (1,000 with `--quick`), lowered to fit half the open-file limit when `ulimit -n` cannot \
          be raised far enough (a proxy needs a descriptor per client connection and HAProxy \
-         reserves one more per connection for its server side).\n\n\
+         reserves one more per connection for its server side). The connections come from \
+         200 per loopback address (127.0.0.2, .3, …), so Portcullis's per-source cap stays at \
+         its default of 256.\n\n\
          | target | connections held | RSS before MB | RSS with N MB | KB per connection |\n|---|---:|---:|---:|---:|"
     )?;
     for r in idle {
