@@ -21,6 +21,9 @@
 #   CGROUP         client: the workload's cgroup v2 directory (default: <cgroup2>/portcullis-sleep)
 #   NODE_CGROUP    when set, the node's own daemons run in this cgroup (a VM whose CGROUP covers
 #                  the login sessions must keep the daemons out of it)
+#   EXCLUDE_INBOUND_PORTS
+#                  ports left outside the mesh (comma-separated; a VM's SSH), passed to
+#                  --exclude-inbound-ports
 set -euo pipefail
 
 cmd=${1:?usage: node.sh up server|client STATE | workload STATE CMD… | down STATE}
@@ -61,8 +64,10 @@ start_portcullis() {
   local state=$1 needle=$2; shift 2
   stop_pid "$state/run/portcullis.pid"
   : > "$state/portcullis.log"
+  local exclude=()
+  [ -z "${EXCLUDE_INBOUND_PORTS:-}" ] || exclude=(--exclude-inbound-ports "$EXCLUDE_INBOUND_PORTS")
   setsid "$PORTCULLIS" run -c "$state/config" --credentials "$state/certs" \
-    --admin "$ADMIN" --pin-dir "$PIN_DIR" "$@" \
+    --admin "$ADMIN" --pin-dir "$PIN_DIR" "${exclude[@]}" "$@" \
     >>"$state/portcullis.log" 2>&1 </dev/null &
   echo $! > "$state/run/portcullis.pid"
   wait_log "$state/portcullis.log" "$needle"

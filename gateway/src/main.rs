@@ -128,6 +128,12 @@ struct ConfigArgs {
     /// `trustDomainAliases`).
     #[arg(long = "trust-domain-alias", value_name = "DOMAIN")]
     trust_domain_aliases: Vec<String>,
+    /// Inbound ports of this node left outside the mesh whatever PeerAuthentication says
+    /// (comma-separated; Istio's `excludeInboundPorts`): never steered to the terminator nor
+    /// reset by the kernel, so plaintext reaches them. For a VM's own SSH, say; every port
+    /// excluded is one STRICT does not protect.
+    #[arg(long, value_name = "PORT,...", value_delimiter = ',', value_parser = clap::value_parser!(u16).range(1..))]
+    exclude_inbound_ports: Vec<u16>,
 }
 
 #[derive(clap::Args)]
@@ -365,6 +371,7 @@ fn load(args: &ConfigArgs) -> Result<Snapshot, config::ConfigErrors> {
         trust_domain: args.trust_domain.clone(),
         path_normalization: args.path_normalization,
         trust_domain_aliases: args.trust_domain_aliases.clone(),
+        exclude_inbound_ports: args.exclude_inbound_ports.clone(),
     };
     snapshot::compile(config::load_paths(&args.paths())?, settings)
 }

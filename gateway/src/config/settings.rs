@@ -31,6 +31,10 @@ pub struct Settings {
     /// Other trust domains whose workloads the mesh side accepts (Istio's
     /// `meshConfig.trustDomainAliases`); peers from any other trust domain are refused.
     pub trust_domain_aliases: Vec<String>,
+    /// This node's inbound ports left outside the mesh whatever PeerAuthentication says
+    /// (Istio's `traffic.sidecar.istio.io/excludeInboundPorts`): neither steered to the
+    /// terminator nor judged by the kernel, e.g. a VM's SSH.
+    pub exclude_inbound_ports: Vec<u16>,
 }
 
 impl Default for Settings {
@@ -45,6 +49,7 @@ impl Default for Settings {
             trust_domain: "cluster.local".to_owned(),
             path_normalization: PathNormalization::default(),
             trust_domain_aliases: Vec::new(),
+            exclude_inbound_ports: Vec::new(),
         }
     }
 }

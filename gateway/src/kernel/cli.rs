@@ -147,6 +147,10 @@ pub struct RunArgs {
     /// describes several (as `portcullis run --workload`).
     #[arg(long, value_name = "NAME")]
     pub workload: Option<String>,
+    /// Inbound ports left outside the mesh whatever PeerAuthentication says (as `portcullis
+    /// run --exclude-inbound-ports`, so both compute the same maps).
+    #[arg(long, value_name = "PORT,...", value_delimiter = ',', value_parser = clap::value_parser!(u16).range(1..))]
+    pub exclude_inbound_ports: Vec<u16>,
 }
 
 /// `set-mode`.
@@ -382,6 +386,7 @@ fn compile_for_kernel(r: &RunArgs) -> Result<Snapshot, ConfigErrors> {
         root_namespace: r.root_namespace.clone(),
         gateway_labels: BTreeMap::new(),
         local_workload: r.workload.clone(),
+        exclude_inbound_ports: r.exclude_inbound_ports.clone(),
         ..Settings::default()
     };
     let resources = if r.config.is_empty() {

@@ -116,6 +116,10 @@ pub fn workload_port_modes(
     let mut modes = port_modes(&own, root)?;
     let default = default_mode(&own, root)?;
     modes.extend(default.map(|mode| (DEFAULT_PORT, mode)));
+    // Last, so an exclusion wins over a port-level mode and over the default alike.
+    for &port in &settings.exclude_inbound_ports {
+        modes.insert(port, PeerAuthMode::Disable);
+    }
     Ok(modes)
 }
 
@@ -244,6 +248,28 @@ mod tests {
             ..Settings::default()
         };
         compile(load_paths(&[file])?, settings).map(|s| s.mesh.expect("mesh section"))
+    }
+
+    #[test]
+    fn excluded_inbound_ports_are_left_out_whatever_the_policy_says() {
+        // The configuration makes every port of the workload STRICT, 8080 among them.
+        let resources = crate::config::load_str(std::path::Path::new("mesh.yaml"), TWO_WORKLOADS)
+            .expect("loads");
+        let settings = Settings {
+            local_workload: Some("sleep".into()),
+            exclude_inbound_ports: vec![22, 8080],
+            ..Settings::default()
+        };
+        let modes = workload_port_modes(&resources, &settings).expect("modes");
+        assert_eq!(modes[&22], PeerAuthMode::Disable);
+        assert_eq!(modes[&8080], PeerAuthMode::Disable);
+        assert_eq!(modes[&DEFAULT_PORT], PeerAuthMode::Strict);
+        let none = Settings {
+            local_workload: Some("sleep".into()),
+            ..Settings::default()
+        };
+        let modes = workload_port_modes(&resources, &none).expect("modes");
+        assert!(!modes.contains_key(&22), "nothing excluded unless asked");
     }
 
     #[test]
