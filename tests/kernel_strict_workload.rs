@@ -255,73 +255,13 @@ fn strict_covers_every_workload_port_fails_closed_and_a_flood_costs_the_app_noth
         skip_not_root(name);
         return Ok(());
     }
-    let bin = portcullis_bin()?;
     let tmp = tempfile::tempdir()?;
-    let dir = tmp.path();
     let topo = Topology::create("kstrictwl")?;
     let app = HelloApp::start(&topo.server)?;
     let unnamed = UnnamedApp::start(&topo.server)?;
-
-    let certs = dir.join("certs");
-    let out = run(Command::new(&bin)
-        .arg("certs")
-        .arg("--out")
-        .arg(&certs)
-        .args([
-            "--host",
-            "server",
-            "--client-id",
-            "spiffe://cluster.local/ns/default/sa/sleep",
-        ]))?;
-    ensure!(
-        out.status.success(),
-        "certs: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let config = dir.join("config");
-    std::fs::create_dir_all(&config)?;
-    std::fs::write(config.join("workload.yaml"), WORKLOAD)?;
-
-    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/portcullis-wl-{}", std::process::id()));
-    let kernel = |args: &[&str]| -> Result<String> {
-        let out = run(Topology::nsenter(&topo.server, &bin)
-            .arg("kernel")
-            .args(args)
-            .arg("--pin-dir")
-            .arg(&pin_dir))?;
-        ensure!(
-            out.status.success(),
-            "kernel {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    };
-    let _cleanup = Cleanup(Box::new({
-        let (bin, ns, pin_dir) = (bin.clone(), topo.server.clone(), pin_dir.clone());
-        move || {
-            let _ = run(Topology::nsenter(&ns, &bin)
-                .args(["kernel", "uninstall", "--pin-dir"])
-                .arg(&pin_dir));
-            let _ = std::fs::remove_dir_all(&pin_dir);
-        }
-    }));
-
-    // No --iface: the daemon finds the interfaces itself.
-    let mut cmd = Topology::nsenter(&topo.server, &bin);
-    cmd.arg("run")
-        .arg("-c")
-        .arg(&config)
-        .arg("--credentials")
-        .arg(&certs)
-        .args(["--mesh-credential", "server", "--admin", "127.0.0.1:15000"])
-        .env_remove("RUST_LOG")
-        .arg("--pin-dir")
-        .arg(&pin_dir);
-    let mut daemon = Daemon::spawn("portcullis-wl", cmd, dir)?;
-    wait_for("the terminator starts", Duration::from_secs(20), || {
-        Ok(daemon.log().contains("mesh terminator listening"))
-    })
-    .with_context(|| daemon.log())?;
+    let node = Node::start(&topo, tmp.path(), &[])?;
+    let (certs, mut daemon) = (node.certs.clone(), node.daemon()?);
+    let kernel = |args: &[&str]| node.kernel(args);
 
     let status = kernel(&["status"])?;
     let tc_line = status
@@ -442,11 +382,150 @@ fn strict_covers_every_workload_port_fails_closed_and_a_flood_costs_the_app_noth
     Ok(())
 }
 
-/// Runs its closure on drop (pins are removed even when the test fails).
-struct Cleanup(Box<dyn FnMut()>);
+/// The server node of these tests: certificates, the WorkloadEntry and mesh-wide STRICT, and
+/// the mesh daemon started without `--iface` (it finds the interfaces itself).
+struct Node {
+    bin: PathBuf,
+    ns: String,
+    dir: PathBuf,
+    certs: PathBuf,
+    config: PathBuf,
+    pin_dir: PathBuf,
+    extra: Vec<String>,
+}
 
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        (self.0)();
+impl Node {
+    fn start(topo: &Topology, dir: &Path, extra: &[&str]) -> Result<Self> {
+        let bin = portcullis_bin()?;
+        let certs = dir.join("certs");
+        let out = run(Command::new(&bin)
+            .arg("certs")
+            .arg("--out")
+            .arg(&certs)
+            .args([
+                "--host",
+                "server",
+                "--client-id",
+                "spiffe://cluster.local/ns/default/sa/sleep",
+            ]))?;
+        ensure!(
+            out.status.success(),
+            "certs: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let config = dir.join("config");
+        std::fs::create_dir_all(&config)?;
+        std::fs::write(config.join("workload.yaml"), WORKLOAD)?;
+        Ok(Self {
+            bin,
+            ns: topo.server.clone(),
+            dir: dir.to_owned(),
+            certs,
+            config,
+            pin_dir: PathBuf::from(format!(
+                "/sys/fs/bpf/portcullis-wl-{}-{}",
+                std::process::id(),
+                topo.server
+            )),
+            extra: extra.iter().map(|a| (*a).to_owned()).collect(),
+        })
     }
+
+    /// Starts the daemon and waits for its terminator.
+    fn daemon(&self) -> Result<Daemon> {
+        let mut cmd = Topology::nsenter(&self.ns, &self.bin);
+        cmd.arg("run")
+            .arg("-c")
+            .arg(&self.config)
+            .arg("--credentials")
+            .arg(&self.certs)
+            .args(["--mesh-credential", "server", "--admin", "127.0.0.1:15000"])
+            .args(&self.extra)
+            .env_remove("RUST_LOG")
+            .arg("--pin-dir")
+            .arg(&self.pin_dir);
+        let daemon = Daemon::spawn("portcullis-wl", cmd, &self.dir)?;
+        wait_for("the terminator starts", Duration::from_secs(20), || {
+            Ok(daemon.log().contains("mesh terminator listening"))
+        })
+        .with_context(|| daemon.log())?;
+        Ok(daemon)
+    }
+
+    fn kernel(&self, args: &[&str]) -> Result<String> {
+        let out = run(Topology::nsenter(&self.ns, &self.bin)
+            .arg("kernel")
+            .args(args)
+            .arg("--pin-dir")
+            .arg(&self.pin_dir))?;
+        ensure!(
+            out.status.success(),
+            "kernel {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+/// Pins are removed even when the test fails.
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = run(Topology::nsenter(&self.ns, &self.bin)
+            .args(["kernel", "uninstall", "--pin-dir"])
+            .arg(&self.pin_dir));
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+    }
+}
+
+/// `--exclude-inbound-ports` leaves exactly the ports it names outside the mesh: plaintext
+/// reaches the excluded app, with the daemon up and dead, while the other ports of the same
+/// workload stay STRICT (reset up, refused dead) on both families.
+#[test]
+fn excluded_inbound_ports_and_only_those_take_plaintext() -> Result<()> {
+    let name = "excluded_inbound_ports_and_only_those_take_plaintext";
+    if !is_root() {
+        skip_not_root(name);
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let topo = Topology::create("kexclude")?;
+    let _app = HelloApp::start(&topo.server)?;
+    let unnamed = UnnamedApp::start(&topo.server)?;
+    let excluded = UNNAMED.to_string();
+    let node = Node::start(&topo, tmp.path(), &["--exclude-inbound-ports", &excluded])?;
+    let mut daemon = node.daemon()?;
+    let status = node.kernel(&["status"])?;
+    ensure!(
+        status.contains("default:   STRICT, steered"),
+        "the mesh-wide STRICT stays the default:\n{status}"
+    );
+    for alive in [true, false] {
+        if !alive {
+            daemon.kill();
+        }
+        let state = if alive { "up" } else { "dead" };
+        for family in ["-4", "-6"] {
+            let r = curl(&topo.outside, None, family, UNNAMED)?;
+            ensure!(
+                r.code == Some(0) && r.stdout == "ok",
+                "plaintext {family} to the excluded port, daemon {state}: exit {:?} {:?} {:?}",
+                r.code,
+                r.stdout,
+                r.stderr
+            );
+            let r = curl(&topo.outside, None, family, 80)?;
+            let want = if alive { 56 } else { 7 };
+            ensure!(
+                r.code == Some(want),
+                "plaintext {family} to :80, daemon {state}: exit {:?} (want {want}) {:?}",
+                r.code,
+                r.stderr
+            );
+        }
+    }
+    ensure!(
+        unnamed.reads.from_outside.load(Ordering::SeqCst) > 0,
+        "the excluded app read the plaintext requests"
+    );
+    Ok(())
 }
