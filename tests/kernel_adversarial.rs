@@ -137,6 +137,7 @@ enum Phase {
 /// The kernel's counters, all ports.
 #[derive(Clone, Copy, Debug, Default)]
 struct Counters {
+    steered: u64,
     reset: u64,
     passed: u64,
     dropped: u64,
@@ -390,6 +391,7 @@ impl Rig {
                 .unwrap_or(0)
         };
         Ok(Counters {
+            steered: get("steered"),
             reset: get("reset"),
             passed: get("passed"),
             dropped: get("dropped"),
@@ -1708,4 +1710,147 @@ fn mesh_line_protocol_behind_a_valid_client_hello_head() -> Result<()> {
             })
         },
     )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loopback destinations from the wire (`route_localnet=1`, CVE-2020-8558's class).
+
+/// How the attacker reaches a loopback address of the server from the link.
+#[derive(Clone, Copy, Debug)]
+enum LoopbackRoute {
+    /// Straight to 127.0.0.5:80, which `route_localnet=1` makes the server accept.
+    Direct,
+    /// To the server's address on an ephemeral port, which a DNAT rule rewrites to
+    /// 127.0.0.1:80 after tc has seen the packet.
+    Dnat,
+}
+
+/// The ephemeral port the DNAT rule listens on (tc's default skips this range).
+const DNAT_PORT: u16 = 40000;
+
+/// With `route_localnet=1` on the server's interface (kube-proxy sets it) a peer on the link
+/// can send to 127.0.0.0/8, and the app's `[::]:80` takes it. Both kernel programs used to let
+/// loopback destinations through by address alone; under mesh-wide STRICT that was plaintext
+/// to the app, daemon running or killed. IPv4 only: Linux drops `::1` arriving on any device
+/// but `lo` whatever the settings (the program's IPv6 handling is checked in `strict_tests`).
+#[test]
+fn loopback_destination_from_the_wire_with_route_localnet() -> Result<()> {
+    loopback_from_the_wire(
+        "loopback_destination_from_the_wire_with_route_localnet",
+        LoopbackRoute::Direct,
+    )
+}
+
+/// The same through a DNAT from an ephemeral port to 127.0.0.1:80: tc sees the pre-NAT
+/// destination (not loopback, a port it skips), so only the socket lookup, which sees
+/// 127.0.0.1:80 arriving on `pc-srv`, can stop it.
+#[test]
+fn loopback_destination_from_the_wire_through_dnat() -> Result<()> {
+    loopback_from_the_wire(
+        "loopback_destination_from_the_wire_through_dnat",
+        LoopbackRoute::Dnat,
+    )
+}
+
+fn loopback_from_the_wire(name: &str, route: LoopbackRoute) -> Result<()> {
+    as_root(name, false, |rig| {
+        let srv = &rig.topo.server;
+        for kv in [
+            "net.ipv4.conf.all.route_localnet=1".to_owned(),
+            format!("net.ipv4.conf.{SERVER_IF}.route_localnet=1"),
+        ] {
+            let out = run(Topology::exec(srv, "sysctl").args(["-w", &kv]))?;
+            ensure!(out.status.success(), "sysctl -w {kv}");
+        }
+        let (dst, port) = match route {
+            LoopbackRoute::Direct => (IpAddr::from([127, 0, 0, 5]), APP_PORT),
+            LoopbackRoute::Dnat => {
+                let to = format!("127.0.0.1:{APP_PORT}");
+                let out = run(Topology::exec(srv, "iptables").args([
+                    "-t",
+                    "nat",
+                    "-A",
+                    "PREROUTING",
+                    "-i",
+                    SERVER_IF,
+                    "-p",
+                    "tcp",
+                    "--dport",
+                    &DNAT_PORT.to_string(),
+                    "-j",
+                    "DNAT",
+                    "--to-destination",
+                    &to,
+                ]))?;
+                ensure!(
+                    out.status.success(),
+                    "iptables DNAT: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                (IpAddr::V4(SERVER_V4), DNAT_PORT)
+            }
+        };
+        // Control without the daemon: the route is open, the app reads the plaintext.
+        let path = Path {
+            dst,
+            ..rig.path(Family::V4)
+        };
+        let mut f = Flow::new(&rig.link, path.clone(), port);
+        f.handshake()
+            .context("control: the loopback route is not open")?;
+        f.send(&f.seg(ACK | PSH, 0, b"GET /control-open HTTP/1.1\r\n\r\n"))?;
+        std::thread::sleep(SETTLE);
+        ensure!(
+            rig.app.rec.saw(b"/control-open"),
+            "control: without the daemon the app did not read {dst}:{port}'s plaintext, so \
+             this test could not fail"
+        );
+        f.abort();
+
+        rig.start_mesh(true)?;
+        let mut failures = Vec::new();
+        for phase in [Phase::DaemonRunning, Phase::AfterKill9] {
+            if phase == Phase::AfterKill9 {
+                rig.kill9()?;
+            }
+            let what = format!("{route:?}, {phase:?}");
+            let outcome = (|| -> Result<()> {
+                let before = rig.counters()?;
+                let seen = rig.app.rec.count(b"pwned");
+                let mut f = Flow::new(&rig.link, path.clone(), port);
+                match f.handshake() {
+                    Err(e) if refused_at_handshake(&e) => {}
+                    Err(e) => return Err(e),
+                    Ok(()) => {
+                        then_plaintext(&f)?;
+                        f.abort();
+                    }
+                }
+                std::thread::sleep(SETTLE);
+                ensure!(
+                    rig.app.rec.count(b"pwned") == seen,
+                    "BYPASS: the app read plaintext sent to {dst}:{port}: {}",
+                    rig.app.rec.last_with(b"pwned")
+                );
+                // Dropped or refused in the kernel, or steered to the terminator (which
+                // refuses plaintext): one of the kernel's counters shows which.
+                let after = rig.counters()?;
+                ensure!(
+                    after.steered + after.reset + after.dropped
+                        > before.steered + before.reset + before.dropped,
+                    "UNCOUNTED: neither steered nor refused in the kernel ({before:?} → {after:?})"
+                );
+                Ok(())
+            })();
+            match outcome {
+                Ok(()) => eprintln!("{what}: blocked"),
+                Err(e) => {
+                    eprintln!("{what}: {e:#}");
+                    failures.push(format!("{what}: {e:#}"));
+                }
+            }
+        }
+        ensure!(failures.is_empty(), "{}", failures.join("\n"));
+        Ok(())
+    })
 }

@@ -3,9 +3,11 @@
 //! The hook runs in the network namespace's socket lookup, before the kernel picks a listener,
 //! for every new TCP connection. For ports marked `steer` in `PORTS` it assigns the
 //! terminator's socket from the `TERMINATOR` SockMap; the terminator then reads the original
-//! destination from the accepted socket's local address. Loopback destinations are never
-//! steered: that is how the terminator reaches the local app on the same port without being
-//! steered back to itself.
+//! destination from the accepted socket's local address. Loopback destinations that arrive on
+//! the loopback device are never steered: that is how the terminator reaches the local app on
+//! the same port without being steered back to itself. A loopback destination arriving on any
+//! other device (`route_localnet=1`, or a DNAT to 127.0.0.1 from the wire; `ingress_ifindex`
+//! tells, Linux ≥ 5.17) is a remote client and is steered, or refused, like any other.
 //!
 //! Ports without an entry in `PORTS` follow the default in `CONFIG`, so under a workload-wide
 //! STRICT every port of the workload's addresses is steered, named or not.
@@ -31,6 +33,8 @@ use crate::maps::{bump, config, port_policy};
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
 const IPPROTO_TCP: u32 = 6;
+/// The loopback device's index, the same in every network namespace.
+const LOOPBACK_IFINDEX: u32 = 1;
 
 /// The terminator's listening socket, at [`TERMINATOR_SOCKET_INDEX`].
 #[map]
@@ -48,11 +52,17 @@ pub fn steer(ctx: SkLookupContext) -> u32 {
         AF_INET => lookup.local_ip4.to_ne_bytes()[0] == 127,
         AF_INET6 => {
             let ip = lookup.local_ip6;
-            ip[0] == 0 && ip[1] == 0 && ip[2] == 0 && u32::from_be(ip[3]) == 1
+            let word2 = u32::from_be(ip[2]);
+            let word3 = u32::from_be(ip[3]);
+            ip[0] == 0
+                && ip[1] == 0
+                && ((word2 == 0 && word3 == 1) || (word2 == 0xffff && word3 >> 24 == 127))
         }
         _ => return SK_PASS,
     };
-    if loopback {
+    // Only a loopback destination that arrived on `lo` is exempt: one from another device
+    // got there through `route_localnet=1` or a DNAT to 127.0.0.1, i.e. from the wire.
+    if loopback && lookup.ingress_ifindex == LOOPBACK_IFINDEX {
         return SK_PASS;
     }
     // local_port is in host byte order in this context.

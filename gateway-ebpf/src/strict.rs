@@ -74,9 +74,10 @@
 //! A port with its own entry in `PORTS` follows it (`portLevelMtls`, the named ports); any
 //! other port follows the default in `CONFIG` (the workload-wide PeerAuthentication). The
 //! default leaves alone the node's ephemeral port range, where replies to the node's own
-//! outbound connections arrive (their first payload is a server's, not a client's), and
-//! loopback destinations: the terminator's hop to the app is loopback, and Linux drops
-//! loopback destinations arriving on other devices. Those ports are still covered by steering.
+//! outbound connections arrive (their first payload is a server's, not a client's); those
+//! ports are still covered by steering. Loopback destinations (127/8, `::1`,
+//! `::ffff:127.0.0.0/104`) pass on `lo` only, where the terminator's hop to the app runs; on
+//! any other device they are dropped while anything is STRICT (see `loopback_destination`).
 //!
 //! # How the reset works
 //! A judged payload that is not a ClientHello turns into two resets, both from this one skb:
@@ -356,9 +357,8 @@ fn classify_v4(ctx: &TcContext, eth: &EthHdr, l3: L3, cfg: &KernelConfig) -> Ver
     let Ok(tcp) = ctx.load::<TcpHdr>(l3.off + ihl) else {
         return Verdict::Pass;
     };
-    // Loopback: the terminator's hop to the app; the stack drops it on any other device.
     if ip.daddr.to_ne_bytes()[0] == 127 {
-        return Verdict::Pass;
+        return loopback_destination(ctx, cfg);
     }
     let port = u16::from_be(tcp.dport);
     if !is_strict(port, cfg) {
@@ -421,7 +421,7 @@ fn classify_v6(ctx: &TcContext, eth: &EthHdr, l3: L3, cfg: &KernelConfig) -> Ver
         return Verdict::Pass;
     };
     if is_loopback_v6(&ip.daddr) {
-        return Verdict::Pass;
+        return loopback_destination(ctx, cfg);
     }
     let port = u16::from_be(tcp.dport);
     if !is_strict(port, cfg) {
@@ -472,8 +472,35 @@ fn classify_v6(ctx: &TcContext, eth: &EthHdr, l3: L3, cfg: &KernelConfig) -> Ver
     }
 }
 
+/// `::1`, or `::ffff:127.0.0.0/104` (an IPv4 loopback address written as IPv6).
 fn is_loopback_v6(addr: &[u32; 4]) -> bool {
-    addr[0] == 0 && addr[1] == 0 && addr[2] == 0 && u32::from_be(addr[3]) == 1
+    if addr[0] != 0 || addr[1] != 0 {
+        return false;
+    }
+    let word2 = u32::from_be(addr[2]);
+    let word3 = u32::from_be(addr[3]);
+    (word2 == 0 && word3 == 1) || (word2 == 0xffff && word3 >> 24 == 127)
+}
+
+/// The loopback device's index, the same in every network namespace.
+const LOOPBACK_IFINDEX: u32 = 1;
+
+/// A TCP packet to a loopback address. On `lo` it is the terminator's hop to the app (or
+/// another local client): passed by address. On any other device it is martian traffic that
+/// Linux delivers only when told to (`route_localnet=1`, which kube-proxy sets, or a DNAT
+/// rule rewriting to 127.0.0.1), and then it reaches an app that trusts loopback peers. Its
+/// port says nothing either: a DNAT may rewrite it after this program. So it is dropped
+/// whenever anything is STRICT, whatever its port; with nothing STRICT the daemon does not
+/// police routing and it passes.
+fn loopback_destination(ctx: &TcContext, cfg: &KernelConfig) -> Verdict {
+    // SAFETY: `ctx.skb.skb` is the __sk_buff of this call; `ifindex` is the device the
+    // packet arrived on at tc ingress.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    if ifindex == LOOPBACK_IFINDEX || cfg.strict_anywhere == 0 {
+        return Verdict::Pass;
+    }
+    bump(Counter::Dropped, 0);
+    Verdict::Drop
 }
 
 /// An IPv6 packet with extension headers: walks the chain as the stack would and drops it
@@ -498,7 +525,7 @@ fn classify_v6_chain(ctx: &TcContext, ip: &Ipv6Hdr, l3: L3, cfg: &KernelConfig) 
             }
             IPPROTO_TCP => {
                 if is_loopback_v6(&ip.daddr) {
-                    return Verdict::Pass;
+                    return loopback_destination(ctx, cfg);
                 }
                 let Ok(tcp) = ctx.load::<TcpHdr>(off) else {
                     return unknowable(cfg);

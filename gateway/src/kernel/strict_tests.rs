@@ -98,7 +98,19 @@ impl Strict {
             .and_then(|p| p.try_into().ok())
             .unwrap_or_else(|| panic!("no strict program"));
         let fd = prog.fd().unwrap_or_else(|e| panic!("{e}"));
-        test_run(fd.as_fd().as_raw_fd(), frame)
+        test_run(fd.as_fd().as_raw_fd(), frame, 0)
+    }
+
+    /// [`Strict::run`] as if `frame` arrived on the device `ifindex` (the kernel's test run
+    /// otherwise puts every packet on `lo`).
+    fn run_on(&mut self, ifindex: u32, frame: &[u8]) -> (u32, Vec<u8>) {
+        let prog: &SchedClassifier = self
+            .ebpf
+            .program(PROG_STRICT)
+            .and_then(|p| p.try_into().ok())
+            .unwrap_or_else(|| panic!("no strict program"));
+        let fd = prog.fd().unwrap_or_else(|e| panic!("{e}"));
+        test_run(fd.as_fd().as_raw_fd(), frame, ifindex)
     }
 }
 
@@ -126,8 +138,22 @@ struct TestRunAttr {
 
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 
-fn test_run(prog_fd: i32, frame: &[u8]) -> (u32, Vec<u8>) {
+/// The leading part of `struct __sk_buff` up to `ifindex`, the only field set here: the
+/// kernel accepts a shorter context and zero-fills the rest.
+#[repr(C)]
+#[derive(Default)]
+struct SkBuffCtx {
+    before_ifindex: [u32; 10],
+    ifindex: u32,
+}
+
+/// Runs the program on `frame`; with `ifindex` non-zero, as arriving on that device.
+fn test_run(prog_fd: i32, frame: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
     let mut out = vec![0u8; 2048];
+    let ctx = SkBuffCtx {
+        ifindex,
+        ..SkBuffCtx::default()
+    };
     let mut attr = TestRunAttr {
         prog_fd: prog_fd as u32,
         data_size_in: frame.len() as u32,
@@ -137,6 +163,10 @@ fn test_run(prog_fd: i32, frame: &[u8]) -> (u32, Vec<u8>) {
         repeat: 1,
         ..TestRunAttr::default()
     };
+    if ifindex != 0 {
+        attr.ctx_size_in = std::mem::size_of::<SkBuffCtx>() as u32;
+        attr.ctx_in = &ctx as *const SkBuffCtx as u64;
+    }
     // SAFETY: attr points at buffers that outlive the call; sizes match them.
     let rc = unsafe {
         libc::syscall(
@@ -617,6 +647,76 @@ fn the_default_covers_unnamed_ports_and_entries_are_exceptions() {
         let mut lo6 = Tcp::v6(6379, PSH_ACK, 5, GET);
         lo6.dst = SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 6379);
         assert_eq!(s.run(&lo6.frame()).0, PASS, "::1");
+    });
+}
+
+/// A loopback destination arriving on a device other than `lo` reaches a local app only
+/// through `route_localnet=1` or a DNAT to 127.0.0.1, i.e. from the wire: it is dropped
+/// whatever its port (a DNAT may still change the port) while anything is STRICT, and still
+/// passes on `lo`, where the terminator talks to the app.
+#[test]
+fn loopback_destinations_from_another_device_are_dropped() {
+    in_fresh_netns("strict loopback from the wire", || {
+        let status = std::process::Command::new("ip")
+            .args([
+                "link", "add", "pcx0", "type", "veth", "peer", "name", "pcx1",
+            ])
+            .status();
+        assert!(matches!(status, Ok(s) if s.success()), "ip link add veth");
+        // SAFETY: a NUL-terminated name.
+        let veth = unsafe { libc::if_nametoindex(c"pcx0".as_ptr()) };
+        assert!(veth > 1, "no ifindex for pcx0");
+        let mut s = Strict::port80();
+        s.port(9000, mode::DISABLE);
+        let v4mapped: Ipv6Addr = "::ffff:127.0.0.1".parse().unwrap_or(Ipv6Addr::LOCALHOST);
+        let dests = [
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V4(Ipv4Addr::new(127, 0, 0, 5)),
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+            IpAddr::V6(v4mapped),
+        ];
+        for dst in dests {
+            let make = if dst.is_ipv4() { Tcp::v4 } else { Tcp::v6 };
+            // A DISABLE port, an unnamed port, a TLS hello and a bare SYN: all dropped.
+            for (port, flags, payload) in [
+                (80, PSH_ACK, GET),
+                (9000, PSH_ACK, GET),
+                (40000, PSH_ACK, GET),
+                (80, SYN, &b""[..]),
+                (80, PSH_ACK, &client_hello(100)[..]),
+            ] {
+                let mut t = make(port, flags, 5, payload);
+                t.dst = SocketAddr::new(dst, port);
+                assert_eq!(
+                    s.run_on(veth, &t.frame()).0,
+                    DROP,
+                    "{dst}:{port} flags {flags:#x} on a veth"
+                );
+                // On lo the same packet is judged by its port as before.
+                let on_lo = s.run(&t.frame()).0;
+                assert_ne!(on_lo, DROP, "{dst}:{port} flags {flags:#x} on lo");
+            }
+            // Through an extension header chain too (IPv6).
+            if let IpAddr::V6(d6) = dst {
+                let t = Tcp::v6(9000, PSH_ACK, 5, GET);
+                let frame = frame_v6(CLIENT6, d6, &[dest_opts(6)], 6, &t.segment());
+                assert_eq!(s.run_on(veth, &frame).0, DROP, "{dst} behind dest opts");
+            }
+        }
+        // Other destinations on the veth are judged as before.
+        assert_eq!(
+            s.run_on(veth, &Tcp::v4(80, PSH_ACK, 5, GET).frame()).0,
+            RESET
+        );
+        assert_eq!(
+            s.run_on(veth, &Tcp::v6(9000, PSH_ACK, 5, GET).frame()).0,
+            PASS
+        );
+        // With nothing STRICT the daemon does not police routing.
+        s.port(80, mode::PERMISSIVE).config(KernelConfig::default());
+        let mut t = Tcp::v4(80, PSH_ACK, 5, GET);
+        t.dst = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 80);
+        assert_eq!(s.run_on(veth, &t.frame()).0, PASS, "nothing STRICT");
     });
 }
 
