@@ -16,7 +16,41 @@ use e2e::rawhttp::{require_h2, Proto, RawClient, RawRequest};
 use e2e::walkthrough::curl;
 use e2e::{free_port, portcullis_bin, wait_for_port};
 
-fn config(port: u16, simple_backend: u16, mutual_backend: u16) -> String {
+/// The Gateway's servers on the one port: which hosts each serves, in which mode.
+#[derive(Clone, Copy)]
+enum Servers {
+    /// `simple.test` SIMPLE, `mutual.test` MUTUAL: the usual layout.
+    SimpleAndMutual,
+    /// One SIMPLE server for both hosts (before a reload moves `mutual.test` out).
+    OneSimple,
+    /// `simple.test` switched to MUTUAL, `mutual.test` MUTUAL.
+    BothMutual,
+}
+
+fn config_with(servers: Servers, port: u16, simple_backend: u16, mutual_backend: u16) -> String {
+    let servers = match servers {
+        Servers::SimpleAndMutual => format!(
+            r#"  - hosts: [simple.test]
+    port: {{number: {port}, name: https-simple, protocol: HTTPS}}
+    tls: {{mode: SIMPLE, credentialName: simple.test}}
+  - hosts: [mutual.test]
+    port: {{number: {port}, name: https-mutual, protocol: HTTPS}}
+    tls: {{mode: MUTUAL, credentialName: mutual.test}}"#
+        ),
+        Servers::OneSimple => format!(
+            r#"  - hosts: [simple.test, mutual.test]
+    port: {{number: {port}, name: https-simple, protocol: HTTPS}}
+    tls: {{mode: SIMPLE, credentialName: simple.test}}"#
+        ),
+        Servers::BothMutual => format!(
+            r#"  - hosts: [simple.test]
+    port: {{number: {port}, name: https-simple, protocol: HTTPS}}
+    tls: {{mode: MUTUAL, credentialName: simple.test}}
+  - hosts: [mutual.test]
+    port: {{number: {port}, name: https-mutual, protocol: HTTPS}}
+    tls: {{mode: MUTUAL, credentialName: mutual.test}}"#
+        ),
+    };
     format!(
         r#"apiVersion: networking.istio.io/v1
 kind: Gateway
@@ -24,12 +58,7 @@ metadata: {{name: gw, namespace: default}}
 spec:
   selector: {{istio: ingressgateway}}
   servers:
-  - hosts: [simple.test]
-    port: {{number: {port}, name: https-simple, protocol: HTTPS}}
-    tls: {{mode: SIMPLE, credentialName: simple.test}}
-  - hosts: [mutual.test]
-    port: {{number: {port}, name: https-mutual, protocol: HTTPS}}
-    tls: {{mode: MUTUAL, credentialName: mutual.test}}
+{servers}
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -86,12 +115,18 @@ struct Setup {
     port: u16,
     admin: u16,
     certs: std::path::PathBuf,
+    file: std::path::PathBuf,
+    backends: (u16, u16),
     gateway: Daemon,
     _backends: [Daemon; 2],
 }
 
 impl Setup {
     fn start(dir: &Path) -> Result<Self> {
+        Self::start_with(dir, Servers::SimpleAndMutual)
+    }
+
+    fn start_with(dir: &Path, servers: Servers) -> Result<Self> {
         let certs = dir.join("certs");
         let out = run(Command::new(portcullis_bin()?)
             .arg("certs")
@@ -108,7 +143,7 @@ impl Setup {
         let port = free_port()?;
         let admin = free_port()?;
         let file = dir.join("gw.yaml");
-        std::fs::write(&file, config(port, simple_port, mutual_port))?;
+        std::fs::write(&file, config_with(servers, port, simple_port, mutual_port))?;
         let mut cmd = Command::new(portcullis_bin()?);
         cmd.arg("run")
             .arg("-c")
@@ -120,6 +155,8 @@ impl Setup {
                 "127.0.0.1",
                 "--admin",
                 &format!("127.0.0.1:{admin}"),
+                "--reload-ms",
+                "100",
             ]);
         let gateway = Daemon::spawn("portcullis", cmd, dir)?;
         wait_for_port(
@@ -131,6 +168,8 @@ impl Setup {
             port,
             admin,
             certs,
+            file,
+            backends: (simple_port, mutual_port),
             gateway,
             _backends: [simple, mutual],
         })
@@ -298,5 +337,199 @@ fn a_simple_handshake_does_not_reach_the_mutual_server() -> Result<()> {
         metrics.contains("portcullis_requests_refused_total{reason=\"misdirected\"} 12"),
         "{metrics}"
     );
+    Ok(())
+}
+
+/// One kept-alive HTTP/1.1 TLS connection (Python's http.client over ssl), never reopened:
+/// reads `host path` per line on stdin and answers the status, or `CLOSED` once the gateway
+/// has closed it.
+const KEEPALIVE_CLIENT: &str = r#"
+import http.client, socket, ssl, sys
+port, sni, ca = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+ctx = ssl.create_default_context(cafile=ca)
+ctx.set_alpn_protocols(["http/1.1"])
+if len(sys.argv) > 5:
+    ctx.load_cert_chain(sys.argv[4], sys.argv[5])
+class Conn(http.client.HTTPSConnection):
+    def connect(self):
+        self.sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname=sni)
+conn = Conn(sni, port, context=ctx)
+conn.auto_open = 0
+conn.connect()
+for line in sys.stdin:
+    host, path = line.split()
+    try:
+        conn.request("GET", path, headers={"Host": host})
+        r = conn.getresponse()
+        r.read()
+        print(r.status, flush=True)
+    except Exception as e:
+        print("CLOSED", type(e).__name__, flush=True)
+"#;
+
+struct KeepAlive {
+    child: std::process::Child,
+    out: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl KeepAlive {
+    fn open(s: &Setup, sni: &str, client_cert: bool) -> Result<Self> {
+        use std::process::Stdio;
+        let mut cmd = Command::new("python3");
+        cmd.arg("-c")
+            .arg(KEEPALIVE_CLIENT)
+            .arg(s.port.to_string())
+            .arg(sni)
+            .arg(s.certs.join("cacert.pem"));
+        if client_cert {
+            cmd.arg(s.certs.join("clientcert.pem"))
+                .arg(s.certs.join("client.key.pem"));
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("python3 runs")?;
+        let out = std::io::BufReader::new(child.stdout.take().context("stdout")?);
+        Ok(Self { child, out })
+    }
+
+    fn get(&mut self, host: &str) -> Result<String> {
+        use std::io::{BufRead, Write};
+        let stdin = self.child.stdin.as_mut().context("stdin")?;
+        writeln!(stdin, "{host} /get")?;
+        stdin.flush()?;
+        let mut line = String::new();
+        self.out.read_line(&mut line)?;
+        Ok(line.trim().to_owned())
+    }
+}
+
+impl Drop for KeepAlive {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Setup {
+    /// Rewrites the configuration and waits until a new connection sees it: `probe` returns
+    /// true once the new servers decide.
+    fn reload(&self, servers: Servers, probe: impl Fn() -> Result<bool>) -> Result<()> {
+        let tmp = self.file.with_extension("tmp-write");
+        std::fs::write(
+            &tmp,
+            config_with(servers, self.port, self.backends.0, self.backends.1),
+        )?;
+        std::fs::rename(&tmp, &self.file)?;
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if probe()? {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        anyhow::bail!("the reload did not apply:\n{}", self.gateway.log())
+    }
+}
+
+/// Hosts as a client may spell `mutual.test`: each must follow the host to its new server.
+const MUTUAL_SPELLINGS: [&str; 4] = [
+    "mutual.test",
+    "MUTUAL.test",
+    "mutual.test:443",
+    "mUtUaL.tEsT:443",
+];
+
+#[test]
+fn a_reload_moving_a_host_to_a_mutual_server_reaches_connections_already_open() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let s = Setup::start_with(tmp.path(), Servers::OneSimple)?;
+    // Opened while one SIMPLE server serves both hosts, without a client certificate: one
+    // with SNI simple.test, one with SNI mutual.test.
+    let mut by_simple = KeepAlive::open(&s, "simple.test", false)?;
+    let mut by_mutual = KeepAlive::open(&s, "mutual.test", false)?;
+    for host in MUTUAL_SPELLINGS {
+        assert_eq!(by_simple.get(host)?, "200", "before the reload: {host}");
+    }
+    assert_eq!(by_mutual.get("mutual.test")?, "200");
+
+    // mutual.test moves to its own MUTUAL server: a new connection without a certificate
+    // for it now fails its handshake...
+    s.reload(Servers::SimpleAndMutual, || {
+        Ok(s.curl("mutual.test", false, &["--http1.1"])? == "000")
+    })?;
+    // ...and the connections opened before do not keep the old server's hosts or its
+    // lack of a client-certificate requirement.
+    for host in MUTUAL_SPELLINGS {
+        assert_eq!(
+            by_simple.get(host)?,
+            "421",
+            "SNI simple.test, Host {host}, after the move\n{}",
+            s.gateway.log()
+        );
+    }
+    assert_eq!(
+        by_simple.get("simple.test")?,
+        "200",
+        "its own host is still served"
+    );
+    let answer = by_mutual.get("mutual.test")?;
+    assert!(
+        answer == "421" || answer.starts_with("CLOSED"),
+        "SNI mutual.test without a certificate, after the move: {answer}\n{}",
+        s.gateway.log()
+    );
+    // The reload closed it (or the 421 did): nothing more is served on it.
+    let answer = by_mutual.get("simple.test")?;
+    assert!(answer.starts_with("CLOSED"), "{answer}");
+    // With a certificate, on a new connection, the moved host is served by its new server.
+    assert_eq!(s.curl("mutual.test", true, &["--http1.1"])?, "200");
+    // On the SIMPLE connection, only the four requests made before the move reached
+    // mutual.test.
+    let log = s.gateway.log();
+    let served = log
+        .lines()
+        .map(str::to_ascii_lowercase)
+        .filter(|l| {
+            l.contains("sni=simple.test")
+                && l.contains("authority=mutual.test")
+                && l.contains("status=200")
+        })
+        .count();
+    assert_eq!(served, 4, "{log}");
+    Ok(())
+}
+
+#[test]
+fn a_server_switched_to_mutual_closes_its_open_connections_without_a_certificate() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let s = Setup::start(tmp.path())?;
+    let mut plain = KeepAlive::open(&s, "simple.test", false)?;
+    let mut other = KeepAlive::open(&s, "simple.test", false)?;
+    assert_eq!(plain.get("simple.test")?, "200");
+    assert_eq!(other.get("SIMPLE.test")?, "200");
+    let log_len = s.gateway.log().len();
+    s.reload(Servers::BothMutual, || {
+        Ok(s.curl("simple.test", false, &["--http1.1"])? == "000")
+    })?;
+    // Refused per request at once (never served under the old SIMPLE mode)...
+    for (conn, host) in [(&mut plain, "simple.test"), (&mut other, "simple.test:443")] {
+        let answer = conn.get(host)?;
+        assert!(
+            answer == "421" || answer.starts_with("CLOSED"),
+            "Host {host} on a SIMPLE connection after the switch to MUTUAL: {answer}\n{}",
+            s.gateway.log()
+        );
+        let answer = conn.get(host)?;
+        assert!(answer.starts_with("CLOSED"), "then closed: {answer}");
+    }
+    // ...and closed by the reload's re-check.
+    let log = s.gateway.log();
+    assert!(
+        log[log_len..].contains("now requires a client certificate and none was presented"),
+        "{log}"
+    );
+    assert_eq!(s.curl("simple.test", true, &["--http1.1"])?, "200");
     Ok(())
 }

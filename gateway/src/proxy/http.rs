@@ -22,7 +22,9 @@ use crate::config::hosts::{authority_host, best_match};
 use crate::config::model::GatewayRef;
 use crate::policy::authz::{Decision, RequestAttrs};
 use crate::policy::path::{self, PathError, PathNormalization};
+use crate::snapshot::model::ServerTls;
 use crate::snapshot::Snapshot;
+use crate::tls::ServerTlsMode;
 
 /// Response bodies: streamed from upstream, or made here.
 pub type Body = BoxBody<Bytes, hyper::Error>;
@@ -240,11 +242,23 @@ async fn route_and_forward<'s>(
         let gateway_ref = match server_gateway(snapshot, conn, &host) {
             Ok(g) => g,
             Err(NoServer::NoRoute) => return no_route(),
-            Err(NoServer::Misdirected) => {
-                tracing::debug!(peer = %conn.peer, sni = conn.sni.as_deref().unwrap_or("-"), authority, "misdirected request: the host is not served by this connection's TLS server");
+            Err(why @ (NoServer::Misdirected | NoServer::Stale)) => {
+                let mut resp = local(StatusCode::MISDIRECTED_REQUEST, "misdirected request");
+                if why == NoServer::Stale {
+                    tracing::info!(peer = %conn.peer, sni = conn.sni.as_deref().unwrap_or("-"), authority, "misdirected request: the newest configuration no longer serves this connection (its server for this SNI is gone or now needs a client certificate); closing");
+                    // HTTP/1 closes after this response; an HTTP/2 connection (which has no
+                    // Connection header) is closed by the reload's re-check
+                    // (`listener::recheck_client`).
+                    if req.version() < Version::HTTP_2 {
+                        resp.headers_mut()
+                            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                    }
+                } else {
+                    tracing::debug!(peer = %conn.peer, sni = conn.sni.as_deref().unwrap_or("-"), authority, "misdirected request: the host is not served by this connection's TLS server");
+                }
                 gateway.metrics.record_refused("misdirected");
                 return Outcome {
-                    resp: local(StatusCode::MISDIRECTED_REQUEST, "misdirected request"),
+                    resp,
                     decision: None,
                     upstream: None,
                     service: None,
@@ -373,12 +387,17 @@ async fn route_and_forward<'s>(
 }
 
 /// Why a request has no Gateway server.
+#[derive(Debug, PartialEq, Eq)]
 enum NoServer {
     /// Plain HTTP, and no server on the port serves the host.
     NoRoute,
-    /// TLS, and the host is not one of the hosts of the server the connection was accepted
-    /// for.
+    /// TLS, and the host is not one of the hosts of the connection's server.
     Misdirected,
+    /// TLS, and the newest configuration's server for this connection's SNI is gone or asks
+    /// for a client certificate this connection never presented: it cannot be served again.
+    /// Answered 421 with `Connection: close`, so the client retries on a new connection, whose
+    /// handshake the new server then decides.
+    Stale,
 }
 
 /// The Gateway this request belongs to: the TLS server chosen by SNI, or for plain HTTP the
@@ -391,24 +410,32 @@ enum NoServer {
 /// Envoy's `404`: an HTTP/2 client that reused a connection for another origin its certificate
 /// also covers (RFC 9113 §9.1.1) retries a 421 on a new connection (§9.1.2), with the right
 /// SNI and handshake, where a 404 would be shown to the user as a missing page.
+///
+/// "Its own server" is looked up again in `snapshot` (the newest) by port and SNI on every
+/// request, not kept from the handshake: a reload may move a host to another server or switch
+/// a server to MUTUAL, and a connection accepted before must not keep the old server's hosts
+/// or its lack of a client-certificate requirement.
 fn server_gateway(
     snapshot: &Snapshot,
     conn: &ConnInfo,
     host: &str,
 ) -> Result<GatewayRef, NoServer> {
-    if let Some(server) = &conn.server {
+    let listener = snapshot.listeners.iter().find(|l| l.port == conn.port);
+    if conn.server.is_some() {
+        let server = listener
+            .and_then(|l| l.server_for_sni(conn.sni.as_deref()))
+            .ok_or(NoServer::Stale)?;
+        if !serves_connection(server, conn) {
+            return Err(NoServer::Stale);
+        }
         if !server.hosts.iter().any(|h| h.matches(host)) {
             return Err(NoServer::Misdirected);
         }
         return Ok(server.gateway.clone());
     }
-    let listener = snapshot
-        .listeners
-        .iter()
-        .find(|l| l.port == conn.port)
-        .ok_or(NoServer::NoRoute)?;
     best_match(
         listener
+            .ok_or(NoServer::NoRoute)?
             .servers
             .iter()
             .flat_map(|s| s.hosts.iter().map(move |h| (h, s))),
@@ -416,6 +443,22 @@ fn server_gateway(
     )
     .map(|s| s.gateway.clone())
     .ok_or(NoServer::NoRoute)
+}
+
+/// Whether `server` (the newest for a TLS connection's port and SNI) may serve requests on
+/// `conn`: it terminates TLS, and if it is MUTUAL the connection presented a verified chain.
+/// A chain verified under older settings is re-checked against the new ones on the reload
+/// itself (`listener::recheck_client`), which closes the connection when it no longer passes.
+pub(super) fn serves_connection(
+    server: &crate::snapshot::model::GatewayServer,
+    conn: &ConnInfo,
+) -> bool {
+    match &server.tls {
+        Some(ServerTls::Terminate { mode, .. }) => {
+            *mode != ServerTlsMode::Mutual || !conn.peer_chain.is_empty()
+        }
+        _ => false,
+    }
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {

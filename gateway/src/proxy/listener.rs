@@ -309,7 +309,7 @@ async fn handle_connection(
             .await;
             match tls {
                 Ok(Some(tls)) => {
-                    let revalidate = recheck_client(&gateway, &conn);
+                    let revalidate = Some(recheck_client(&gateway, &conn));
                     Box::pin(serve_http(gateway, conn, tls, drain, revalidate)).await
                 }
                 Ok(None) => {}
@@ -319,44 +319,57 @@ async fn handle_connection(
     }
 }
 
-/// After a reload: does the server this connection was accepted by (same port, same SNI)
-/// still accept its client certificate? Its CA, CRL or subjectAltNames may have changed (issue
-/// 12 part 4). `None` for connections without a client certificate: nothing to re-check.
-fn recheck_client(gateway: &Arc<Gateway>, conn: &ConnInfo) -> Option<Revalidate> {
-    if conn.peer_chain.is_empty() {
-        return None;
-    }
+/// After a reload: may this connection stay open under the newest server for its port and
+/// SNI? The server may be gone, may now be MUTUAL while the connection presented no client
+/// certificate, or its CA, CRL or subjectAltNames may have changed (issue 12 part 4). Every
+/// terminated connection is re-checked: one without a certificate too, or a server switched
+/// from SIMPLE to MUTUAL would keep serving its open connections unauthenticated.
+fn recheck_client(gateway: &Arc<Gateway>, conn: &ConnInfo) -> Revalidate {
     let (gateway, port, sni) = (gateway.clone(), conn.port, conn.sni.clone());
     let chain = conn.peer_chain.clone();
-    Some(Box::new(move || {
+    Box::new(move || {
         let snapshot = gateway.snapshot();
         let server = snapshot
             .listeners
             .iter()
             .find(|l| l.port == port)
             .and_then(|l| l.server_for_sni(sni.as_deref()));
-        let verdict = match server.and_then(|s| s.tls.as_ref()) {
-            Some(ServerTls::Terminate {
-                mode: ServerTlsMode::Mutual,
-                credential_name,
-                client_checks,
-                ..
-            }) => match snapshot.credentials.get(credential_name) {
-                Some(cred) => verify_client_chain(cred, client_checks, &chain),
-                None => Err(format!("credential {credential_name} is gone")),
-            },
-            // SIMPLE now: the server asks nothing of the client any more.
-            Some(ServerTls::Terminate { .. }) => Ok(()),
-            _ => Err("no server for this port and SNI any more".to_owned()),
-        };
-        match verdict {
+        match recheck_verdict(&snapshot, server.and_then(|s| s.tls.as_ref()), &chain) {
             Ok(()) => true,
             Err(why) => {
-                tracing::warn!(reason = %why, "client certificate re-checked after a reload: refused");
+                tracing::warn!(reason = %why, "connection re-checked after a reload: refused");
                 false
             }
         }
-    }))
+    })
+}
+
+/// The reload re-check's decision for a connection that presented `chain` (maybe empty).
+fn recheck_verdict(
+    snapshot: &crate::snapshot::Snapshot,
+    tls: Option<&ServerTls>,
+    chain: &[rustls::pki_types::CertificateDer<'static>],
+) -> Result<(), String> {
+    match tls {
+        Some(ServerTls::Terminate {
+            mode: ServerTlsMode::Mutual,
+            ..
+        }) if chain.is_empty() => {
+            Err("the server now requires a client certificate and none was presented".to_owned())
+        }
+        Some(ServerTls::Terminate {
+            mode: ServerTlsMode::Mutual,
+            credential_name,
+            client_checks,
+            ..
+        }) => match snapshot.credentials.get(credential_name) {
+            Some(cred) => verify_client_chain(cred, client_checks, chain),
+            None => Err(format!("credential {credential_name} is gone")),
+        },
+        // SIMPLE now: the server asks nothing of the client any more.
+        Some(ServerTls::Terminate { .. }) => Ok(()),
+        _ => Err("no server for this port and SNI any more".to_owned()),
+    }
 }
 
 /// Completes the TLS handshake and records the verified client identity in `conn`.

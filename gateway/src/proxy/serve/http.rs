@@ -250,7 +250,7 @@ async fn serve_with<S, H, Fut, B>(
             _ = reload => {
                 if let Some(still_ok) = revalidate.as_mut() {
                     if !still_ok() && !refused.swap(true, Ordering::AcqRel) {
-                        tracing::warn!(%peer, "the new configuration refuses this client's certificate; closing the connection");
+                        tracing::warn!(%peer, "the new configuration no longer accepts this connection (its server changed or refuses its client certificate); closing");
                         served.as_mut().graceful_shutdown();
                         let at = Instant::now() + REVOKED_GRACE;
                         hard_stop = Some(hard_stop.map_or(at, |h| h.min(at)));
