@@ -4,6 +4,7 @@
 //! HTTP app on :80 (std's default 128-deep accept queue) and a second app on :6379 that no
 //! entry names. Checked with the daemon running and after `kill -9`, on IPv4 and IPv6.
 
+use std::ffi::OsString;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -14,8 +15,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use e2e::hello::HelloApp;
+use e2e::mesh::{Node, Pins};
 use e2e::netns::{Topology, SERVER_IF, SERVER_V4, SERVER_V6};
-use e2e::process::{run, Daemon};
+use e2e::process::run;
 use e2e::{is_root, portcullis_bin, skip_not_root};
 
 const WORKLOAD: &str = "\
@@ -234,17 +236,6 @@ fn one_plaintext(addr: SocketAddr, payload: &[u8]) -> std::io::Result<bool> {
     Ok(s.read(&mut buf)? > 0)
 }
 
-fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> Result<bool>) -> Result<()> {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if ok()? {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    bail!("{what}: not within {timeout:?}")
-}
-
 // ---------------------------------------------------------------------------------------------
 
 #[test]
@@ -259,11 +250,10 @@ fn strict_covers_every_workload_port_fails_closed_and_a_flood_costs_the_app_noth
     let topo = Topology::create("kstrictwl")?;
     let app = HelloApp::start(&topo.server)?;
     let unnamed = UnnamedApp::start(&topo.server)?;
-    let node = Node::start(&topo, tmp.path(), &[])?;
-    let (certs, mut daemon) = (node.certs.clone(), node.daemon()?);
-    let kernel = |args: &[&str]| node.kernel(args);
+    let (mut node, certs) = server_node(&topo, tmp.path(), &[])?;
+    node.start()?;
 
-    let status = kernel(&["status"])?;
+    let status = kernel(&topo, &node, &["status"])?;
     let tc_line = status
         .lines()
         .find(|l| l.starts_with("tc ingress:"))
@@ -289,7 +279,7 @@ fn strict_covers_every_workload_port_fails_closed_and_a_flood_costs_the_app_noth
             r.code,
             r.stdout,
             r.stderr,
-            daemon.log()
+            node.log()
         );
         let r = curl(&topo.outside, None, family, UNNAMED)?;
         ensure!(
@@ -344,7 +334,7 @@ fn strict_covers_every_workload_port_fails_closed_and_a_flood_costs_the_app_noth
     }
 
     // kill -9: nothing terminates mTLS any more, and nothing unjudged reaches either app.
-    daemon.kill();
+    node.kill9()?;
     let accepted_before = app.stats.accepted.load(Ordering::SeqCst);
     let read_before = app.bytes_read();
     for port in [80, UNNAMED] {
@@ -383,98 +373,70 @@ fn strict_covers_every_workload_port_fails_closed_and_a_flood_costs_the_app_noth
 }
 
 /// The server node of these tests: certificates, the WorkloadEntry and mesh-wide STRICT, and
-/// the mesh daemon started without `--iface` (it finds the interfaces itself).
-struct Node {
-    bin: PathBuf,
-    ns: String,
-    dir: PathBuf,
-    certs: PathBuf,
-    config: PathBuf,
-    pin_dir: PathBuf,
-    extra: Vec<String>,
+/// the mesh daemon (not started yet) without `--iface`: it finds the interfaces itself.
+/// Returns the node and the certificate directory.
+fn server_node(topo: &Topology, dir: &Path, extra: &[&str]) -> Result<(Node, PathBuf)> {
+    let bin = portcullis_bin()?;
+    let certs = dir.join("certs");
+    let out = run(Command::new(&bin)
+        .arg("certs")
+        .arg("--out")
+        .arg(&certs)
+        .args([
+            "--host",
+            "server",
+            "--client-id",
+            "spiffe://cluster.local/ns/default/sa/sleep",
+        ]))?;
+    ensure!(
+        out.status.success(),
+        "certs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = dir.join("config");
+    std::fs::create_dir_all(&config)?;
+    std::fs::write(config.join("workload.yaml"), WORKLOAD)?;
+    let pins = Pins::new(
+        &topo.server,
+        PathBuf::from(format!(
+            "/sys/fs/bpf/portcullis-wl-{}-{}",
+            std::process::id(),
+            topo.server
+        )),
+    )?;
+    let mut args: Vec<OsString> = vec!["run".into(), "-c".into(), config.into()];
+    args.extend(["--credentials".into(), certs.clone().into()]);
+    args.extend(
+        ["--mesh-credential", "server", "--admin", "127.0.0.1:15000"]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .map(OsString::from),
+    );
+    args.extend(["--pin-dir".into(), pins.dir.clone().into()]);
+    let node = Node::new(
+        "portcullis-wl",
+        &topo.server,
+        args,
+        "mesh terminator listening",
+        dir,
+        pins,
+    );
+    Ok((node, certs))
 }
 
-impl Node {
-    fn start(topo: &Topology, dir: &Path, extra: &[&str]) -> Result<Self> {
-        let bin = portcullis_bin()?;
-        let certs = dir.join("certs");
-        let out = run(Command::new(&bin)
-            .arg("certs")
-            .arg("--out")
-            .arg(&certs)
-            .args([
-                "--host",
-                "server",
-                "--client-id",
-                "spiffe://cluster.local/ns/default/sa/sleep",
-            ]))?;
-        ensure!(
-            out.status.success(),
-            "certs: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let config = dir.join("config");
-        std::fs::create_dir_all(&config)?;
-        std::fs::write(config.join("workload.yaml"), WORKLOAD)?;
-        Ok(Self {
-            bin,
-            ns: topo.server.clone(),
-            dir: dir.to_owned(),
-            certs,
-            config,
-            pin_dir: PathBuf::from(format!(
-                "/sys/fs/bpf/portcullis-wl-{}-{}",
-                std::process::id(),
-                topo.server
-            )),
-            extra: extra.iter().map(|a| (*a).to_owned()).collect(),
-        })
-    }
-
-    /// Starts the daemon and waits for its terminator.
-    fn daemon(&self) -> Result<Daemon> {
-        let mut cmd = Topology::nsenter(&self.ns, &self.bin);
-        cmd.arg("run")
-            .arg("-c")
-            .arg(&self.config)
-            .arg("--credentials")
-            .arg(&self.certs)
-            .args(["--mesh-credential", "server", "--admin", "127.0.0.1:15000"])
-            .args(&self.extra)
-            .env_remove("RUST_LOG")
-            .arg("--pin-dir")
-            .arg(&self.pin_dir);
-        let daemon = Daemon::spawn("portcullis-wl", cmd, &self.dir)?;
-        wait_for("the terminator starts", Duration::from_secs(20), || {
-            Ok(daemon.log().contains("mesh terminator listening"))
-        })
-        .with_context(|| daemon.log())?;
-        Ok(daemon)
-    }
-
-    fn kernel(&self, args: &[&str]) -> Result<String> {
-        let out = run(Topology::nsenter(&self.ns, &self.bin)
-            .arg("kernel")
-            .args(args)
-            .arg("--pin-dir")
-            .arg(&self.pin_dir))?;
-        ensure!(
-            out.status.success(),
-            "kernel {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-}
-
-/// Pins are removed even when the test fails.
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = run(Topology::nsenter(&self.ns, &self.bin)
-            .args(["kernel", "uninstall", "--pin-dir"])
-            .arg(&self.pin_dir));
-        let _ = std::fs::remove_dir_all(&self.pin_dir);
-    }
+/// `portcullis kernel ARGS` against `node`'s pins, in its namespace; its stdout.
+fn kernel(topo: &Topology, node: &Node, args: &[&str]) -> Result<String> {
+    let out = run(Topology::nsenter(&topo.server, &portcullis_bin()?)
+        .arg("kernel")
+        .args(args)
+        .arg("--pin-dir")
+        .arg(&node.pins.dir))?;
+    ensure!(
+        out.status.success(),
+        "kernel {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// `--exclude-inbound-ports` leaves exactly the ports it names outside the mesh: plaintext
@@ -492,16 +454,17 @@ fn excluded_inbound_ports_and_only_those_take_plaintext() -> Result<()> {
     let _app = HelloApp::start(&topo.server)?;
     let unnamed = UnnamedApp::start(&topo.server)?;
     let excluded = UNNAMED.to_string();
-    let node = Node::start(&topo, tmp.path(), &["--exclude-inbound-ports", &excluded])?;
-    let mut daemon = node.daemon()?;
-    let status = node.kernel(&["status"])?;
+    let (mut node, _certs) =
+        server_node(&topo, tmp.path(), &["--exclude-inbound-ports", &excluded])?;
+    node.start()?;
+    let status = kernel(&topo, &node, &["status"])?;
     ensure!(
         status.contains("default:   STRICT, steered"),
         "the mesh-wide STRICT stays the default:\n{status}"
     );
     for alive in [true, false] {
         if !alive {
-            daemon.kill();
+            node.kill9()?;
         }
         let state = if alive { "up" } else { "dead" };
         for family in ["-4", "-6"] {

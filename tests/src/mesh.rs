@@ -59,6 +59,17 @@ pub struct Pins {
     pub dir: PathBuf,
 }
 
+impl Pins {
+    /// The pin directory `dir` of a daemon in `ns`.
+    pub fn new(ns: &str, dir: PathBuf) -> Result<Self> {
+        Ok(Self {
+            bin: portcullis_bin()?,
+            ns: ns.to_owned(),
+            dir,
+        })
+    }
+}
+
 impl Drop for Pins {
     fn drop(&mut self) {
         let _ = run(Topology::nsenter(&self.ns, &self.bin)
@@ -84,6 +95,28 @@ pub struct Node {
 }
 
 impl Node {
+    /// A node running `portcullis <args>` in `ns` (the arguments name `pins.dir`), serving
+    /// once `ready` appears in its log; logs go to `log_dir`. Not started yet.
+    pub fn new(
+        name: &str,
+        ns: &str,
+        args: Vec<OsString>,
+        ready: &'static str,
+        log_dir: &Path,
+        pins: Pins,
+    ) -> Self {
+        Self {
+            name: name.to_owned(),
+            ns: ns.to_owned(),
+            args,
+            ready,
+            log_dir: log_dir.to_owned(),
+            starts: 0,
+            daemon: None,
+            pins,
+        }
+    }
+
     /// Appends arguments for the next start (something only known once the other node runs).
     pub fn add_args(&mut self, args: &[&str]) {
         self.args.extend(args.iter().map(OsString::from));
@@ -225,16 +258,7 @@ impl TwoNodes {
             }
             args.push(pins.dir.clone().into());
             args.extend(extra.iter().map(OsString::from));
-            Node {
-                name: name.to_owned(),
-                ns: ns.to_owned(),
-                args,
-                ready,
-                log_dir: dir.clone(),
-                starts: 0,
-                daemon: None,
-                pins,
-            }
+            Node::new(name, ns, args, ready, &dir, pins)
         };
         let server = node(
             "server",
