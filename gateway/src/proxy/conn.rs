@@ -4,7 +4,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::identity::PeerCertificate;
-use crate::snapshot::model::GatewayServer;
 
 /// Facts about one downstream connection, shared by every request on it.
 #[derive(Clone, Debug)]
@@ -16,8 +15,8 @@ pub struct ConnInfo {
     pub local: SocketAddr,
     /// The Gateway port this connection arrived on.
     pub port: u16,
-    /// The server chosen by SNI (TLS); plain HTTP chooses per request by Host.
-    pub server: Option<GatewayServer>,
+    /// The SNI of a TLS connection: each request looks its server up again by it in the
+    /// newest snapshot (plain HTTP chooses per request by Host).
     pub sni: Option<String>,
     /// The verified client certificate (MUTUAL).
     pub peer_cert: Option<PeerCertificate>,
@@ -57,7 +56,6 @@ impl ConnInfo {
             peer_ip,
             local,
             port,
-            server: None,
             sni: None,
             peer_cert: None,
             peer_chain: Arc::default(),

@@ -421,7 +421,9 @@ fn server_gateway(
     host: &str,
 ) -> Result<GatewayRef, NoServer> {
     let listener = snapshot.listeners.iter().find(|l| l.port == conn.port);
-    if conn.server.is_some() {
+    // Only TLS terminated by a Gateway server gets here with `tls` set: the mesh terminator's
+    // connections take the inbound path.
+    if conn.tls {
         let server = listener
             .and_then(|l| l.server_for_sni(conn.sni.as_deref()))
             .ok_or(NoServer::Stale)?;

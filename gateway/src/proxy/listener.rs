@@ -273,7 +273,6 @@ async fn handle_connection(
             return None;
         };
         conn.sni = sni;
-        conn.server = Some(server.clone());
         Some((prefix, server))
     };
     let (prefix, server) = match Box::pin(serve::within(deadline, handshake)).await {
