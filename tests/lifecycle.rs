@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use e2e::process::LineChild;
 use e2e::walkthrough::{curl, Walkthrough};
 use e2e::{free_port, wait_for_port};
 
@@ -40,42 +41,25 @@ for line in sys.stdin:
         print("CLOSED", type(e).__name__, flush=True)
 "#;
 
-struct KeepAlive {
-    child: std::process::Child,
-    out: BufReader<std::process::ChildStdout>,
-}
+/// One kept-alive connection, a request per [`KeepAlive::get`].
+struct KeepAlive(LineChild);
 
 impl KeepAlive {
     fn open(w: &Walkthrough, port: u16) -> Result<Self> {
-        let mut child = Command::new("python3")
-            .arg("-c")
-            .arg(KEEPALIVE_CLIENT)
-            .arg(port.to_string())
-            .arg(w.certs.ca_cert())
-            .arg(w.certs.client_cert())
-            .arg(w.certs.client_key())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .context("python3 runs")?;
-        let out = BufReader::new(child.stdout.take().context("stdout")?);
-        Ok(Self { child, out })
+        LineChild::spawn(
+            Command::new("python3")
+                .arg("-c")
+                .arg(KEEPALIVE_CLIENT)
+                .arg(port.to_string())
+                .arg(w.certs.ca_cert())
+                .arg(w.certs.client_cert())
+                .arg(w.certs.client_key()),
+        )
+        .map(Self)
     }
 
     fn get(&mut self, path: &str) -> Result<String> {
-        let stdin = self.child.stdin.as_mut().context("stdin")?;
-        writeln!(stdin, "{path}")?;
-        stdin.flush()?;
-        let mut line = String::new();
-        self.out.read_line(&mut line)?;
-        Ok(line.trim().to_owned())
-    }
-}
-
-impl Drop for KeepAlive {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.0.ask(path)
     }
 }
 

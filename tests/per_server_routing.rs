@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use e2e::process::{run, Daemon};
+use e2e::process::{run, Daemon, LineChild};
 use e2e::rawhttp::{require_h2, Proto, RawClient, RawRequest};
 use e2e::walkthrough::curl;
 use e2e::{free_port, portcullis_bin, wait_for_port};
@@ -367,14 +367,11 @@ for line in sys.stdin:
         print("CLOSED", type(e).__name__, flush=True)
 "#;
 
-struct KeepAlive {
-    child: std::process::Child,
-    out: std::io::BufReader<std::process::ChildStdout>,
-}
+/// One kept-alive connection, a request per [`KeepAlive::get`].
+struct KeepAlive(LineChild);
 
 impl KeepAlive {
     fn open(s: &Setup, sni: &str, client_cert: bool) -> Result<Self> {
-        use std::process::Stdio;
         let mut cmd = Command::new("python3");
         cmd.arg("-c")
             .arg(KEEPALIVE_CLIENT)
@@ -385,30 +382,11 @@ impl KeepAlive {
             cmd.arg(s.certs.join("clientcert.pem"))
                 .arg(s.certs.join("client.key.pem"));
         }
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .context("python3 runs")?;
-        let out = std::io::BufReader::new(child.stdout.take().context("stdout")?);
-        Ok(Self { child, out })
+        LineChild::spawn(&mut cmd).map(Self)
     }
 
     fn get(&mut self, host: &str) -> Result<String> {
-        use std::io::{BufRead, Write};
-        let stdin = self.child.stdin.as_mut().context("stdin")?;
-        writeln!(stdin, "{host} /get")?;
-        stdin.flush()?;
-        let mut line = String::new();
-        self.out.read_line(&mut line)?;
-        Ok(line.trim().to_owned())
-    }
-}
-
-impl Drop for KeepAlive {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.0.ask(&format!("{host} /get"))
     }
 }
 

@@ -81,3 +81,42 @@ pub fn run(cmd: &mut Command) -> Result<Output> {
         .output()
         .with_context(|| format!("running {cmd:?}"))
 }
+
+/// A helper process driven a line at a time: each [`LineChild::ask`] writes one line to its
+/// stdin and reads one line of answer (e.g. a Python client that keeps one connection open
+/// and prints each response's status). Killed on drop.
+pub struct LineChild {
+    child: Child,
+    out: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl LineChild {
+    /// Spawns `cmd` with piped stdin and stdout.
+    pub fn spawn(cmd: &mut Command) -> Result<Self> {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("spawning {:?}", cmd.get_program()))?;
+        let out = std::io::BufReader::new(child.stdout.take().context("stdout")?);
+        Ok(Self { child, out })
+    }
+
+    /// Sends `line`, returns the next line of output, trimmed.
+    pub fn ask(&mut self, line: &str) -> Result<String> {
+        use std::io::{BufRead, Write};
+        let stdin = self.child.stdin.as_mut().context("stdin")?;
+        writeln!(stdin, "{line}")?;
+        stdin.flush()?;
+        let mut answer = String::new();
+        self.out.read_line(&mut answer)?;
+        Ok(answer.trim().to_owned())
+    }
+}
+
+impl Drop for LineChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
