@@ -25,6 +25,22 @@ pub enum KernelError {
         source: io::Error,
     },
 
+    /// No bpffs where the pins live, and one mounted now would die with this process.
+    #[error(
+        "{dir} is not on a BPF filesystem, and this process runs in a mount namespace of its own \
+         (as under `ip netns exec`, which remounts /sys and hides the host's /sys/fs/bpf): a bpffs \
+         mounted here would be torn down when the daemon exits, and the pinned programs with it, \
+         so a crash or kill -9 would leave the ports unprotected. Refusing to start. Run the \
+         daemon with `nsenter --net=/run/netns/NAME` instead of `ip netns exec NAME` (only the \
+         network namespace changes, the host's /sys/fs/bpf stays), make {dir} a bpffs that \
+         outlives the daemon (mounted in the host's mount namespace, or shared with it by mount \
+         propagation), or give --pin-dir on such a bpffs"
+    )]
+    PinsWouldNotOutlive {
+        /// Where bpffs would have to be mounted.
+        dir: PathBuf,
+    },
+
     /// The running kernel lacks something the programs need.
     #[error("this kernel does not support {feature} (needs Linux {needs} or newer): {detail}")]
     KernelLacksFeature {

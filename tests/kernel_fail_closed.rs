@@ -1,0 +1,112 @@
+//! Issue 13: ways to start the kernel path that used to leave STRICT ports unprotected without
+//! saying so, each now refused or covered (as root, in namespaces made here):
+//! - a daemon under `ip netns exec`, whose pins would live on a private bpffs that dies with it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Result};
+use e2e::mesh::Pins;
+use e2e::netns::Topology;
+use e2e::process::Daemon;
+use e2e::{is_root, portcullis_bin, skip_not_root};
+
+#[allow(dead_code)]
+/// A workload under mesh-wide STRICT: the workload-wide default of `kernel run --config`.
+const MESH_STRICT: &str = "\
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: hello, namespace: default}
+spec: {address: 10.231.0.1, labels: {app: hello}, serviceAccount: hello, ports: {http: 80}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec: {mtls: {mode: STRICT}}
+";
+
+/// A pin directory on the host's bpffs, unique to this test.
+fn pin_dir(tag: &str) -> PathBuf {
+    PathBuf::from(format!(
+        "/sys/fs/bpf/portcullis-fc-{tag}-{}",
+        std::process::id()
+    ))
+}
+
+/// Runs `cmd`, a start that must be refused: fails if it still runs after 20 s or exits 0.
+/// Returns its output.
+fn expect_refused(what: &str, cmd: Command, logs: &Path) -> Result<String> {
+    let mut d = Daemon::spawn(what, cmd, logs)?;
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = d.try_wait() {
+            break status;
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            bail!(
+                "{what}: still running after 20 s, not refused:\n{}",
+                d.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let log = d.log();
+    ensure!(!status.success(), "{what}: exited 0, not refused:\n{log}");
+    Ok(log)
+}
+
+/// `ip netns exec` gives the daemon a mount namespace of its own with a fresh /sys, so the
+/// host's /sys/fs/bpf is hidden. The daemon used to mount a private bpffs there and pin on it:
+/// the pins died with the process, and `kill -9` left the ports open. Now it refuses to start,
+/// says why and what to run instead, and pins nothing; under `nsenter --net` (every other
+/// kernel test) it starts as before.
+#[test]
+fn daemon_under_ip_netns_exec_is_refused() -> Result<()> {
+    let name = "daemon_under_ip_netns_exec_is_refused";
+    if !is_root() {
+        skip_not_root(name);
+        return Ok(());
+    }
+    let bin = portcullis_bin()?;
+    let logs = tempfile::tempdir()?;
+    let topo = Topology::create("fcipx")?;
+    let pins = Pins::new(&topo.server, pin_dir("ipx"))?;
+    let dir = pins.dir.to_str().unwrap_or_default().to_owned();
+    for (what, args) in [
+        (
+            "kernel-run",
+            vec!["kernel", "run", "--port", "80=strict", "--pin-dir", &dir],
+        ),
+        (
+            "kernel-attach",
+            vec!["kernel", "attach", "--port", "80=strict", "--pin-dir", &dir],
+        ),
+    ] {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &topo.server])
+            .arg(&bin)
+            .args(&args);
+        let log = expect_refused(what, cmd, logs.path())?;
+        for needle in ["ip netns exec", "nsenter --net=/run/netns/", "--pin-dir"] {
+            ensure!(
+                log.contains(needle),
+                "{what}: the refusal does not mention `{needle}`:\n{log}"
+            );
+        }
+        ensure!(
+            !pins.dir.exists(),
+            "{what}: something was pinned on the host's bpffs"
+        );
+    }
+    // The same start under nsenter pins on the host's bpffs.
+    let mut cmd = Topology::nsenter(&topo.server, &bin);
+    cmd.args(["kernel", "attach", "--port", "80=strict", "--pin-dir", &dir]);
+    let out = e2e::process::run(&mut cmd)?;
+    ensure!(
+        out.status.success() && pins.dir.join("links").exists(),
+        "kernel attach under nsenter: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
