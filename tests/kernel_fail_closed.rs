@@ -1,6 +1,7 @@
 //! Issue 13: ways to start the kernel path that used to leave STRICT ports unprotected without
 //! saying so, each now refused or covered (as root, in namespaces made here):
-//! - a daemon under `ip netns exec`, whose pins would live on a private bpffs that dies with it.
+//! - a daemon under `ip netns exec`, whose pins would live on a private bpffs that dies with it;
+//! - a STRICT default without steering, which leaves the ephemeral port range unjudged.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,7 +13,6 @@ use e2e::netns::Topology;
 use e2e::process::Daemon;
 use e2e::{is_root, portcullis_bin, skip_not_root};
 
-#[allow(dead_code)]
 /// A workload under mesh-wide STRICT: the workload-wide default of `kernel run --config`.
 const MESH_STRICT: &str = "\
 apiVersion: networking.istio.io/v1
@@ -106,6 +106,67 @@ fn daemon_under_ip_netns_exec_is_refused() -> Result<()> {
     ensure!(
         out.status.success() && pins.dir.join("links").exists(),
         "kernel attach under nsenter: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// The tc check's default skips the node's ephemeral port range (replies to the node's own
+/// connections arrive there), and only steering covers it. A STRICT default without `--steer`
+/// used to leave ports 32768–60999 plaintext-open; now `kernel run` and `kernel attach` refuse
+/// it, whether it comes from `--default strict` or from a mesh-wide STRICT in `--config`.
+#[test]
+fn strict_default_without_steering_is_refused() -> Result<()> {
+    let name = "strict_default_without_steering_is_refused";
+    if !is_root() {
+        skip_not_root(name);
+        return Ok(());
+    }
+    let bin = portcullis_bin()?;
+    let logs = tempfile::tempdir()?;
+    let config = logs.path().join("mesh.yaml");
+    std::fs::write(&config, MESH_STRICT)?;
+    let config = config.to_str().unwrap_or_default().to_owned();
+    let topo = Topology::create("fcsteer")?;
+    let pins = Pins::new(&topo.server, pin_dir("steer"))?;
+    let dir = pins.dir.to_str().unwrap_or_default().to_owned();
+    let cases: [(&str, Vec<&str>); 3] = [
+        (
+            "run-default",
+            vec!["kernel", "run", "--default", "strict", "--pin-dir", &dir],
+        ),
+        (
+            "attach-default",
+            vec!["kernel", "attach", "--default", "strict", "--pin-dir", &dir],
+        ),
+        (
+            "run-config",
+            vec!["kernel", "run", "--config", &config, "--pin-dir", &dir],
+        ),
+    ];
+    for (what, args) in cases {
+        let mut cmd = Topology::nsenter(&topo.server, &bin);
+        cmd.args(&args);
+        let log = expect_refused(what, cmd, logs.path())?;
+        ensure!(
+            log.contains("needs --steer") && log.contains("ephemeral port range"),
+            "{what}: the refusal does not say why:\n{log}"
+        );
+        ensure!(!pins.dir.exists(), "{what}: something was attached");
+    }
+    // With steering the same default is accepted.
+    let out = e2e::process::run(Topology::nsenter(&topo.server, &bin).args([
+        "kernel",
+        "attach",
+        "--default",
+        "strict",
+        "--steer",
+        "--pin-dir",
+        &dir,
+    ]))?;
+    ensure!(
+        out.status.success(),
+        "kernel attach --default strict --steer: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(())
