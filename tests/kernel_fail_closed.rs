@@ -1,7 +1,8 @@
 //! Issue 13: ways to start the kernel path that used to leave STRICT ports unprotected without
 //! saying so, each now refused or covered (as root, in namespaces made here):
 //! - a daemon under `ip netns exec`, whose pins would live on a private bpffs that dies with it;
-//! - a STRICT default without steering, which leaves the ephemeral port range unjudged.
+//! - a STRICT default without steering, which leaves the ephemeral port range unjudged;
+//! - one pin directory shared by two network namespaces.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -167,6 +168,88 @@ fn strict_default_without_steering_is_refused() -> Result<()> {
     ensure!(
         out.status.success(),
         "kernel attach --default strict --steer: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// Two network namespaces given one pin directory: the second daemon used to find the first
+/// one's pins complete, adopt them and run without any steering or check in its own namespace
+/// (while `kernel status` there said "attached"). The pinned sk_lookup link records its
+/// namespace; a daemon in another namespace now refuses the pins, naming both namespaces, and
+/// `status`/`set-mode` refuse them too. Its own pin directory works.
+#[test]
+fn pins_of_another_network_namespace_are_refused() -> Result<()> {
+    let name = "pins_of_another_network_namespace_are_refused";
+    if !is_root() {
+        skip_not_root(name);
+        return Ok(());
+    }
+    let bin = portcullis_bin()?;
+    let logs = tempfile::tempdir()?;
+    let first = Topology::create("fcns1")?;
+    let second = Topology::create("fcns2")?;
+    let shared = Pins::new(&first.server, pin_dir("shared"))?;
+    let own = Pins::new(&second.server, pin_dir("own"))?;
+    let dir = shared.dir.to_str().unwrap_or_default().to_owned();
+    let attach = |ns: &str, dir: &str| -> Result<std::process::Output> {
+        e2e::process::run(Topology::nsenter(ns, &bin).args([
+            "kernel",
+            "attach",
+            "--port",
+            "80=strict",
+            "--pin-dir",
+            dir,
+        ]))
+    };
+    let out = attach(&first.server, &dir)?;
+    ensure!(
+        out.status.success(),
+        "kernel attach in the first namespace: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut run = Topology::nsenter(&second.server, &bin);
+    run.args(["kernel", "run", "--port", "80=strict", "--pin-dir", &dir]);
+    let log = expect_refused("second-run", run, logs.path())?;
+    for needle in [
+        first.server.as_str(),
+        second.server.as_str(),
+        "one pin directory serves one network namespace",
+    ] {
+        ensure!(
+            log.contains(needle),
+            "the refusal does not name `{needle}`:\n{log}"
+        );
+    }
+    for args in [
+        vec!["kernel", "status", "--pin-dir", &dir],
+        vec!["kernel", "set-mode", "80=disable", "--pin-dir", &dir],
+    ] {
+        let out = e2e::process::run(Topology::nsenter(&second.server, &bin).args(&args))?;
+        ensure!(
+            !out.status.success()
+                && String::from_utf8_lossy(&out.stderr).contains(first.server.as_str()),
+            "{args:?} from the second namespace: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The first namespace's pins still work there, and the second has its own.
+    let out = e2e::process::run(Topology::nsenter(&first.server, &bin).args([
+        "kernel",
+        "status",
+        "--pin-dir",
+        &dir,
+    ]))?;
+    ensure!(
+        String::from_utf8_lossy(&out.stdout).contains("port 80: STRICT"),
+        "status in the first namespace: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = attach(&second.server, own.dir.to_str().unwrap_or_default())?;
+    ensure!(
+        out.status.success(),
+        "kernel attach with its own pin dir: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(())

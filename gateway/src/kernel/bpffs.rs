@@ -291,6 +291,76 @@ fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
+/// What the kernel says about a pinned link (`BPF_OBJ_GET_INFO_BY_FD`), the parts we use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PinnedLinkInfo {
+    /// `enum bpf_link_type`.
+    pub kind: u32,
+    /// The first word of the type-specific part: `netns_ino` of a netns link (sk_lookup),
+    /// `ifindex` of a TCX link; 0 once the namespace or device is gone (defunct link).
+    pub target: u32,
+}
+
+/// `BPF_LINK_TYPE_NETNS`: an sk_lookup (or flow dissector) link on a network namespace.
+pub const LINK_TYPE_NETNS: u32 = 5;
+/// `BPF_LINK_TYPE_TCX`: a tc ingress/egress link on a device.
+pub const LINK_TYPE_TCX: u32 = 11;
+
+/// Reads the kernel's information on the link pinned at `path`.
+pub fn pinned_link_info(path: &Path) -> io::Result<PinnedLinkInfo> {
+    use std::os::fd::AsRawFd;
+    let fd = obj_get(path)?;
+    // struct bpf_link_info: type, id, prog_id (u32 each), then a union aligned to 8 whose
+    // first member is a u32 for the link types we read (netns.netns_ino, tcx.ifindex). The
+    // buffer is larger than the kernel's struct; the kernel wants the tail zero and fills the
+    // rest.
+    let mut info = [0u64; 32];
+    // union bpf_attr for BPF_OBJ_GET_INFO_BY_FD: bpf_fd (u32), info_len (u32), info (u64).
+    let mut attr = [0u64; 2];
+    attr[0] = (fd.as_raw_fd() as u32 as u64) | ((std::mem::size_of_val(&info) as u64) << 32);
+    attr[1] = info.as_mut_ptr() as u64;
+    // SAFETY: attr is a valid, zero-padded bpf_attr prefix; the kernel writes at most
+    // info_len bytes into `info`, which outlives the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            15, // BPF_OBJ_GET_INFO_BY_FD
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(PinnedLinkInfo {
+        kind: info[0] as u32,
+        target: info[2] as u32,
+    })
+}
+
+/// The inode of this process's network namespace (what a netns link reports as `netns_ino`).
+pub fn current_netns() -> io::Result<u64> {
+    std::fs::metadata("/proc/self/ns/net").map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+}
+
+/// A network namespace for an operator: `net:[INODE]`, with its `ip netns` name when
+/// /run/netns has one.
+pub fn describe_netns(ino: u64) -> String {
+    let name = std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .find(|e| {
+            std::fs::metadata(e.path())
+                .is_ok_and(|m| std::os::unix::fs::MetadataExt::ino(&m) == ino)
+        })
+        .map(|e| e.file_name().to_string_lossy().into_owned());
+    match name {
+        Some(name) => format!("net:[{ino}] (`ip netns` {name})"),
+        None => format!("net:[{ino}]"),
+    }
+}
+
 /// Detaches the pinned link at `path` now (`BPF_LINK_DETACH`), even if some other process still
 /// holds a descriptor to it, so that removing the pin really ends its effect.
 pub fn force_detach_link(path: &Path) -> io::Result<()> {

@@ -82,6 +82,22 @@ pub enum KernelError {
     #[error("nothing is installed under {0} (run `portcullis kernel attach` first)")]
     NotInstalled(PathBuf),
 
+    /// The pin directory holds the programs of another network namespace.
+    #[error(
+        "the programs pinned under {dir} are attached to network namespace {pinned}, but this \
+         process runs in {ours}: one pin directory serves one network namespace, and adopting \
+         these would leave this namespace without steering. Give each namespace its own \
+         --pin-dir (e.g. /sys/fs/bpf/portcullis-NAME)"
+    )]
+    ForeignNetns {
+        /// The pin directory.
+        dir: PathBuf,
+        /// The namespace the pinned links belong to.
+        pinned: String,
+        /// This process's namespace.
+        ours: String,
+    },
+
     /// The pinned state is incomplete or of another version.
     #[error("the pinned state under {dir} is unusable: {detail}; run `portcullis kernel uninstall` and attach again")]
     BadPinnedState {

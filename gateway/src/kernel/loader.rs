@@ -19,7 +19,10 @@ use gateway_common::{
 };
 use serde::Serialize;
 
-use super::bpffs::{ensure_bpffs, force_detach_link, require_root, PinLayout};
+use super::bpffs::{
+    current_netns, describe_netns, ensure_bpffs, force_detach_link, pinned_link_info, require_root,
+    PinLayout, LINK_TYPE_NETNS,
+};
 use super::error::{KernelError, Result};
 use super::maps::{CounterSnapshot, KernelMaps, PortSetting};
 use super::EBPF_OBJECT;
@@ -78,6 +81,9 @@ pub fn install(opts: &InstallOptions) -> Result<Installed> {
         && pins.prog(PROG_STRICT).exists()
         && pins.steer_link().exists()
         && PINNED_MAPS.iter().all(|m| pins.map(m).exists());
+    // Pins of a namespace that is gone protect nothing: start over. Pins of another live
+    // namespace are refused.
+    let complete = complete && pins_netns(&pins)? == PinsNetns::Ours;
     let origin = if complete {
         Origin::Adopted
     } else {
@@ -117,13 +123,59 @@ pub fn install(opts: &InstallOptions) -> Result<Installed> {
 }
 
 /// Opens an existing install without changing anything (for `status` and `set-mode`).
+/// Refuses the pins of another network namespace: their maps are that namespace's policy.
 pub fn open(pin_dir: &Path) -> Result<KernelMaps> {
     require_root("open the pinned eBPF maps")?;
     let pins = PinLayout::new(pin_dir);
     if !pins.root().exists() {
         return Err(KernelError::NotInstalled(pin_dir.to_path_buf()));
     }
+    pins_netns(&pins)?;
     KernelMaps::open(&pins)
+}
+
+/// Whose network namespace a pin directory serves, from its sk_lookup link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PinsNetns {
+    /// This process's (or no steer link pinned yet).
+    Ours,
+    /// A namespace that no longer exists: the link is defunct.
+    Gone,
+}
+
+/// Reads the netns of the pinned steer link and compares it with ours; another live namespace
+/// is [`KernelError::ForeignNetns`]. Every pinned program and TCX link of a directory was
+/// made by a daemon in the same namespace as its steer link, so this one link decides.
+fn pins_netns(pins: &PinLayout) -> Result<PinsNetns> {
+    let path = pins.steer_link();
+    if !path.exists() {
+        return Ok(PinsNetns::Ours);
+    }
+    let info = pinned_link_info(&path)
+        .map_err(|e| KernelError::during(format!("reading pinned link {}", path.display()), e))?;
+    if info.kind != LINK_TYPE_NETNS {
+        return Err(KernelError::BadPinnedState {
+            dir: pins.root().to_path_buf(),
+            detail: format!(
+                "{} is a link of type {}, not an sk_lookup link",
+                path.display(),
+                info.kind
+            ),
+        });
+    }
+    if info.target == 0 {
+        return Ok(PinsNetns::Gone);
+    }
+    let ours = current_netns()
+        .map_err(|e| KernelError::during("reading this process's network namespace", e))?;
+    if u64::from(info.target) != ours {
+        return Err(KernelError::ForeignNetns {
+            dir: pins.root().to_path_buf(),
+            pinned: describe_netns(u64::from(info.target)),
+            ours: describe_netns(ours),
+        });
+    }
+    Ok(PinsNetns::Ours)
 }
 
 fn load_and_pin(pins: &PinLayout, kernel_log: bool) -> Result<()> {
