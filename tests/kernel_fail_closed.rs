@@ -2,7 +2,8 @@
 //! saying so, each now refused or covered (as root, in namespaces made here):
 //! - a daemon under `ip netns exec`, whose pins would live on a private bpffs that dies with it;
 //! - a STRICT default without steering, which leaves the ephemeral port range unjudged;
-//! - one pin directory shared by two network namespaces.
+//! - one pin directory shared by two network namespaces;
+//! - interfaces added, or deleted and re-created, after the daemon started (tc-only mode).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -251,6 +252,117 @@ fn pins_of_another_network_namespace_are_refused() -> Result<()> {
         out.status.success(),
         "kernel attach with its own pin dir: {}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// A veth pair `pc-late` (server, 10.235.0.1) / `pc-late-o` (outside, 10.235.0.2), made or
+/// re-made (a bounce: deleted, then created under the same names) after the daemon started.
+fn add_late_interface(topo: &Topology) -> Result<()> {
+    let ip = |args: &[&str]| -> Result<()> {
+        let out = e2e::process::run(Command::new("ip").args(args))?;
+        ensure!(
+            out.status.success(),
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(())
+    };
+    let (s, o) = (topo.server.as_str(), topo.outside.as_str());
+    // Gone already on the first call.
+    let _ = e2e::process::run(Command::new("ip").args(["-n", s, "link", "del", "pc-late"]));
+    ip(&[
+        "link",
+        "add",
+        "pc-late",
+        "netns",
+        s,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "pc-late-o",
+        "netns",
+        o,
+    ])?;
+    ip(&["-n", s, "addr", "add", "10.235.0.1/24", "dev", "pc-late"])?;
+    ip(&["-n", o, "addr", "add", "10.235.0.2/24", "dev", "pc-late-o"])?;
+    ip(&["-n", s, "link", "set", "pc-late", "up"])?;
+    ip(&["-n", o, "link", "set", "pc-late-o", "up"])?;
+    Ok(())
+}
+
+/// tc-only STRICT (`kernel run --port 80=strict`, no steering, no `--iface`): the daemon used
+/// to attach to the interfaces present at start only, so an interface added later, or one
+/// deleted and re-created under the same name (its pinned link defunct), carried plaintext to
+/// the app unjudged. The daemon now follows link and address changes and attaches to such
+/// interfaces: plaintext over them is reset, and the app reads nothing.
+#[test]
+fn interfaces_added_or_bounced_after_start_are_covered() -> Result<()> {
+    let name = "interfaces_added_or_bounced_after_start_are_covered";
+    if !is_root() {
+        skip_not_root(name);
+        return Ok(());
+    }
+    let bin = portcullis_bin()?;
+    let logs = tempfile::tempdir()?;
+    let topo = Topology::create("fciface")?;
+    let app = e2e::hello::HelloApp::start(&topo.server)?;
+    let pins = Pins::new(&topo.server, pin_dir("iface"))?;
+    let dir = pins.dir.to_str().unwrap_or_default().to_owned();
+    let mut cmd = Topology::nsenter(&topo.server, &bin);
+    cmd.args(["kernel", "run", "--port", "80=strict", "--pin-dir", &dir]);
+    let daemon = Daemon::spawn("kernel-run", cmd, logs.path())?;
+    let status = || -> Result<String> {
+        let out = e2e::process::run(Topology::nsenter(&topo.server, &bin).args([
+            "kernel",
+            "status",
+            "--pin-dir",
+            &dir,
+        ]))?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    // Bounded waits for a state, never for a duration.
+    let wait_for = |what: &str, done: &dyn Fn() -> Result<bool>| -> Result<()> {
+        let start = Instant::now();
+        while !done()? {
+            if start.elapsed() > Duration::from_secs(20) {
+                bail!("{what} never happened:\n{}\n{}", status()?, daemon.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    };
+    wait_for("port 80 STRICT", &|| {
+        Ok(status()?.lines().any(|l| l.trim() == "port 80: STRICT"))
+    })?;
+    let url = "http://10.235.0.1:80/";
+    for round in ["added", "bounced"] {
+        let seen = daemon.log().matches("pc-late").count();
+        add_late_interface(&topo)?;
+        // The daemon logs each attach; a bounce must produce a new one.
+        wait_for(&format!("attach to the {round} interface"), &|| {
+            Ok(daemon.log().matches("pc-late").count() > seen)
+        })?;
+        let read_before = app.bytes_read();
+        let (code, stdout, stderr) =
+            e2e::mesh::curl_in(&topo.outside, None, url, Duration::from_secs(5))?;
+        ensure!(
+            code == Some(56),
+            "plaintext over the {round} interface is reset: exit {code:?} {stdout:?} {stderr:?}\n{}",
+            status()?
+        );
+        ensure!(
+            app.bytes_read() == read_before,
+            "BYPASS: the app read plaintext over the {round} interface"
+        );
+    }
+    let st = status()?;
+    ensure!(
+        st.lines()
+            .any(|l| l.starts_with("tc ingress:") && l.contains("pc-late")),
+        "status lists the late interface:\n{st}"
     );
     Ok(())
 }

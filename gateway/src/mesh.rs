@@ -147,6 +147,8 @@ pub fn start(snapshot: &Snapshot, opts: &MeshOptions) -> Result<Started, MeshErr
             attached = ?installed.newly_attached,
             "kernel programs ready"
         );
+        crate::kernel::interfaces::spawn_watcher(installed.pins.clone(), opts.interfaces.clone())
+            .map_err(|e| crate::kernel::KernelError::during("starting the interface watcher", e))?;
         let mut maps = installed.maps;
         maps.set_terminator(&listener)?;
         maps.sync_ports(&KernelSync::new(None, None, true).desired(snapshot))?;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 
-use super::bpffs::DEFAULT_PIN_DIR;
+use super::bpffs::{PinLayout, DEFAULT_PIN_DIR};
 use super::capture::{attached_cgroups, install_capture, open_capture, CaptureOptions};
 use super::loader::{install, open, status, uninstall, InstallOptions, Origin};
 use super::maps::{KernelMaps, PortSetting};
@@ -447,6 +447,10 @@ async fn run_daemon(r: RunArgs) -> Result<()> {
     }
     let initial = compile_for_kernel(&r).map_err(|e| anyhow::anyhow!("{e}"))?;
     let maps = attach(&r.attach)?;
+    super::interfaces::spawn_watcher(
+        PinLayout::new(&r.attach.pin.pin_dir),
+        r.attach.interfaces.clone(),
+    )?;
     let mut sync = KernelSync::new(Some(maps), None, r.attach.steer).with_overrides(
         from_flags(&r.attach.ports, r.attach.steer)
             .into_iter()
