@@ -420,9 +420,11 @@ fn compile_for_kernel(r: &RunArgs) -> Result<Snapshot, ConfigErrors> {
 /// them would reset every outgoing TLS connection the node makes. Only steering covers those
 /// ports (a connection steered to the terminator never reaches the app unjudged), so a STRICT
 /// default without `--steer` would silently leave ~28000 ports plaintext-open. Judging them in
-/// tc instead would need to tell an accepted socket from a connected one, which the socket
-/// helpers do not expose; refusing is the sound answer. A port in that range named with
-/// `--port PORT=strict` has its own entry and is judged.
+/// tc instead needs to tell an accepted socket from a connected one, which `bpf_tcp_sock` does
+/// not say; probing for a listener on the local port (a second lookup with a tuple no
+/// established socket matches) could, but rests on connect() never picking a port a listener
+/// holds, which `SO_REUSEADDR` binds break. Refusing is the sound answer for now. A port in
+/// that range named with `--port PORT=strict` has its own entry and is judged.
 fn default_is_judged(default: Option<PeerAuthMode>, steer: bool) -> Result<(), String> {
     if default == Some(PeerAuthMode::Strict) && !steer {
         let (low, high) = super::maps::ephemeral_range();
