@@ -88,8 +88,20 @@ impl KernelPath {
         cmd
     }
 
+    /// `kernel run --config` without steering: port 80 (named by the WorkloadEntry) follows
+    /// the mesh-wide PeerAuthentication, while `--default permissive` keeps the workload-wide
+    /// default out of it — a STRICT default without `--steer` is refused (the tc check alone
+    /// cannot cover the ephemeral port range).
     fn start_daemon(&self, log_dir: &Path, name: &str) -> Result<Daemon> {
-        let mut cmd = self.cmd(&["run", "--iface", SERVER_IF, "--poll-ms", "100"]);
+        let mut cmd = self.cmd(&[
+            "run",
+            "--iface",
+            SERVER_IF,
+            "--poll-ms",
+            "100",
+            "--default",
+            "permissive",
+        ]);
         cmd.arg("--config").arg(self.config.path());
         Daemon::spawn(name, cmd, log_dir)
     }

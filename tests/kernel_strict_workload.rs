@@ -1,8 +1,9 @@
 //! Issue 13: STRICT covers the workload, fails closed by default, and a plaintext flood costs
 //! the app nothing. As root, in namespaces made here: the mesh daemon runs **without**
 //! `--iface` under a mesh-wide STRICT whose WorkloadEntry names only port 80, with a plaintext
-//! HTTP app on :80 (std's default 128-deep accept queue) and a second app on :6379 that no
-//! entry names. Checked with the daemon running and after `kill -9`, on IPv4 and IPv6.
+//! HTTP app on :80 (std's default 128-deep accept queue), a second app on :6379 that no
+//! entry names and a third on :15090, a port Istio reserves but the daemon does not bind.
+//! Checked with the daemon running and after `kill -9`, on IPv4 and IPv6.
 
 use std::ffi::OsString;
 use std::io::{ErrorKind, Read, Write};
@@ -39,6 +40,10 @@ spec: {mtls: {mode: STRICT}}
 /// Port of the app no WorkloadEntry or ServiceEntry names.
 const UNNAMED: u16 = 6379;
 
+/// A port Istio reserves (telemetry) that the daemon does not bind: a workload app there is
+/// STRICT like any other port.
+const ISTIO_RESERVED: u16 = 15090;
+
 /// Connections of the plaintext flood, per round.
 const FLOOD: usize = 2000;
 
@@ -61,13 +66,13 @@ struct UnnamedApp {
 }
 
 impl UnnamedApp {
-    fn start(ns: &str) -> Result<Self> {
+    fn start(ns: &str, port: u16) -> Result<Self> {
         let reads = Arc::new(Reads::default());
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = std::sync::mpsc::channel();
         let (r, st) = (reads.clone(), stop.clone());
         let handle = Topology::spawn_in(ns, move || {
-            let listener = match TcpListener::bind(("::", UNNAMED)) {
+            let listener = match TcpListener::bind(("::", port)) {
                 Ok(l) => l,
                 Err(e) => {
                     let _ = tx.send(Err(e.to_string()));
@@ -249,11 +254,26 @@ fn strict_covers_every_workload_port_fails_closed_and_a_flood_costs_the_app_noth
     let tmp = tempfile::tempdir()?;
     let topo = Topology::create("kstrictwl")?;
     let app = HelloApp::start(&topo.server)?;
-    let unnamed = UnnamedApp::start(&topo.server)?;
+    let unnamed = UnnamedApp::start(&topo.server, UNNAMED)?;
+    let reserved = UnnamedApp::start(&topo.server, ISTIO_RESERVED)?;
     let (mut node, certs) = server_node(&topo, tmp.path(), &[])?;
     node.start()?;
 
     let status = kernel(&topo, &node, &["status"])?;
+    // Only the daemon's own ports are exceptions to the default; Istio's other reserved
+    // ports (15090 here) follow it.
+    for port in [15000, 15001, 15006] {
+        ensure!(
+            status
+                .lines()
+                .any(|l| l.trim() == format!("port {port}: DISABLE")),
+            "the daemon's port {port} is an exception to the default:\n{status}"
+        );
+    }
+    ensure!(
+        !status.contains(&format!("port {ISTIO_RESERVED}:")),
+        "port {ISTIO_RESERVED} has an entry of its own, not the workload's STRICT:\n{status}"
+    );
     let tc_line = status
         .lines()
         .find(|l| l.starts_with("tc ingress:"))
@@ -281,13 +301,15 @@ fn strict_covers_every_workload_port_fails_closed_and_a_flood_costs_the_app_noth
             r.stderr,
             node.log()
         );
-        let r = curl(&topo.outside, None, family, UNNAMED)?;
-        ensure!(
-            r.code == Some(56),
-            "plaintext {family} to the unnamed port is reset: exit {:?} {:?}",
-            r.code,
-            r.stderr
-        );
+        for port in [UNNAMED, ISTIO_RESERVED] {
+            let r = curl(&topo.outside, None, family, port)?;
+            ensure!(
+                r.code == Some(56),
+                "plaintext {family} to the unnamed port {port} is reset: exit {:?} {:?}",
+                r.code,
+                r.stderr
+            );
+        }
     }
     let line = flood(
         &topo.outside,
@@ -337,7 +359,7 @@ fn strict_covers_every_workload_port_fails_closed_and_a_flood_costs_the_app_noth
     node.kill9()?;
     let accepted_before = app.stats.accepted.load(Ordering::SeqCst);
     let read_before = app.bytes_read();
-    for port in [80, UNNAMED] {
+    for port in [80, UNNAMED, ISTIO_RESERVED] {
         for family in ["-4", "-6"] {
             let r = curl(&topo.outside, None, family, port)?;
             ensure!(
@@ -368,6 +390,11 @@ fn strict_covers_every_workload_port_fails_closed_and_a_flood_costs_the_app_noth
         unnamed.reads.from_outside.load(Ordering::SeqCst) == 0
             && unnamed.reads.accepted_outside.load(Ordering::SeqCst) == 0,
         "the unnamed app accepted or read a connection from outside"
+    );
+    ensure!(
+        reserved.reads.from_outside.load(Ordering::SeqCst) == 0
+            && reserved.reads.accepted_outside.load(Ordering::SeqCst) == 0,
+        "the app on {ISTIO_RESERVED} accepted or read a connection from outside"
     );
     Ok(())
 }
@@ -452,7 +479,7 @@ fn excluded_inbound_ports_and_only_those_take_plaintext() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let topo = Topology::create("kexclude")?;
     let _app = HelloApp::start(&topo.server)?;
-    let unnamed = UnnamedApp::start(&topo.server)?;
+    let unnamed = UnnamedApp::start(&topo.server, UNNAMED)?;
     let excluded = UNNAMED.to_string();
     let (mut node, _certs) =
         server_node(&topo, tmp.path(), &["--exclude-inbound-ports", &excluded])?;

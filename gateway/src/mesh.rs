@@ -97,11 +97,17 @@ pub enum MeshError {
     Kernel(#[from] crate::kernel::KernelError),
 }
 
-/// Istio's reserved proxy ports (admin, outbound, inbound, HBONE, health, DNS, telemetry):
-/// exceptions to the workload-wide default.
-const RESERVED_PORTS: [u16; 9] = [
-    15000, 15001, 15004, 15006, 15008, 15020, 15021, 15053, 15090,
-];
+/// The ports this daemon binds by default — admin (`--admin`, 15000), outbound
+/// (`--outbound`, 15001), terminator (`--terminator`, 15006): exceptions (DISABLE, not
+/// steered) to the workload-wide default, as in Istio's sidecar, so the admin listener is
+/// never steered to the terminator nor the terminator to itself. A plaintext client dialing
+/// one of them directly is still refused: admin and outbound listen on loopback only, and the
+/// terminator closes connections addressed to its own port.
+///
+/// Only these: Istio reserves more (15004, 15008, 15020, 15021, 15053, 15090), but nothing of
+/// ours listens there, and a DISABLE port is plaintext-open under STRICT — a workload app that
+/// binds one of them gets the workload's mode like any other port.
+const DAEMON_PORTS: [u16; 3] = [15000, 15001, 15006];
 
 /// Binds a listener for the mesh side (dual-stack for `[::]`).
 pub fn bind_listener(addr: SocketAddr) -> Result<std::net::TcpListener, MeshError> {
@@ -141,6 +147,8 @@ pub fn start(snapshot: &Snapshot, opts: &MeshOptions) -> Result<Started, MeshErr
             attached = ?installed.newly_attached,
             "kernel programs ready"
         );
+        crate::kernel::interfaces::spawn_watcher(installed.pins.clone(), opts.interfaces.clone())
+            .map_err(|e| crate::kernel::KernelError::during("starting the interface watcher", e))?;
         let mut maps = installed.maps;
         maps.set_terminator(&listener)?;
         maps.sync_ports(&KernelSync::new(None, None, true).desired(snapshot))?;
@@ -255,7 +263,7 @@ impl KernelSync {
             .collect();
         desired.extend(self.overrides.iter().map(|(p, s)| (*p, *s)));
         if desired.contains_key(&DEFAULT_PORT) {
-            for port in RESERVED_PORTS {
+            for port in DAEMON_PORTS {
                 desired.entry(port).or_insert(PortSetting::NONE);
             }
         }

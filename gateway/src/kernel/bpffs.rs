@@ -129,11 +129,25 @@ pub fn is_bpffs(path: &Path) -> bool {
     }
 }
 
-/// Makes sure the pin directory's parent is on bpffs, mounting bpffs there when it is not.
+/// Makes sure the pin directory's parent is on bpffs, mounting bpffs there when it is not —
+/// but only where the mount outlives this process.
+///
+/// Pins are what keep STRICT enforced after the daemon dies, and a pin lives as long as its
+/// bpffs is mounted somewhere. A bpffs mounted in the host's (PID 1's) mount namespace stays;
+/// one mounted in a mount namespace of our own (`ip netns exec` makes one and remounts /sys,
+/// hiding the host's /sys/fs/bpf) is torn down with the namespace when its last process
+/// exits, and the pinned links detach with it: `kill -9` would fail open. So outside PID 1's
+/// mount namespace we mount only where the new mount propagates to PID 1's namespace (the
+/// parent mount is `shared:N` and PID 1 has a mount of that peer group); otherwise the start is
+/// refused with [`KernelError::PinsWouldNotOutlive`]. A bpffs that is already mounted is used
+/// as it is: someone else made it and keeps it.
 pub fn ensure_bpffs(pins: &PinLayout) -> Result<()> {
     let mount_point = pins.root().parent().unwrap_or(Path::new("/")).to_path_buf();
     if is_bpffs(&mount_point) {
         return Ok(());
+    }
+    if !mounts_outlive_us(&mount_point) {
+        return Err(KernelError::PinsWouldNotOutlive { dir: mount_point });
     }
     let fail = |source: io::Error| KernelError::NoBpffs {
         dir: mount_point.clone(),
@@ -158,6 +172,102 @@ pub fn ensure_bpffs(pins: &PinLayout) -> Result<()> {
     Ok(())
 }
 
+/// Whether a filesystem mounted at `mount_point` now would stay mounted after this process
+/// (and every process of its mount namespace) exits: true in PID 1's mount namespace, or when
+/// the mount propagates there. Unreadable namespace links count as "no" (fail closed).
+fn mounts_outlive_us(mount_point: &Path) -> bool {
+    let ns_ino = |pid: &str| {
+        std::fs::metadata(format!("/proc/{pid}/ns/mnt"))
+            .ok()
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+    };
+    match (ns_ino("self"), ns_ino("1")) {
+        (Some(ours), Some(init)) if ours == init => return true,
+        (None, _) => return false,
+        _ => {}
+    }
+    let (Ok(ours), Ok(init)) = (
+        std::fs::read_to_string("/proc/self/mountinfo"),
+        std::fs::read_to_string("/proc/1/mountinfo"),
+    ) else {
+        return false;
+    };
+    propagates_to(&ours, &init, mount_point)
+}
+
+/// Whether a mount made at `mount_point` in the namespace described by `ours` (a
+/// `/proc/PID/mountinfo`) is propagated into the one described by `init`: the mount it lands
+/// on is a member of a shared peer group that also has a member there.
+fn propagates_to(ours: &str, init: &str, mount_point: &Path) -> bool {
+    // The mount a new mount at `mount_point` lands on: the deepest one covering the path (the
+    // last of equal depth, since mountinfo lists mounts in the order they stack).
+    let parent = ours
+        .lines()
+        .filter_map(MountInfo::parse)
+        .filter(|m| mount_point.starts_with(&m.mount_point))
+        .fold(None::<MountInfo<'_>>, |best, m| match best {
+            Some(b) if b.mount_point.components().count() > m.mount_point.components().count() => {
+                Some(b)
+            }
+            _ => Some(m),
+        });
+    let Some(group) = parent.and_then(|m| m.shared) else {
+        return false;
+    };
+    init.lines()
+        .filter_map(MountInfo::parse)
+        .any(|m| m.shared == Some(group))
+}
+
+/// The fields of one `/proc/PID/mountinfo` line that matter here.
+struct MountInfo<'a> {
+    mount_point: PathBuf,
+    /// The `shared:N` peer group, when the mount propagates to its peers.
+    shared: Option<&'a str>,
+}
+
+impl<'a> MountInfo<'a> {
+    /// `ID PARENT MAJ:MIN ROOT MOUNT_POINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER_OPTIONS`
+    /// (proc(5)); the mount point has spaces and the like escaped as `\ooo`.
+    fn parse(line: &'a str) -> Option<Self> {
+        let mut fields = line.split(' ');
+        let mount_point = fields.nth(4)?;
+        let shared = fields
+            .skip(1)
+            .take_while(|f| *f != "-")
+            .find_map(|f| f.strip_prefix("shared:"));
+        Some(Self {
+            mount_point: PathBuf::from(unescape_octal(mount_point)),
+            shared,
+        })
+    }
+}
+
+/// Undoes mountinfo's `\ooo` escapes (space, tab, newline, backslash).
+fn unescape_octal(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let code = bytes
+            .get(i + 1..i + 4)
+            .filter(|_| bytes[i] == b'\\')
+            .and_then(|d| std::str::from_utf8(d).ok())
+            .and_then(|d| u8::from_str_radix(d, 8).ok());
+        match code {
+            Some(b) => {
+                out.push(b);
+                i += 4;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// `BPF_OBJ_GET`: opens a pinned object.
 fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     let c_path = CString::new(path.as_os_str().as_bytes())
@@ -179,6 +289,76 @@ fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     }
     // SAFETY: the kernel just returned this fd to us and nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// What the kernel says about a pinned link (`BPF_OBJ_GET_INFO_BY_FD`), the parts we use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PinnedLinkInfo {
+    /// `enum bpf_link_type`.
+    pub kind: u32,
+    /// The first word of the type-specific part: `netns_ino` of a netns link (sk_lookup),
+    /// `ifindex` of a TCX link; 0 once the namespace or device is gone (defunct link).
+    pub target: u32,
+}
+
+/// `BPF_LINK_TYPE_NETNS`: an sk_lookup (or flow dissector) link on a network namespace.
+pub const LINK_TYPE_NETNS: u32 = 5;
+/// `BPF_LINK_TYPE_TCX`: a tc ingress/egress link on a device.
+pub const LINK_TYPE_TCX: u32 = 11;
+
+/// Reads the kernel's information on the link pinned at `path`.
+pub fn pinned_link_info(path: &Path) -> io::Result<PinnedLinkInfo> {
+    use std::os::fd::AsRawFd;
+    let fd = obj_get(path)?;
+    // struct bpf_link_info: type, id, prog_id (u32 each), then a union aligned to 8 whose
+    // first member is a u32 for the link types we read (netns.netns_ino, tcx.ifindex). The
+    // buffer is larger than the kernel's struct; the kernel wants the tail zero and fills the
+    // rest.
+    let mut info = [0u64; 32];
+    // union bpf_attr for BPF_OBJ_GET_INFO_BY_FD: bpf_fd (u32), info_len (u32), info (u64).
+    let mut attr = [0u64; 2];
+    attr[0] = (fd.as_raw_fd() as u32 as u64) | ((std::mem::size_of_val(&info) as u64) << 32);
+    attr[1] = info.as_mut_ptr() as u64;
+    // SAFETY: attr is a valid, zero-padded bpf_attr prefix; the kernel writes at most
+    // info_len bytes into `info`, which outlives the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            15, // BPF_OBJ_GET_INFO_BY_FD
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(PinnedLinkInfo {
+        kind: info[0] as u32,
+        target: info[2] as u32,
+    })
+}
+
+/// The inode of this process's network namespace (what a netns link reports as `netns_ino`).
+pub fn current_netns() -> io::Result<u64> {
+    std::fs::metadata("/proc/self/ns/net").map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+}
+
+/// A network namespace for an operator: `net:[INODE]`, with its `ip netns` name when
+/// /run/netns has one.
+pub fn describe_netns(ino: u64) -> String {
+    let name = std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .find(|e| {
+            std::fs::metadata(e.path())
+                .is_ok_and(|m| std::os::unix::fs::MetadataExt::ino(&m) == ino)
+        })
+        .map(|e| e.file_name().to_string_lossy().into_owned());
+    match name {
+        Some(name) => format!("net:[{ino}] (`ip netns` {name})"),
+        None => format!("net:[{ino}]"),
+    }
 }
 
 /// Detaches the pinned link at `path` now (`BPF_LINK_DETACH`), even if some other process still
@@ -219,6 +399,46 @@ mod tests {
             pins.map("PORTS"),
             PathBuf::from("/sys/fs/bpf/portcullis/maps/PORTS")
         );
+    }
+
+    const HOST: &str = "\
+27 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
+23 27 0:22 / /sys rw,relatime shared:7 - sysfs sysfs rw
+42 23 0:39 / /sys/fs/bpf rw,relatime shared:12 - bpf bpf rw
+";
+
+    #[test]
+    fn a_mount_on_a_private_sys_does_not_reach_the_host() {
+        // `ip netns exec`: / made a slave of the host's, /sys a fresh private sysfs.
+        let private = "\
+113 111 254:0 / / rw,relatime master:1 - ext4 /dev/vda rw
+121 113 0:42 / /sys rw,relatime - sysfs ns1 rw
+";
+        assert!(!propagates_to(private, HOST, Path::new("/sys/fs/bpf")));
+        // Slave of the host: mounts flow in, not out.
+        let slave = "113 111 254:0 / / rw,relatime master:1 - ext4 /dev/vda rw\n";
+        assert!(!propagates_to(slave, HOST, Path::new("/sys/fs/bpf")));
+    }
+
+    #[test]
+    fn a_mount_on_a_peer_of_the_hosts_sys_reaches_it() {
+        let shared = "\
+113 111 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
+121 113 0:22 / /sys rw,relatime shared:7 - sysfs sysfs rw
+";
+        assert!(propagates_to(shared, HOST, Path::new("/sys/fs/bpf")));
+        // The deepest covering mount decides, not `/`.
+        let private_sys = "\
+113 111 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
+121 113 0:42 / /sys rw,relatime - sysfs ns1 rw
+";
+        assert!(!propagates_to(private_sys, HOST, Path::new("/sys/fs/bpf")));
+    }
+
+    #[test]
+    fn mount_points_are_unescaped() {
+        assert_eq!(unescape_octal("/a\\040b"), "/a b");
+        assert_eq!(unescape_octal("/plain\\"), "/plain\\");
     }
 
     #[test]

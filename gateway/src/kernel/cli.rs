@@ -10,11 +10,11 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 
-use super::bpffs::DEFAULT_PIN_DIR;
+use super::bpffs::{PinLayout, DEFAULT_PIN_DIR};
 use super::capture::{attached_cgroups, install_capture, open_capture, CaptureOptions};
 use super::loader::{install, open, status, uninstall, InstallOptions, Origin};
 use super::maps::{KernelMaps, PortSetting};
-use crate::config::{load_paths, ConfigErrors, Resources, Settings};
+use crate::config::{load_paths, ConfigError, ConfigErrors, Resources, Settings};
 use crate::mesh::KernelSync;
 use crate::policy::peer_auth::{PeerAuthMode, DEFAULT_ROOT_NAMESPACE};
 use crate::reconcile::{Reconciler, SnapshotBus};
@@ -215,6 +215,9 @@ fn parse_mode(s: &str) -> Result<PeerAuthMode, String> {
 pub async fn run(args: KernelArgs) -> Result<()> {
     match args.command {
         KernelCommand::Attach(a) => {
+            if let Err(why) = default_is_judged(a.default_mode, a.steer) {
+                bail!("`--default strict`: {why}");
+            }
             let mut maps = attach(&a)?;
             let mut desired = from_flags(&a.ports, a.steer);
             desired.extend(default_from_flag(&a));
@@ -395,8 +398,45 @@ fn compile_for_kernel(r: &RunArgs) -> Result<Snapshot, ConfigErrors> {
         load_paths(&r.config)?
     };
     let snapshot = compile(resources, settings)?;
-    workload_port_modes(&snapshot.resources, &snapshot.settings).map_err(ConfigErrors)?;
+    let modes =
+        workload_port_modes(&snapshot.resources, &snapshot.settings).map_err(ConfigErrors)?;
+    // `--default` wins over the configuration's workload-wide mode (checked at start).
+    if r.attach.default_mode.is_none() {
+        if let Err(why) = default_is_judged(modes.get(&DEFAULT_PORT).copied(), r.attach.steer) {
+            return Err(ConfigErrors(vec![ConfigError::file(
+                "--steer",
+                format!("the workload-wide STRICT PeerAuthentication: {why}"),
+            )]));
+        }
+    }
     Ok(snapshot)
+}
+
+/// Refuses a STRICT default without steering.
+///
+/// The tc check leaves the node's ephemeral port range (`net.ipv4.ip_local_port_range`,
+/// 32768–60999 by default) out of the default, because replies to the node's own outbound
+/// connections arrive there and their first payload is a server's, not a ClientHello: judging
+/// them would reset every outgoing TLS connection the node makes. Only steering covers those
+/// ports (a connection steered to the terminator never reaches the app unjudged), so a STRICT
+/// default without `--steer` would silently leave ~28000 ports plaintext-open. Judging them in
+/// tc instead needs to tell an accepted socket from a connected one, which `bpf_tcp_sock` does
+/// not say; probing for a listener on the local port (a second lookup with a tuple no
+/// established socket matches) could, but rests on connect() never picking a port a listener
+/// holds, which `SO_REUSEADDR` binds break. Refusing is the sound answer for now. A port in
+/// that range named with `--port PORT=strict` has its own entry and is judged.
+fn default_is_judged(default: Option<PeerAuthMode>, steer: bool) -> Result<(), String> {
+    if default == Some(PeerAuthMode::Strict) && !steer {
+        let (low, high) = super::maps::ephemeral_range();
+        return Err(format!(
+            "a STRICT default needs --steer: the kernel's plaintext check skips this node's \
+             ephemeral port range ({low}-{high}), where replies to its own connections arrive, \
+             and only steering to the terminator covers it; add --steer (with the terminator \
+             running: `portcullis run --mesh-credential`), or make the default PERMISSIVE and \
+             name STRICT ports with --port PORT=strict"
+        ));
+    }
+    Ok(())
 }
 
 /// `kernel run`: the daemon's reconciler with the kernel maps as its only subscriber.
@@ -404,8 +444,15 @@ async fn run_daemon(r: RunArgs) -> Result<()> {
     if r.config.is_empty() && r.attach.ports.is_empty() && r.attach.default_mode.is_none() {
         bail!("`kernel run` needs --config (Istio YAML), --port PORT=MODE or --default MODE");
     }
+    if let Err(why) = default_is_judged(r.attach.default_mode, r.attach.steer) {
+        bail!("`--default strict`: {why}");
+    }
     let initial = compile_for_kernel(&r).map_err(|e| anyhow::anyhow!("{e}"))?;
     let maps = attach(&r.attach)?;
+    super::interfaces::spawn_watcher(
+        PinLayout::new(&r.attach.pin.pin_dir),
+        r.attach.interfaces.clone(),
+    )?;
     let mut sync = KernelSync::new(Some(maps), None, r.attach.steer).with_overrides(
         from_flags(&r.attach.ports, r.attach.steer)
             .into_iter()
@@ -507,5 +554,19 @@ mod tests {
         assert!("0=strict".parse::<PortArg>().is_err());
         assert!("80=unset".parse::<PortArg>().is_err());
         assert!("80=on".parse::<PortArg>().is_err());
+    }
+
+    #[test]
+    fn a_strict_default_needs_steering() {
+        let why = default_is_judged(Some(PeerAuthMode::Strict), false)
+            .err()
+            .unwrap_or_default();
+        assert!(
+            why.contains("needs --steer") && why.contains("ephemeral"),
+            "{why}"
+        );
+        assert!(default_is_judged(Some(PeerAuthMode::Strict), true).is_ok());
+        assert!(default_is_judged(Some(PeerAuthMode::Permissive), false).is_ok());
+        assert!(default_is_judged(None, false).is_ok());
     }
 }

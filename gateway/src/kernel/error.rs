@@ -25,6 +25,22 @@ pub enum KernelError {
         source: io::Error,
     },
 
+    /// No bpffs where the pins live, and one mounted now would die with this process.
+    #[error(
+        "{dir} is not on a BPF filesystem, and this process runs in a mount namespace of its own \
+         (as under `ip netns exec`, which remounts /sys and hides the host's /sys/fs/bpf): a bpffs \
+         mounted here would be torn down when the daemon exits, and the pinned programs with it, \
+         so a crash or kill -9 would leave the ports unprotected. Refusing to start. Run the \
+         daemon with `nsenter --net=/run/netns/NAME` instead of `ip netns exec NAME` (only the \
+         network namespace changes, the host's /sys/fs/bpf stays), make {dir} a bpffs that \
+         outlives the daemon (mounted in the host's mount namespace, or shared with it by mount \
+         propagation), or give --pin-dir on such a bpffs"
+    )]
+    PinsWouldNotOutlive {
+        /// Where bpffs would have to be mounted.
+        dir: PathBuf,
+    },
+
     /// The running kernel lacks something the programs need.
     #[error("this kernel does not support {feature} (needs Linux {needs} or newer): {detail}")]
     KernelLacksFeature {
@@ -65,6 +81,22 @@ pub enum KernelError {
     /// Nothing is installed under the pin directory.
     #[error("nothing is installed under {0} (run `portcullis kernel attach` first)")]
     NotInstalled(PathBuf),
+
+    /// The pin directory holds the programs of another network namespace.
+    #[error(
+        "the programs pinned under {dir} are attached to network namespace {pinned}, but this \
+         process runs in {ours}: one pin directory serves one network namespace, and adopting \
+         these would leave this namespace without steering. Give each namespace its own \
+         --pin-dir (e.g. /sys/fs/bpf/portcullis-NAME)"
+    )]
+    ForeignNetns {
+        /// The pin directory.
+        dir: PathBuf,
+        /// The namespace the pinned links belong to.
+        pinned: String,
+        /// This process's namespace.
+        ours: String,
+    },
 
     /// The pinned state is incomplete or of another version.
     #[error("the pinned state under {dir} is unusable: {detail}; run `portcullis kernel uninstall` and attach again")]

@@ -19,7 +19,10 @@ use gateway_common::{
 };
 use serde::Serialize;
 
-use super::bpffs::{ensure_bpffs, force_detach_link, require_root, PinLayout};
+use super::bpffs::{
+    current_netns, describe_netns, ensure_bpffs, force_detach_link, pinned_link_info, require_root,
+    PinLayout, LINK_TYPE_NETNS, LINK_TYPE_TCX,
+};
 use super::error::{KernelError, Result};
 use super::maps::{CounterSnapshot, KernelMaps, PortSetting};
 use super::EBPF_OBJECT;
@@ -78,6 +81,9 @@ pub fn install(opts: &InstallOptions) -> Result<Installed> {
         && pins.prog(PROG_STRICT).exists()
         && pins.steer_link().exists()
         && PINNED_MAPS.iter().all(|m| pins.map(m).exists());
+    // Pins of a namespace that is gone protect nothing: start over. Pins of another live
+    // namespace are refused.
+    let complete = complete && pins_netns(&pins)? == PinsNetns::Ours;
     let origin = if complete {
         Origin::Adopted
     } else {
@@ -95,18 +101,7 @@ pub fn install(opts: &InstallOptions) -> Result<Installed> {
         Origin::Loaded
     };
 
-    let interfaces = if opts.interfaces.is_empty() {
-        super::interfaces::with_addresses()?
-    } else {
-        opts.interfaces.clone()
-    };
-    let mut newly_attached = Vec::new();
-    for iface in &interfaces {
-        if !pins.strict_link(iface).exists() {
-            attach_strict(&pins, iface)?;
-            newly_attached.push(iface.clone());
-        }
-    }
+    let newly_attached = attach_interfaces(&pins, &opts.interfaces, Missing::Refuse)?;
     let maps = KernelMaps::open(&pins)?;
     Ok(Installed {
         pins,
@@ -117,13 +112,59 @@ pub fn install(opts: &InstallOptions) -> Result<Installed> {
 }
 
 /// Opens an existing install without changing anything (for `status` and `set-mode`).
+/// Refuses the pins of another network namespace: their maps are that namespace's policy.
 pub fn open(pin_dir: &Path) -> Result<KernelMaps> {
     require_root("open the pinned eBPF maps")?;
     let pins = PinLayout::new(pin_dir);
     if !pins.root().exists() {
         return Err(KernelError::NotInstalled(pin_dir.to_path_buf()));
     }
+    pins_netns(&pins)?;
     KernelMaps::open(&pins)
+}
+
+/// Whose network namespace a pin directory serves, from its sk_lookup link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PinsNetns {
+    /// This process's (or no steer link pinned yet).
+    Ours,
+    /// A namespace that no longer exists: the link is defunct.
+    Gone,
+}
+
+/// Reads the netns of the pinned steer link and compares it with ours; another live namespace
+/// is [`KernelError::ForeignNetns`]. Every pinned program and TCX link of a directory was
+/// made by a daemon in the same namespace as its steer link, so this one link decides.
+fn pins_netns(pins: &PinLayout) -> Result<PinsNetns> {
+    let path = pins.steer_link();
+    if !path.exists() {
+        return Ok(PinsNetns::Ours);
+    }
+    let info = pinned_link_info(&path)
+        .map_err(|e| KernelError::during(format!("reading pinned link {}", path.display()), e))?;
+    if info.kind != LINK_TYPE_NETNS {
+        return Err(KernelError::BadPinnedState {
+            dir: pins.root().to_path_buf(),
+            detail: format!(
+                "{} is a link of type {}, not an sk_lookup link",
+                path.display(),
+                info.kind
+            ),
+        });
+    }
+    if info.target == 0 {
+        return Ok(PinsNetns::Gone);
+    }
+    let ours = current_netns()
+        .map_err(|e| KernelError::during("reading this process's network namespace", e))?;
+    if u64::from(info.target) != ours {
+        return Err(KernelError::ForeignNetns {
+            dir: pins.root().to_path_buf(),
+            pinned: describe_netns(u64::from(info.target)),
+            ours: describe_netns(ours),
+        });
+    }
+    Ok(PinsNetns::Ours)
 }
 
 fn load_and_pin(pins: &PinLayout, kernel_log: bool) -> Result<()> {
@@ -174,6 +215,94 @@ fn load_and_pin(pins: &PinLayout, kernel_log: bool) -> Result<()> {
         .map_err(|e| KernelError::during("pinning the strict program", e))?;
     // Dropping `ebpf` now closes our descriptors; the pins keep everything alive.
     Ok(())
+}
+
+/// What [`attach_interfaces`] does with a named interface that does not exist.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Missing {
+    /// Fail with [`KernelError::NoSuchInterface`] (at start: a typo must not pass silently).
+    Refuse,
+    /// Skip it (a rescan: it may come back later).
+    Skip,
+}
+
+/// Attaches the STRICT classifier to each of `named` (every interface that carries an address
+/// when empty) that lacks a live link, and returns the names attached now. A pinned link is
+/// live when the kernel still has it on the device that bears the name today: a link whose
+/// device was deleted is defunct (ifindex 0), and a device re-created under the same name has
+/// a new ifindex. Defunct links' pins are removed, whatever their name, so `status` lists only
+/// interfaces that are covered.
+pub fn attach_interfaces(
+    pins: &PinLayout,
+    named: &[String],
+    missing: Missing,
+) -> Result<Vec<String>> {
+    for iface in pins.attached_interfaces() {
+        if strict_link_state(pins, &iface) == LinkState::Defunct {
+            unpin_link(&pins.strict_link(&iface))?;
+        }
+    }
+    let interfaces = if named.is_empty() {
+        super::interfaces::with_addresses()?
+    } else {
+        named.to_vec()
+    };
+    let mut newly_attached = Vec::new();
+    for iface in &interfaces {
+        if nix_if_nametoindex(iface) == 0 && missing == Missing::Skip {
+            continue;
+        }
+        match strict_link_state(pins, iface) {
+            LinkState::Live => continue,
+            LinkState::Absent => {}
+            // Re-created under the same name since the pin was made.
+            LinkState::Defunct | LinkState::OtherDevice => unpin_link(&pins.strict_link(iface))?,
+        }
+        attach_strict(pins, iface)?;
+        newly_attached.push(iface.clone());
+    }
+    Ok(newly_attached)
+}
+
+/// The pinned TCX link of one interface, as the kernel sees it now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LinkState {
+    /// No pin (or an unreadable one: attaching again replaces it).
+    Absent,
+    /// Attached to the device that has this name now.
+    Live,
+    /// Its device is gone.
+    Defunct,
+    /// Attached to another device than the one that has this name now.
+    OtherDevice,
+}
+
+fn strict_link_state(pins: &PinLayout, iface: &str) -> LinkState {
+    let path = pins.strict_link(iface);
+    if !path.exists() {
+        return LinkState::Absent;
+    }
+    match pinned_link_info(&path) {
+        Ok(info) if info.kind == LINK_TYPE_TCX && info.target == 0 => LinkState::Defunct,
+        Ok(info) if info.kind == LINK_TYPE_TCX && info.target == nix_if_nametoindex(iface) => {
+            LinkState::Live
+        }
+        Ok(_) => LinkState::OtherDevice,
+        Err(_) => LinkState::Absent,
+    }
+}
+
+/// Detaches (when still attached) and unpins one link.
+fn unpin_link(path: &Path) -> Result<()> {
+    let _ = force_detach_link(path);
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(KernelError::during(
+            format!("removing stale pin {}", path.display()),
+            e,
+        )),
+    }
 }
 
 fn attach_strict(pins: &PinLayout, iface: &str) -> Result<()> {

@@ -63,7 +63,7 @@ impl PortSetting {
 
 /// `net.ipv4.ip_local_port_range` of this network namespace (it also governs IPv6); (0, 0)
 /// when unreadable, which makes the default cover every port.
-fn ephemeral_range() -> (u16, u16) {
+pub(super) fn ephemeral_range() -> (u16, u16) {
     let Ok(text) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range") else {
         return (0, 0);
     };

@@ -1,0 +1,368 @@
+//! Issue 13: ways to start the kernel path that used to leave STRICT ports unprotected without
+//! saying so, each now refused or covered (as root, in namespaces made here):
+//! - a daemon under `ip netns exec`, whose pins would live on a private bpffs that dies with it;
+//! - a STRICT default without steering, which leaves the ephemeral port range unjudged;
+//! - one pin directory shared by two network namespaces;
+//! - interfaces added, or deleted and re-created, after the daemon started (tc-only mode).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Result};
+use e2e::mesh::Pins;
+use e2e::netns::Topology;
+use e2e::process::Daemon;
+use e2e::{is_root, portcullis_bin, skip_not_root};
+
+/// A workload under mesh-wide STRICT: the workload-wide default of `kernel run --config`.
+const MESH_STRICT: &str = "\
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: hello, namespace: default}
+spec: {address: 10.231.0.1, labels: {app: hello}, serviceAccount: hello, ports: {http: 80}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec: {mtls: {mode: STRICT}}
+";
+
+/// A pin directory on the host's bpffs, unique to this test.
+fn pin_dir(tag: &str) -> PathBuf {
+    PathBuf::from(format!(
+        "/sys/fs/bpf/portcullis-fc-{tag}-{}",
+        std::process::id()
+    ))
+}
+
+/// Runs `cmd`, a start that must be refused: fails if it still runs after 20 s or exits 0.
+/// Returns its output.
+fn expect_refused(what: &str, cmd: Command, logs: &Path) -> Result<String> {
+    let mut d = Daemon::spawn(what, cmd, logs)?;
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = d.try_wait() {
+            break status;
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            bail!(
+                "{what}: still running after 20 s, not refused:\n{}",
+                d.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let log = d.log();
+    ensure!(!status.success(), "{what}: exited 0, not refused:\n{log}");
+    Ok(log)
+}
+
+/// `ip netns exec` gives the daemon a mount namespace of its own with a fresh /sys, so the
+/// host's /sys/fs/bpf is hidden. The daemon used to mount a private bpffs there and pin on it:
+/// the pins died with the process, and `kill -9` left the ports open. Now it refuses to start,
+/// says why and what to run instead, and pins nothing; under `nsenter --net` (every other
+/// kernel test) it starts as before.
+#[test]
+fn daemon_under_ip_netns_exec_is_refused() -> Result<()> {
+    let name = "daemon_under_ip_netns_exec_is_refused";
+    if !is_root() {
+        skip_not_root(name);
+        return Ok(());
+    }
+    let bin = portcullis_bin()?;
+    let logs = tempfile::tempdir()?;
+    let topo = Topology::create("fcipx")?;
+    let pins = Pins::new(&topo.server, pin_dir("ipx"))?;
+    let dir = pins.dir.to_str().unwrap_or_default().to_owned();
+    for (what, args) in [
+        (
+            "kernel-run",
+            vec!["kernel", "run", "--port", "80=strict", "--pin-dir", &dir],
+        ),
+        (
+            "kernel-attach",
+            vec!["kernel", "attach", "--port", "80=strict", "--pin-dir", &dir],
+        ),
+    ] {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &topo.server])
+            .arg(&bin)
+            .args(&args);
+        let log = expect_refused(what, cmd, logs.path())?;
+        for needle in ["ip netns exec", "nsenter --net=/run/netns/", "--pin-dir"] {
+            ensure!(
+                log.contains(needle),
+                "{what}: the refusal does not mention `{needle}`:\n{log}"
+            );
+        }
+        ensure!(
+            !pins.dir.exists(),
+            "{what}: something was pinned on the host's bpffs"
+        );
+    }
+    // The same start under nsenter pins on the host's bpffs.
+    let mut cmd = Topology::nsenter(&topo.server, &bin);
+    cmd.args(["kernel", "attach", "--port", "80=strict", "--pin-dir", &dir]);
+    let out = e2e::process::run(&mut cmd)?;
+    ensure!(
+        out.status.success() && pins.dir.join("links").exists(),
+        "kernel attach under nsenter: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// The tc check's default skips the node's ephemeral port range (replies to the node's own
+/// connections arrive there), and only steering covers it. A STRICT default without `--steer`
+/// used to leave ports 32768–60999 plaintext-open; now `kernel run` and `kernel attach` refuse
+/// it, whether it comes from `--default strict` or from a mesh-wide STRICT in `--config`.
+#[test]
+fn strict_default_without_steering_is_refused() -> Result<()> {
+    let name = "strict_default_without_steering_is_refused";
+    if !is_root() {
+        skip_not_root(name);
+        return Ok(());
+    }
+    let bin = portcullis_bin()?;
+    let logs = tempfile::tempdir()?;
+    let config = logs.path().join("mesh.yaml");
+    std::fs::write(&config, MESH_STRICT)?;
+    let config = config.to_str().unwrap_or_default().to_owned();
+    let topo = Topology::create("fcsteer")?;
+    let pins = Pins::new(&topo.server, pin_dir("steer"))?;
+    let dir = pins.dir.to_str().unwrap_or_default().to_owned();
+    let cases: [(&str, Vec<&str>); 3] = [
+        (
+            "run-default",
+            vec!["kernel", "run", "--default", "strict", "--pin-dir", &dir],
+        ),
+        (
+            "attach-default",
+            vec!["kernel", "attach", "--default", "strict", "--pin-dir", &dir],
+        ),
+        (
+            "run-config",
+            vec!["kernel", "run", "--config", &config, "--pin-dir", &dir],
+        ),
+    ];
+    for (what, args) in cases {
+        let mut cmd = Topology::nsenter(&topo.server, &bin);
+        cmd.args(&args);
+        let log = expect_refused(what, cmd, logs.path())?;
+        ensure!(
+            log.contains("needs --steer") && log.contains("ephemeral port range"),
+            "{what}: the refusal does not say why:\n{log}"
+        );
+        ensure!(!pins.dir.exists(), "{what}: something was attached");
+    }
+    // With steering the same default is accepted.
+    let out = e2e::process::run(Topology::nsenter(&topo.server, &bin).args([
+        "kernel",
+        "attach",
+        "--default",
+        "strict",
+        "--steer",
+        "--pin-dir",
+        &dir,
+    ]))?;
+    ensure!(
+        out.status.success(),
+        "kernel attach --default strict --steer: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// Two network namespaces given one pin directory: the second daemon used to find the first
+/// one's pins complete, adopt them and run without any steering or check in its own namespace
+/// (while `kernel status` there said "attached"). The pinned sk_lookup link records its
+/// namespace; a daemon in another namespace now refuses the pins, naming both namespaces, and
+/// `status`/`set-mode` refuse them too. Its own pin directory works.
+#[test]
+fn pins_of_another_network_namespace_are_refused() -> Result<()> {
+    let name = "pins_of_another_network_namespace_are_refused";
+    if !is_root() {
+        skip_not_root(name);
+        return Ok(());
+    }
+    let bin = portcullis_bin()?;
+    let logs = tempfile::tempdir()?;
+    let first = Topology::create("fcns1")?;
+    let second = Topology::create("fcns2")?;
+    let shared = Pins::new(&first.server, pin_dir("shared"))?;
+    let own = Pins::new(&second.server, pin_dir("own"))?;
+    let dir = shared.dir.to_str().unwrap_or_default().to_owned();
+    let attach = |ns: &str, dir: &str| -> Result<std::process::Output> {
+        e2e::process::run(Topology::nsenter(ns, &bin).args([
+            "kernel",
+            "attach",
+            "--port",
+            "80=strict",
+            "--pin-dir",
+            dir,
+        ]))
+    };
+    let out = attach(&first.server, &dir)?;
+    ensure!(
+        out.status.success(),
+        "kernel attach in the first namespace: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut run = Topology::nsenter(&second.server, &bin);
+    run.args(["kernel", "run", "--port", "80=strict", "--pin-dir", &dir]);
+    let log = expect_refused("second-run", run, logs.path())?;
+    for needle in [
+        first.server.as_str(),
+        second.server.as_str(),
+        "one pin directory serves one network namespace",
+    ] {
+        ensure!(
+            log.contains(needle),
+            "the refusal does not name `{needle}`:\n{log}"
+        );
+    }
+    for args in [
+        vec!["kernel", "status", "--pin-dir", &dir],
+        vec!["kernel", "set-mode", "80=disable", "--pin-dir", &dir],
+    ] {
+        let out = e2e::process::run(Topology::nsenter(&second.server, &bin).args(&args))?;
+        ensure!(
+            !out.status.success()
+                && String::from_utf8_lossy(&out.stderr).contains(first.server.as_str()),
+            "{args:?} from the second namespace: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The first namespace's pins still work there, and the second has its own.
+    let out = e2e::process::run(Topology::nsenter(&first.server, &bin).args([
+        "kernel",
+        "status",
+        "--pin-dir",
+        &dir,
+    ]))?;
+    ensure!(
+        String::from_utf8_lossy(&out.stdout).contains("port 80: STRICT"),
+        "status in the first namespace: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = attach(&second.server, own.dir.to_str().unwrap_or_default())?;
+    ensure!(
+        out.status.success(),
+        "kernel attach with its own pin dir: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// A veth pair `pc-late` (server, 10.235.0.1) / `pc-late-o` (outside, 10.235.0.2), made or
+/// re-made (a bounce: deleted, then created under the same names) after the daemon started.
+fn add_late_interface(topo: &Topology) -> Result<()> {
+    let ip = |args: &[&str]| -> Result<()> {
+        let out = e2e::process::run(Command::new("ip").args(args))?;
+        ensure!(
+            out.status.success(),
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(())
+    };
+    let (s, o) = (topo.server.as_str(), topo.outside.as_str());
+    // Gone already on the first call.
+    let _ = e2e::process::run(Command::new("ip").args(["-n", s, "link", "del", "pc-late"]));
+    ip(&[
+        "link",
+        "add",
+        "pc-late",
+        "netns",
+        s,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "pc-late-o",
+        "netns",
+        o,
+    ])?;
+    ip(&["-n", s, "addr", "add", "10.235.0.1/24", "dev", "pc-late"])?;
+    ip(&["-n", o, "addr", "add", "10.235.0.2/24", "dev", "pc-late-o"])?;
+    ip(&["-n", s, "link", "set", "pc-late", "up"])?;
+    ip(&["-n", o, "link", "set", "pc-late-o", "up"])?;
+    Ok(())
+}
+
+/// tc-only STRICT (`kernel run --port 80=strict`, no steering, no `--iface`): the daemon used
+/// to attach to the interfaces present at start only, so an interface added later, or one
+/// deleted and re-created under the same name (its pinned link defunct), carried plaintext to
+/// the app unjudged. The daemon now follows link and address changes and attaches to such
+/// interfaces: plaintext over them is reset, and the app reads nothing.
+#[test]
+fn interfaces_added_or_bounced_after_start_are_covered() -> Result<()> {
+    let name = "interfaces_added_or_bounced_after_start_are_covered";
+    if !is_root() {
+        skip_not_root(name);
+        return Ok(());
+    }
+    let bin = portcullis_bin()?;
+    let logs = tempfile::tempdir()?;
+    let topo = Topology::create("fciface")?;
+    let app = e2e::hello::HelloApp::start(&topo.server)?;
+    let pins = Pins::new(&topo.server, pin_dir("iface"))?;
+    let dir = pins.dir.to_str().unwrap_or_default().to_owned();
+    let mut cmd = Topology::nsenter(&topo.server, &bin);
+    cmd.args(["kernel", "run", "--port", "80=strict", "--pin-dir", &dir]);
+    let daemon = Daemon::spawn("kernel-run", cmd, logs.path())?;
+    let status = || -> Result<String> {
+        let out = e2e::process::run(Topology::nsenter(&topo.server, &bin).args([
+            "kernel",
+            "status",
+            "--pin-dir",
+            &dir,
+        ]))?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    // Bounded waits for a state, never for a duration.
+    let wait_for = |what: &str, done: &dyn Fn() -> Result<bool>| -> Result<()> {
+        let start = Instant::now();
+        while !done()? {
+            if start.elapsed() > Duration::from_secs(20) {
+                bail!("{what} never happened:\n{}\n{}", status()?, daemon.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    };
+    wait_for("port 80 STRICT", &|| {
+        Ok(status()?.lines().any(|l| l.trim() == "port 80: STRICT"))
+    })?;
+    let url = "http://10.235.0.1:80/";
+    for round in ["added", "bounced"] {
+        let seen = daemon.log().matches("pc-late").count();
+        add_late_interface(&topo)?;
+        // The daemon logs each attach; a bounce must produce a new one.
+        wait_for(&format!("attach to the {round} interface"), &|| {
+            Ok(daemon.log().matches("pc-late").count() > seen)
+        })?;
+        let read_before = app.bytes_read();
+        let (code, stdout, stderr) =
+            e2e::mesh::curl_in(&topo.outside, None, url, Duration::from_secs(5))?;
+        ensure!(
+            code == Some(56),
+            "plaintext over the {round} interface is reset: exit {code:?} {stdout:?} {stderr:?}\n{}",
+            status()?
+        );
+        ensure!(
+            app.bytes_read() == read_before,
+            "BYPASS: the app read plaintext over the {round} interface"
+        );
+    }
+    let st = status()?;
+    ensure!(
+        st.lines()
+            .any(|l| l.starts_with("tc ingress:") && l.contains("pc-late")),
+        "status lists the late interface:\n{st}"
+    );
+    Ok(())
+}
