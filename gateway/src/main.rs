@@ -505,6 +505,19 @@ fn explain_cmd(args: ExplainArgs) -> Result<()> {
     Ok(())
 }
 
+/// The ports `run` binds on the mesh side and for admin: never a destination, and exceptions
+/// to a workload-wide STRICT (the terminator must not be steered to itself).
+fn own_ports(args: &RunArgs) -> Vec<u16> {
+    [
+        Some(args.mesh.terminator.port()),
+        Some(args.mesh.outbound.port()),
+        args.admin.0.map(|addr| addr.port()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
 async fn run(args: RunArgs) -> Result<()> {
     // Before anything opens a descriptor: the connection cap, not EMFILE, should stop a flood.
     let nofile = proxy::limits::raise_nofile_limit().context("reading RLIMIT_NOFILE")?;
@@ -532,6 +545,7 @@ async fn run(args: RunArgs) -> Result<()> {
             capture_cgroup: args.mesh.capture_cgroup.clone(),
             outbound: args.mesh.outbound,
             kernel_log: args.mesh.kernel_log,
+            own_ports: own_ports(&args),
         };
         Some(mesh::start(&snapshot, &opts)?)
     } else {
@@ -565,14 +579,7 @@ async fn run(args: RunArgs) -> Result<()> {
     tasks.push(tokio::spawn(ingress.run(drain.signal())));
     if let Some(started) = mesh {
         // The daemon's own ports are never a destination (no request makes it call itself).
-        let own: Vec<u16> = [
-            Some(args.mesh.terminator.port()),
-            Some(args.mesh.outbound.port()),
-            admin.as_ref().map(|(_, port)| *port),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
+        let own = own_ports(&args);
         let inbound = Inbound::new(gateway.clone(), started.terminator).refusing(own.clone());
         tasks.push(tokio::spawn(inbound.run(drain.signal())));
         let capture = started.outbound.map(|(listener, capture)| {
@@ -581,7 +588,7 @@ async fn run(args: RunArgs) -> Result<()> {
             tasks.push(tokio::spawn(outbound.run(drain.signal())));
             capture
         });
-        let sync = KernelSync::new(started.maps, capture, true);
+        let sync = KernelSync::new(started.maps, capture, true).with_own_ports(own);
         tokio::spawn(sync.run(bus.subscribe()));
     }
     if args.mesh.reload_ms > 0 {

@@ -44,6 +44,9 @@ pub struct MeshOptions {
     pub outbound: std::net::SocketAddrV4,
     /// Load the kernel programs with their debug lines on, and forward them to the log.
     pub kernel_log: bool,
+    /// The ports this daemon really binds (terminator, outbound, admin): exceptions to a
+    /// workload-wide default (see [`DAEMON_PORTS`]).
+    pub own_ports: Vec<u16>,
 }
 
 /// The mesh side once started: the listeners to serve and the kernel handles to keep in
@@ -97,7 +100,7 @@ pub enum MeshError {
     Kernel(#[from] crate::kernel::KernelError),
 }
 
-/// The ports this daemon binds by default — admin (`--admin`, 15000), outbound
+/// The ports the daemon binds by default — admin (`--admin`, 15000), outbound
 /// (`--outbound`, 15001), terminator (`--terminator`, 15006): exceptions (DISABLE, not
 /// steered) to the workload-wide default, as in Istio's sidecar, so the admin listener is
 /// never steered to the terminator nor the terminator to itself. A plaintext client dialing
@@ -106,8 +109,10 @@ pub enum MeshError {
 ///
 /// Only these: Istio reserves more (15004, 15008, 15020, 15021, 15053, 15090), but nothing of
 /// ours listens there, and a DISABLE port is plaintext-open under STRICT — a workload app that
-/// binds one of them gets the workload's mode like any other port.
-const DAEMON_PORTS: [u16; 3] = [15000, 15001, 15006];
+/// binds one of them gets the workload's mode like any other port. `run` passes the ports it
+/// really binds ([`KernelSync::with_own_ports`]), so a moved `--admin` or `--terminator` moves
+/// the exception with it; `kernel run` binds none of them and keeps these defaults.
+pub const DAEMON_PORTS: [u16; 3] = [15000, 15001, 15006];
 
 /// Binds a listener for the mesh side (dual-stack for `[::]`).
 pub fn bind_listener(addr: SocketAddr) -> Result<std::net::TcpListener, MeshError> {
@@ -151,7 +156,11 @@ pub fn start(snapshot: &Snapshot, opts: &MeshOptions) -> Result<Started, MeshErr
             .map_err(|e| crate::kernel::KernelError::during("starting the interface watcher", e))?;
         let mut maps = installed.maps;
         maps.set_terminator(&listener)?;
-        maps.sync_ports(&KernelSync::new(None, None, true).desired(snapshot))?;
+        maps.sync_ports(
+            &KernelSync::new(None, None, true)
+                .with_own_ports(opts.own_ports.clone())
+                .desired(snapshot),
+        )?;
         Some(maps)
     } else {
         None
@@ -208,6 +217,8 @@ pub struct KernelSync {
     steer: bool,
     /// `kernel run --port PORT=MODE`: these win over the configuration.
     overrides: BTreeMap<u16, PortSetting>,
+    /// The daemon's own ports, exceptions to a workload-wide default.
+    own_ports: Vec<u16>,
 }
 
 impl KernelSync {
@@ -221,7 +232,14 @@ impl KernelSync {
             capture,
             steer,
             overrides: BTreeMap::new(),
+            own_ports: DAEMON_PORTS.to_vec(),
         }
+    }
+
+    /// The ports this daemon really binds, in place of [`DAEMON_PORTS`].
+    pub fn with_own_ports(mut self, ports: Vec<u16>) -> Self {
+        self.own_ports = ports;
+        self
     }
 
     /// Port settings that win over the configuration's.
@@ -263,7 +281,7 @@ impl KernelSync {
             .collect();
         desired.extend(self.overrides.iter().map(|(p, s)| (*p, *s)));
         if desired.contains_key(&DEFAULT_PORT) {
-            for port in DAEMON_PORTS {
+            for &port in &self.own_ports {
                 desired.entry(port).or_insert(PortSetting::NONE);
             }
         }
@@ -297,5 +315,42 @@ impl KernelSync {
                 tracing::error!(error = %e, "kernel maps not updated");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+
+    const STRICT_WORKLOAD: &str = "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: hello, namespace: default}\nspec: {address: 10.0.0.1, labels: {app: hello}, serviceAccount: hello, ports: {http: 80}}\n---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: STRICT}}\n";
+
+    fn strict_snapshot() -> Snapshot {
+        let resources = crate::config::load_str(std::path::Path::new("mesh.yaml"), STRICT_WORKLOAD)
+            .expect("loads");
+        let settings = Settings {
+            local_workload: Some("hello".into()),
+            ..Settings::default()
+        };
+        crate::snapshot::compile(resources, settings).expect("compiles")
+    }
+
+    #[test]
+    fn the_ports_really_bound_are_the_exceptions_not_the_defaults() {
+        let snapshot = strict_snapshot();
+        let defaults = KernelSync::new(None, None, true).desired(&snapshot);
+        for port in DAEMON_PORTS {
+            assert_eq!(defaults[&port], PortSetting::NONE, "port {port}");
+        }
+        // `run --terminator [::]:16006 --admin 127.0.0.1:16000`: the exceptions move along,
+        // and 15006, no longer ours, follows the workload's STRICT like any other port.
+        let moved = KernelSync::new(None, None, true)
+            .with_own_ports(vec![16006, 15001, 16000])
+            .desired(&snapshot);
+        assert_eq!(moved[&16006], PortSetting::NONE);
+        assert_eq!(moved[&16000], PortSetting::NONE);
+        assert!(!moved.contains_key(&15006), "{moved:?}");
+        assert!(!moved.contains_key(&15000), "{moved:?}");
+        assert_eq!(moved[&DEFAULT_PORT].mode, PeerAuthMode::Strict);
     }
 }
