@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use super::oha::{self, Load};
-use super::peers::{Certs, Lab, Target, SMALL_PATH};
+use super::peers::{Certs, Lab, Target, Tuning, SMALL_PATH};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct InstrRecord {
@@ -95,7 +95,13 @@ pub fn measure(
             "--tool=callgrind".to_owned(),
             format!("--callgrind-out-file={}/callgrind.out.%p", dir.display()),
         ];
-        let running = lab.start_wrapped(target, certs, &wrapper, Duration::from_secs(120))?;
+        let running = lab.start_wrapped(
+            target,
+            certs,
+            &wrapper,
+            Duration::from_secs(120),
+            &Tuning::default(),
+        )?;
         let pid = running.pid().context("a proxy has a pid")?;
         let load = |n: u64| Load {
             path: SMALL_PATH,

@@ -33,8 +33,9 @@ pub struct BenchArgs {
     #[arg(long)]
     pub quick: bool,
     /// Scenarios to run (1 keep-alive, 2 handshakes, 3 fixed rate, 4 bulk, 5 idle, 6 authz,
-    /// 7 STRICT rejection in network namespaces (root only), 8 instructions per request).
-    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6,7,8")]
+    /// 7 STRICT rejection in network namespaces (root only), 8 instructions per request,
+    /// 9 one worker vs two).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6,7,8,9")]
     pub scenarios: Vec<u8>,
     /// Use this portcullis binary instead of building `--release` from the workspace.
     #[arg(long, value_name = "PATH")]
@@ -104,6 +105,9 @@ pub fn run(args: BenchArgs, workspace: &Path, target_dir: &Path) -> Result<()> {
     if wants(4) {
         scenarios::timed("scenario 4", || suite.bulk())?;
     }
+    if wants(9) {
+        scenarios::timed("scenario 9", || suite.multicore())?;
+    }
     let idle = if wants(5) {
         let n = idle::connections(args.quick, nofile);
         scenarios::timed("scenario 5", || idle::measure(&suite.lab, &suite.ecdsa, n))?
@@ -163,7 +167,7 @@ pub fn run(args: BenchArgs, workspace: &Path, target_dir: &Path) -> Result<()> {
     let command_line = format!(
         "cargo xtask bench{}{}",
         if args.quick { " --quick" } else { "" },
-        if args.scenarios.len() < 8 {
+        if args.scenarios.len() < 9 {
             format!(
                 " --scenarios {}",
                 args.scenarios

@@ -5,8 +5,10 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
+mod multicore;
 mod sections;
 
+use self::multicore::multicore_section;
 use self::sections::{
     authz_section, fixed_rate_section, idle_section, instr_section, strict_section,
 };
@@ -336,6 +338,7 @@ pub fn write(root: &Path, inputs: &Inputs<'_>) -> Result<String> {
 
     instr_section(&mut md, inputs.instr)?;
     strict_section(&mut md, inputs.strict, inputs.strict_note, &mut verdicts)?;
+    multicore_section(&mut md, s, &mut verdicts)?;
 
     writeln!(
         md,
