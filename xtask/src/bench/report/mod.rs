@@ -340,7 +340,7 @@ pub fn write(root: &Path, inputs: &Inputs<'_>) -> Result<String> {
     // Scenario 6.
     authz_section(&mut md, inputs.authz, &mut verdicts, &charts)?;
 
-    instr_section(&mut md, inputs.instr)?;
+    instr_section(&mut md, inputs.instr, &mut verdicts)?;
     security_section(&mut md, inputs.security, inputs.instr)?;
     strict_section(&mut md, inputs.strict, inputs.strict_note, &mut verdicts)?;
     multicore_section(&mut md, s, &mut verdicts)?;

@@ -172,11 +172,43 @@ pub(super) fn idle_section(
                 ))
             ),
         });
+        if let Some(n) = idle.iter().find(|r| r.target == Target::Nginx) {
+            verdicts.push(Verdict {
+                name: "memory per idle connection ≤ 0.5× nginx".into(),
+                met: Some(p.kb_per_conn() <= 0.5 * n.kb_per_conn()),
+                detail: format!(
+                    "Portcullis {:.1} KB, nginx {:.1} KB ({})",
+                    p.kb_per_conn(),
+                    n.kb_per_conn(),
+                    ratio(p.kb_per_conn(), n.kb_per_conn())
+                ),
+            });
+            let mb = |r: &IdleRecord| r.rss_after_kb as f64 / 1024.0;
+            let fewer = if p.held < 10_000 {
+                " (fewer than 10,000: `--quick`, or the open-file limit)"
+            } else {
+                ""
+            };
+            verdicts.push(Verdict {
+                name: format!("RSS with {} idle mTLS connections ≤ 0.5× nginx's", p.held),
+                met: Some(mb(p) <= 0.5 * mb(n)),
+                detail: format!(
+                    "Portcullis {:.1} MB, nginx {:.1} MB ({}){fewer}",
+                    mb(p),
+                    mb(n),
+                    ratio(mb(p), mb(n))
+                ),
+            });
+        }
     }
     Ok(())
 }
 
-pub(super) fn instr_section(md: &mut String, instr: &[InstrRecord]) -> Result<()> {
+pub(super) fn instr_section(
+    md: &mut String,
+    instr: &[InstrRecord],
+    verdicts: &mut Vec<Verdict>,
+) -> Result<()> {
     writeln!(
         md,
         "## Instructions per request (callgrind)\n\n\
@@ -208,6 +240,19 @@ pub(super) fn instr_section(md: &mut String, instr: &[InstrRecord]) -> Result<()
         )?;
     }
     writeln!(md)?;
+    let of = |t: Target| instr.iter().find(|r| r.target == t);
+    if let (Some(p), Some(n)) = (of(Target::Portcullis), of(Target::Nginx)) {
+        let (pv, nv) = (p.per_request(), n.per_request());
+        verdicts.push(Verdict {
+            name: "instructions per request ≤ 0.8× nginx".into(),
+            met: Some(pv <= 0.8 * nv),
+            detail: format!(
+                "Portcullis {pv:.0}, nginx {nv:.0} ({}) over {} keep-alive requests",
+                ratio(pv, nv),
+                p.requests
+            ),
+        });
+    }
     Ok(())
 }
 
