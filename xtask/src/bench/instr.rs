@@ -159,34 +159,59 @@ fn security_variants() -> Vec<(&'static str, String, Tuning)> {
     ]
 }
 
+/// What scenario 10 measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct SecurityCosts {
+    /// Portcullis with its defaults, first and last: the spread is the run-to-run noise
+    /// (hash seeds, timers and allocator state differ between two runs of the same build).
+    pub defaults: Vec<InstrRecord>,
+    pub off: Vec<SecurityCost>,
+}
+
+impl SecurityCosts {
+    /// The defaults' mean instructions per request.
+    pub fn defaults_per_request(&self) -> f64 {
+        let n = self.defaults.len().max(1) as f64;
+        self.defaults
+            .iter()
+            .map(InstrRecord::per_request)
+            .sum::<f64>()
+            / n
+    }
+}
+
 /// Scenario 10: Portcullis's instructions per request with its defaults, then with each
-/// security default off, once each. Returns the defaults' record and one per feature.
+/// security default off once, then with its defaults again.
 pub fn security_costs(
     lab: &Lab,
     certs: &Certs,
     raw_dir: &Path,
     requests: u64,
-) -> Result<(InstrRecord, Vec<SecurityCost>)> {
+) -> Result<SecurityCosts> {
     eprintln!(
         "bench: scenario 10: cost of each security default, callgrind, {requests} keep-alive requests"
     );
-    let on = measure_one(
-        lab,
-        certs,
-        raw_dir,
-        requests,
-        Target::Portcullis,
-        &Tuning::default(),
-        "portcullis-defaults",
-    )?;
-    eprintln!(
-        "bench:   {:<60} {:.0} instructions/request",
-        "defaults",
-        on.per_request()
-    );
-    let mut out = Vec::new();
+    let defaults = |label: &str| -> Result<InstrRecord> {
+        let rec = measure_one(
+            lab,
+            certs,
+            raw_dir,
+            requests,
+            Target::Portcullis,
+            &Tuning::default(),
+            label,
+        )?;
+        eprintln!(
+            "bench:   {:<60} {:.0} instructions/request",
+            "defaults",
+            rec.per_request()
+        );
+        Ok(rec)
+    };
+    let first = defaults("portcullis-defaults-1")?;
+    let mut off = Vec::new();
     for (i, (feature, how, tuning)) in security_variants().into_iter().enumerate() {
-        let off = measure_one(
+        let rec = measure_one(
             lab,
             certs,
             raw_dir,
@@ -198,12 +223,20 @@ pub fn security_costs(
         eprintln!(
             "bench:   {:<60} {:.0} instructions/request off ({:+.0})",
             feature,
-            off.per_request(),
-            on.per_request() - off.per_request()
+            rec.per_request(),
+            first.per_request() - rec.per_request()
         );
-        out.push(SecurityCost { feature, how, off });
+        off.push(SecurityCost {
+            feature,
+            how,
+            off: rec,
+        });
     }
-    Ok((on, out))
+    let last = defaults("portcullis-defaults-2")?;
+    Ok(SecurityCosts {
+        defaults: vec![first, last],
+        off,
+    })
 }
 
 /// One target (started with `tuning`) under callgrind; `label` names its files

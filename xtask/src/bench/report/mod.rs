@@ -17,7 +17,7 @@ use self::security::security_section;
 use super::charts::grouped_bars;
 use super::handshake::HandshakeRecord;
 use super::idle::IdleRecord;
-use super::instr::{InstrRecord, SecurityCost};
+use super::instr::{InstrRecord, SecurityCosts};
 use super::peers::Target;
 use super::scenarios::{Record, Suite};
 use super::strict::StrictRecord;
@@ -41,7 +41,7 @@ pub struct Inputs<'a> {
     pub idle: &'a [IdleRecord],
     pub instr: &'a [InstrRecord],
     /// Scenario 10: Portcullis with its defaults, and with each security default off.
-    pub security: Option<&'a (InstrRecord, Vec<SecurityCost>)>,
+    pub security: Option<&'a SecurityCosts>,
     pub strict: &'a [StrictRecord],
     /// Why scenario 7 has no figures, when it has none.
     pub strict_note: &'a str,
