@@ -1,6 +1,7 @@
 //! `portcullis`: the daemon and its command-line tools.
 
 use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -39,6 +40,12 @@ struct Cli {
     /// Log format on stderr. The level comes from RUST_LOG (default: info).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "PORTCULLIS_LOG_FORMAT")]
     log_format: LogFormat,
+    /// Worker threads that serve connections (Envoy's --concurrency). Default: the CPUs this
+    /// process may run on, i.e. its CPU affinity (`taskset`, cpusets) and cgroup CPU quota, not
+    /// the machine's count, so `taskset -c 0 portcullis run …` gets one worker. More workers
+    /// than those CPUs only adds context switches.
+    #[arg(long, global = true, value_name = "N", value_parser = parse_workers)]
+    workers: Option<NonZeroUsize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -279,6 +286,24 @@ struct MeshArgs {
     reload_ms: u64,
 }
 
+/// `--workers`: at least one, with an error that says why rather than clap's range message.
+fn parse_workers(s: &str) -> Result<NonZeroUsize, String> {
+    let n: usize = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of worker threads"))?;
+    NonZeroUsize::new(n).ok_or_else(|| {
+        "0 workers would serve nothing: give at least 1 (default: the CPUs this process may run on)"
+            .to_owned()
+    })
+}
+
+/// The worker count when `--workers` is absent: `available_parallelism` reads the affinity
+/// mask and the cgroup quota, which is what a pinned or containerized daemon may use.
+fn default_workers() -> NonZeroUsize {
+    std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN)
+}
+
 /// `--admin`: an address, or `None` for `off`.
 #[derive(Clone, Copy, Debug)]
 struct AdminAddr(Option<SocketAddr>);
@@ -392,13 +417,15 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run_command(cli: Cli) -> Result<()> {
+    let workers = cli.workers.unwrap_or_else(default_workers);
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers.get())
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Run(args) => run(args).await,
+            Command::Run(args) => run(args, workers).await,
             Command::Check(args) => check(&args),
             Command::Certs(args) => portcullis::identity::certs::cli::run(args).await,
             Command::Httpbin(args) => portcullis::backend::httpbin::cli::run(args).await,
@@ -518,7 +545,7 @@ fn own_ports(args: &RunArgs) -> Vec<u16> {
     .collect()
 }
 
-async fn run(args: RunArgs) -> Result<()> {
+async fn run(args: RunArgs, workers: NonZeroUsize) -> Result<()> {
     // Before anything opens a descriptor: the connection cap, not EMFILE, should stop a flood.
     let nofile = proxy::limits::raise_nofile_limit().context("reading RLIMIT_NOFILE")?;
     let limits = args.limits.resolve(nofile);
@@ -605,7 +632,11 @@ async fn run(args: RunArgs) -> Result<()> {
     if let Some((admin, _)) = &admin {
         admin.mark_ready();
     }
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), "portcullis started");
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        workers,
+        "portcullis started"
+    );
     let first = shutdown_signal().await;
     tracing::info!(signal = first.name(), drain = ?gateway.limits.drain_timeout, "draining: no new connections, open ones finish their requests");
     drain.start();
@@ -667,5 +698,53 @@ async fn shutdown_signal() -> Signal {
     tokio::select! {
         _ = wait(SignalKind::interrupt()) => Signal::Interrupt,
         _ = wait(SignalKind::terminate()) => Signal::Terminate,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn workers_is_a_global_option_before_or_after_the_subcommand() {
+        for argv in [
+            &["portcullis", "--workers", "2", "check", "policies"][..],
+            &["portcullis", "check", "policies", "--workers", "2"][..],
+        ] {
+            let cli = Cli::try_parse_from(argv).unwrap();
+            assert_eq!(cli.workers.map(NonZeroUsize::get), Some(2), "{argv:?}");
+        }
+        let cli = Cli::try_parse_from(["portcullis", "check", "policies"]).unwrap();
+        assert!(cli.workers.is_none());
+    }
+
+    #[test]
+    fn zero_workers_is_refused_with_the_reason() {
+        let err = match Cli::try_parse_from(["portcullis", "--workers", "0", "check", "p"]) {
+            Ok(_) => panic!("--workers 0 was accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("0 workers would serve nothing"), "{err}");
+        assert!(parse_workers("two").is_err());
+        assert!(parse_workers("-1").is_err());
+        assert_eq!(parse_workers("3").map(NonZeroUsize::get), Ok(3));
+    }
+
+    #[test]
+    fn the_default_follows_the_affinity_mask() {
+        // SAFETY: sched_getaffinity writes the set passed, for this thread.
+        let allowed = unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            assert_eq!(
+                libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set),
+                0
+            );
+            libc::CPU_COUNT(&set) as usize
+        };
+        // A cgroup quota can only lower it.
+        assert!(default_workers().get() <= allowed);
+        assert!(default_workers().get() >= 1);
     }
 }

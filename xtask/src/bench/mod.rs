@@ -33,8 +33,9 @@ pub struct BenchArgs {
     #[arg(long)]
     pub quick: bool,
     /// Scenarios to run (1 keep-alive, 2 handshakes, 3 fixed rate, 4 bulk, 5 idle, 6 authz,
-    /// 7 STRICT rejection in network namespaces (root only), 8 instructions per request).
-    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6,7,8")]
+    /// 7 STRICT rejection in network namespaces (root only), 8 instructions per request,
+    /// 9 one worker vs two, 10 instructions per request with each security default off).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6,7,8,9,10")]
     pub scenarios: Vec<u8>,
     /// Use this portcullis binary instead of building `--release` from the workspace.
     #[arg(long, value_name = "PATH")]
@@ -104,6 +105,9 @@ pub fn run(args: BenchArgs, workspace: &Path, target_dir: &Path) -> Result<()> {
     if wants(4) {
         scenarios::timed("scenario 4", || suite.bulk())?;
     }
+    if wants(9) {
+        scenarios::timed("scenario 9", || suite.multicore())?;
+    }
     let idle = if wants(5) {
         let n = idle::connections(args.quick, nofile);
         scenarios::timed("scenario 5", || idle::measure(&suite.lab, &suite.ecdsa, n))?
@@ -117,6 +121,14 @@ pub fn run(args: BenchArgs, workspace: &Path, target_dir: &Path) -> Result<()> {
         })?
     } else {
         Vec::new()
+    };
+    let security = if wants(10) {
+        let n = if args.quick { 1_000 } else { 3_000 };
+        Some(scenarios::timed("scenario 10", || {
+            instr::security_costs(&suite.lab, &suite.ecdsa, &suite.raw_dir, n)
+        })?)
+    } else {
+        None
     };
     drop(upstream);
     // The kernel path depends on the host (root, bpffs, tc): a failure here is reported, not
@@ -152,6 +164,7 @@ pub fn run(args: BenchArgs, workspace: &Path, target_dir: &Path) -> Result<()> {
         "full_handshakes": suite.full_handshakes,
         "idle": idle,
         "instructions": instr,
+        "security_costs": security,
         "strict": strict,
         "authz": authz,
     });
@@ -163,7 +176,7 @@ pub fn run(args: BenchArgs, workspace: &Path, target_dir: &Path) -> Result<()> {
     let command_line = format!(
         "cargo xtask bench{}{}",
         if args.quick { " --quick" } else { "" },
-        if args.scenarios.len() < 8 {
+        if args.scenarios.len() < 10 {
             format!(
                 " --scenarios {}",
                 args.scenarios
@@ -189,6 +202,7 @@ pub fn run(args: BenchArgs, workspace: &Path, target_dir: &Path) -> Result<()> {
             authz: &authz,
             idle: &idle,
             instr: &instr,
+            security: security.as_ref(),
             strict: &strict,
             strict_note: &strict_note,
             upstream_conf: &sample("upstream", "nginx.conf"),

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use super::sys::{self, pinned, Proc, LOAD_CORE, PROXY_CORE};
+use super::sys::{self, pinned, pinned_to, Proc, LOAD_CORE, PROXY_CORE};
 
 /// What a request goes through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -115,17 +115,52 @@ pub struct Lab {
     pub upstream_port: u16,
 }
 
+/// How a target is started when it departs from the suite's standard setup.
+#[derive(Clone, Debug, Default)]
+pub struct Tuning {
+    /// Workers (Portcullis `--workers`, nginx `worker_processes`) and as many cores, from the
+    /// proxy core up. `None`: one core, and Portcullis's default (one worker on one core).
+    pub workers: Option<u32>,
+    /// More `portcullis run` arguments (a security default turned off, say).
+    pub portcullis_args: Vec<String>,
+    /// Portcullis's configuration without its AuthorizationPolicy.
+    pub no_authz: bool,
+}
+
+impl Tuning {
+    pub fn workers(n: u32) -> Self {
+        Self {
+            workers: Some(n),
+            ..Self::default()
+        }
+    }
+
+    /// The taskset CPU list of the proxy: the proxy core and the next `workers - 1`.
+    pub fn cpus(&self) -> String {
+        match self.workers {
+            None | Some(0 | 1) => PROXY_CORE.to_string(),
+            Some(n) => format!("{PROXY_CORE}-{}", PROXY_CORE + n - 1),
+        }
+    }
+}
+
 /// The static files the upstream serves.
 pub const SMALL_PATH: &str = "/1k";
 pub const BULK_PATH: &str = "/10m";
 pub const SMALL_BYTES: usize = 1024;
 pub const BULK_BYTES: usize = 10 * 1024 * 1024;
 
-fn nginx_main(dir: &Path, nofile: u64) -> String {
+fn nginx_main(dir: &Path, nofile: u64, workers: u32) -> String {
     let d = dir.display();
     // One process (no master): the one pid is the whole proxy, as for the other targets.
+    // Several workers need the master, which forks them; the suite measures the process tree.
+    let processes = if workers > 1 {
+        format!("worker_processes {workers};\nmaster_process on;\n")
+    } else {
+        "worker_processes 1;\nmaster_process off;\n".to_owned()
+    };
     format!(
-        "worker_processes 1;\nmaster_process off;\ndaemon off;\npid {d}/nginx.pid;\n\
+        "{processes}daemon off;\npid {d}/nginx.pid;\n\
          worker_rlimit_nofile {files};\nerror_log {d}/error.log warn;\n\
          events {{ worker_connections {conns}; }}\n",
         files = nofile,
@@ -148,7 +183,7 @@ pub fn upstream_conf(dir: &Path, nofile: u64, port: u16) -> String {
         "{main}http {{\n  access_log off;\n{temps}  sendfile on; tcp_nopush on;\n  \
          keepalive_requests 10000000; keepalive_timeout 600s;\n  default_type application/octet-stream;\n  \
          server {{\n    listen 127.0.0.1:{port} backlog=4096;\n    root {www};\n  }}\n}}\n",
-        main = nginx_main(dir, nofile),
+        main = nginx_main(dir, nofile, 1),
         temps = nginx_temp_paths(dir),
         www = dir.join("www").display(),
     )
@@ -156,7 +191,14 @@ pub fn upstream_conf(dir: &Path, nofile: u64, port: u16) -> String {
 
 /// nginx as an mTLS terminator: `ssl_verify_client on`, keep-alive to the upstream, and a
 /// `location` that answers the DENY path the way Portcullis's AuthorizationPolicy does.
-pub fn nginx_conf(dir: &Path, nofile: u64, certs: &Certs, port: u16, upstream: u16) -> String {
+pub fn nginx_conf(
+    dir: &Path,
+    nofile: u64,
+    workers: u32,
+    certs: &Certs,
+    port: u16,
+    upstream: u16,
+) -> String {
     let c = certs.dir.display();
     format!(
         "{main}http {{\n  access_log off;\n{temps}  keepalive_requests 10000000; keepalive_timeout 600s;\n  \
@@ -168,7 +210,7 @@ pub fn nginx_conf(dir: &Path, nofile: u64, certs: &Certs, port: u16, upstream: u
          location = /status/418 {{ return 403 \"RBAC: access denied\"; }}\n    \
          location / {{\n      proxy_pass http://backend;\n      proxy_http_version 1.1;\n      \
          proxy_set_header Connection \"\";\n      proxy_max_temp_file_size 0;\n    }}\n  }}\n}}\n",
-        main = nginx_main(dir, nofile),
+        main = nginx_main(dir, nofile, workers),
         temps = nginx_temp_paths(dir),
     )
 }
@@ -188,9 +230,10 @@ pub fn haproxy_conf(certs: &Certs, port: u16, upstream: u16) -> String {
     )
 }
 
-/// The walkthrough's MUTUAL server for test.com and its DENY policy, routed to the upstream.
-pub fn portcullis_conf(upstream: u16) -> String {
-    format!(
+/// The walkthrough's MUTUAL server for test.com and (with `authz`) its DENY policy, routed
+/// to the upstream.
+pub fn portcullis_conf(upstream: u16, authz: bool) -> String {
+    let conf = format!(
         r#"apiVersion: networking.istio.io/v1beta1
 kind: Gateway
 metadata: {{name: bench, namespace: default}}
@@ -230,7 +273,14 @@ spec:
   resolution: STATIC
   endpoints: [{{address: 127.0.0.1, ports: {{http: {upstream}}}}}]
 "#
-    )
+    );
+    if authz {
+        return conf;
+    }
+    conf.split("---\n")
+        .filter(|doc| !doc.contains("kind: AuthorizationPolicy"))
+        .collect::<Vec<_>>()
+        .join("---\n")
 }
 
 impl Lab {
@@ -263,20 +313,33 @@ impl Lab {
     /// Starts `target` with `certs` on a fresh port, pinned to the proxy core, and waits until
     /// it accepts connections. Direct starts nothing.
     pub fn start(&self, target: Target, certs: &Certs) -> Result<Running> {
-        self.start_wrapped(target, certs, &[], Duration::from_secs(10))
+        self.start_wrapped(
+            target,
+            certs,
+            &[],
+            Duration::from_secs(10),
+            &Tuning::default(),
+        )
     }
 
-    /// [`Lab::start`] with the proxy run under `wrapper` (e.g. valgrind), which may start
-    /// slowly: `startup` bounds the wait for its port.
+    /// [`Lab::start`] with `tuning`.
+    pub fn start_tuned(&self, target: Target, certs: &Certs, tuning: &Tuning) -> Result<Running> {
+        self.start_wrapped(target, certs, &[], Duration::from_secs(10), tuning)
+    }
+
+    /// [`Lab::start_tuned`] with the proxy run under `wrapper` (e.g. valgrind), which may
+    /// start slowly: `startup` bounds the wait for its port.
     pub fn start_wrapped(
         &self,
         target: Target,
         certs: &Certs,
         wrapper: &[String],
         startup: Duration,
+        tuning: &Tuning,
     ) -> Result<Running> {
+        let cpus = tuning.cpus();
         let proxy = |program: &Path| {
-            let mut cmd = pinned(PROXY_CORE, wrapper.first().map_or(program, Path::new));
+            let mut cmd = pinned_to(&cpus, wrapper.first().map_or(program, Path::new));
             if !wrapper.is_empty() {
                 cmd.args(&wrapper[1..]).arg(program);
             }
@@ -298,7 +361,14 @@ impl Lab {
                 let conf = dir.join("nginx.conf");
                 std::fs::write(
                     &conf,
-                    nginx_conf(&dir, self.nofile, certs, port, self.upstream_port),
+                    nginx_conf(
+                        &dir,
+                        self.nofile,
+                        tuning.workers.unwrap_or(1),
+                        certs,
+                        port,
+                        self.upstream_port,
+                    ),
                 )?;
                 let mut cmd = proxy(Path::new("nginx"));
                 cmd.arg("-e")
@@ -321,8 +391,11 @@ impl Lab {
             Target::Portcullis => {
                 let port = portcullis_port()?;
                 let conf = dir.join("config.yaml");
-                std::fs::write(&conf, portcullis_conf(self.upstream_port))?;
+                std::fs::write(&conf, portcullis_conf(self.upstream_port, !tuning.no_authz))?;
                 let mut cmd = proxy(&self.portcullis);
+                if let Some(n) = tuning.workers {
+                    cmd.args(["--workers", &n.to_string()]);
+                }
                 cmd.arg("run")
                     .arg("-c")
                     .arg(conf)
@@ -331,6 +404,7 @@ impl Lab {
                     .args(["--bind", "127.0.0.1", "--admin", "off"])
                     .args(["--access-log", "off"])
                     .args(["--port-offset", &(port - 443).to_string()])
+                    .args(&tuning.portcullis_args)
                     .env("RUST_LOG", "warn");
                 (port, cmd)
             }
@@ -356,4 +430,37 @@ fn portcullis_port() -> Result<u16> {
         }
     }
     anyhow::bail!("no free port for portcullis")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_authz_the_policy_document_alone_is_dropped() {
+        let with = portcullis_conf(8080, true);
+        let without = portcullis_conf(8080, false);
+        assert!(with.contains("kind: AuthorizationPolicy"));
+        assert!(!without.contains("AuthorizationPolicy"));
+        for kind in ["Gateway", "VirtualService", "ServiceEntry"] {
+            assert!(without.contains(&format!("kind: {kind}\n")), "{kind}");
+        }
+        assert_eq!(without.matches("---\n").count(), 2);
+    }
+
+    #[test]
+    fn two_nginx_workers_need_the_master_process() {
+        let certs = Certs {
+            dir: PathBuf::from("/c"),
+        };
+        let one = nginx_conf(Path::new("/w"), 1024, 1, &certs, 1, 2);
+        let two = nginx_conf(Path::new("/w"), 1024, 2, &certs, 1, 2);
+        assert!(one.starts_with("worker_processes 1;\nmaster_process off;"));
+        assert!(two.starts_with("worker_processes 2;\nmaster_process on;"));
+        assert_eq!(
+            Tuning::workers(2).cpus(),
+            format!("{PROXY_CORE}-{}", PROXY_CORE + 1)
+        );
+        assert_eq!(Tuning::default().cpus(), PROXY_CORE.to_string());
+    }
 }

@@ -9,8 +9,8 @@ use serde::Serialize;
 
 use super::handshake::{self, HandshakeRecord};
 use super::oha::{self, Load, Summary};
-use super::peers::{Certs, KeyType, Lab, Running, Target, BULK_PATH, SMALL_PATH};
-use super::sys::{self, RssSampler};
+use super::peers::{Certs, KeyType, Lab, Running, Target, Tuning, BULK_PATH, SMALL_PATH};
+use super::sys::{self, CpuTimes, CpuWindow, RssSampler};
 
 /// How long things run: `--quick` keeps the whole suite under three minutes.
 #[derive(Clone, Copy, Debug, Serialize)]
@@ -58,6 +58,13 @@ pub struct Record {
     pub load1: f64,
     /// The scenario's key figure in every round, in run order (the record is the best one).
     pub rounds: Vec<f64>,
+    /// `--workers` / `worker_processes` when the run set it (scenario 9).
+    pub workers: Option<u32>,
+    /// CPU seconds oha used over the measured window: near one per second means the load
+    /// generator, pinned to one core, was the bound.
+    pub load_gen_cpu_secs: Option<f64>,
+    /// What every CPU of the machine did over the measured window.
+    pub machine: CpuWindow,
 }
 
 impl Record {
@@ -65,6 +72,14 @@ impl Record {
     pub fn vcpu(&self) -> Option<f64> {
         let wall = self.summary.total_secs;
         self.cpu_secs.filter(|_| wall > 0.0).map(|c| c / wall)
+    }
+
+    /// oha's vCPU over the window.
+    pub fn load_gen_vcpu(&self) -> Option<f64> {
+        let wall = self.summary.total_secs;
+        self.load_gen_cpu_secs
+            .filter(|c| wall > 0.0 && c.is_finite())
+            .map(|c| c / wall)
     }
 
     /// The proxy's CPU time per response, µs: what a request costs the proxy whether or not
@@ -122,8 +137,21 @@ impl Suite {
         key: KeyType,
         load: Load,
     ) -> Result<()> {
+        self.measure_tuned(scenario, variant, target, key, load, &Tuning::default())
+    }
+
+    /// [`Suite::measure`] with the target started with `tuning`.
+    fn measure_tuned(
+        &mut self,
+        scenario: u8,
+        variant: &str,
+        target: Target,
+        key: KeyType,
+        load: Load,
+        tuning: &Tuning,
+    ) -> Result<()> {
         let certs = self.certs(key).clone();
-        let running = self.lab.start(target, &certs)?;
+        let running = self.lab.start_tuned(target, &certs, tuning)?;
         self.check_behaviour(&running, &certs, &load)
             .with_context(|| format!("{target} does not behave as configured"))?;
         let warm = Load {
@@ -143,11 +171,18 @@ impl Suite {
         let raw = oha::raw_path(&self.raw_dir, &name);
         let pid = running.pid();
         let load1 = sys::load1();
-        let cpu_before = pid.map(sys::cpu_seconds).transpose()?;
+        // The whole process tree: nginx with several workers is a master and its children.
+        let cpu_before = pid.map(sys::tree_cpu_seconds).transpose()?;
         let sampler = pid.map(RssSampler::start);
+        let oha_before = sys::reaped_children_cpu_seconds();
+        let machine_before = CpuTimes::read()?;
         let summary = oha::run(&load, &running, &certs, &raw)?;
+        let machine = machine_before.since(&CpuTimes::read()?);
+        // oha is the only child reaped in the window (the targets are reaped when dropped).
+        let load_gen_cpu_secs =
+            Some(sys::reaped_children_cpu_seconds() - oha_before).filter(|c| c.is_finite());
         let cpu_secs = match (pid, cpu_before) {
-            (Some(pid), Some(before)) => Some(sys::cpu_seconds(pid)? - before),
+            (Some(pid), Some(before)) => Some(sys::tree_cpu_seconds(pid)? - before),
             _ => None,
         };
         let peak_rss_kb = sampler.map(RssSampler::finish);
@@ -155,8 +190,14 @@ impl Suite {
         drop(running);
 
         let ok = summary.count("200");
+        let wall = summary.total_secs.max(f64::EPSILON);
+        let busy: Vec<String> = machine
+            .cpus
+            .iter()
+            .map(|c| format!("{:.0}%", c.busy() * 100.0))
+            .collect();
         eprintln!(
-            "bench:   {target:<10} {:>10.0} req/s  {:>9.1} MB/s  p50 {:>7.3} ms  p99 {:>7.3} ms  p99.9 {:>7.3} ms  200s {ok}/{}{}",
+            "bench:   {target:<10} {:>10.0} req/s  {:>9.1} MB/s  p50 {:>7.3} ms  p99 {:>7.3} ms  p99.9 {:>7.3} ms  200s {ok}/{}{}  oha {:.2} vCPU  cores busy {}",
             summary.requests_per_sec,
             summary.bytes_per_sec / 1e6,
             summary.p50_ms,
@@ -164,6 +205,8 @@ impl Suite {
             summary.p999_ms,
             summary.responses(),
             cpu_secs.map_or(String::new(), |c| format!("  cpu {c:.2} s  rss {} kB", peak_rss_kb.unwrap_or(0))),
+            load_gen_cpu_secs.unwrap_or(f64::NAN) / wall,
+            busy.join("/"),
         );
         if ok == 0 {
             bail!(
@@ -182,6 +225,9 @@ impl Suite {
             command,
             load1,
             rounds: Vec::new(),
+            workers: tuning.workers,
+            load_gen_cpu_secs,
+            machine,
         });
         Ok(())
     }
@@ -354,12 +400,47 @@ impl Suite {
         Ok(())
     }
 
+    /// Scenario 9: keep-alive HTTP/1.1 req/s with one worker on one core and two workers on
+    /// both, for Portcullis (`--workers`) and nginx (`worker_processes`, for reference). oha
+    /// and the upstream stay on the load core, which the second worker shares with them: the
+    /// report says whether the load generator or the machine was the bound.
+    pub fn multicore(&mut self) -> Result<()> {
+        eprintln!(
+            "bench: scenario 9: keep-alive HTTP/1.1 req/s, 1 worker on 1 core vs 2 workers on 2 cores, {} connections",
+            self.plan.connections
+        );
+        for _ in 0..self.plan.rounds {
+            for target in [Target::Portcullis, Target::Nginx] {
+                for workers in MULTICORE_WORKERS {
+                    let load = self.keepalive(false);
+                    let tuning = Tuning::workers(workers);
+                    let variant = workers_variant(workers);
+                    self.measure_tuned(9, &variant, target, KeyType::EcdsaP256, load, &tuning)?;
+                }
+            }
+        }
+        self.keep_best(9);
+        Ok(())
+    }
+
     /// The records of one scenario and variant.
     pub fn of(&self, scenario: u8, variant: &str) -> Vec<&Record> {
         self.records
             .iter()
             .filter(|r| r.scenario == scenario && r.variant == variant)
             .collect()
+    }
+}
+
+/// The worker counts scenario 9 compares.
+pub const MULTICORE_WORKERS: [u32; 2] = [1, 2];
+
+/// Scenario 9's variant name for a worker count.
+pub fn workers_variant(workers: u32) -> String {
+    if workers == 1 {
+        "1 worker".to_owned()
+    } else {
+        format!("{workers} workers")
     }
 }
 

@@ -1,6 +1,9 @@
 //! Scenario 7: STRICT rejection. Plaintext connection attempts refused per second by the
 //! kernel path (`portcullis kernel run`, tc ingress reset) versus a userspace listener that
 //! accepts, reads the first bytes and resets, with the daemon's CPU during the kernel run.
+//! Both runs also read the kernel's softirq time from `/proc/stat` over the measured window,
+//! so the CPU each path spends per refused connection can be compared even when the client is
+//! what bounds the rate.
 //!
 //! Runs in two network namespaces made here (`pcb-<pid>-s` with 10.233.0.1, `pcb-<pid>-o` with
 //! 10.233.0.2, joined by a veth pair) and removed on drop; traffic goes nowhere else. Needs
@@ -19,7 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use super::sys::{self, pinned, Proc, LOAD_CORE, PROXY_CORE};
+use super::sys::{self, pinned, CpuTimes, CpuWindow, Proc, LOAD_CORE, PROXY_CORE};
 
 const SERVER: &str = "10.233.0.1";
 const PORT: u16 = 80;
@@ -41,13 +44,57 @@ pub struct StrictRecord {
     /// request (userspace) or a reset (kernel: it never sees a byte).
     pub app_read_data: u64,
     pub app_read_reset: u64,
+    /// CPU seconds of the app's thread (for the userspace path, the refusing process itself;
+    /// for the kernel path, the app accepting children the kernel has already reset).
+    pub app_cpu_secs: f64,
+    /// Every CPU over the measured window, softirq time included.
+    pub cpus: CpuWindow,
 }
 
 impl StrictRecord {
     pub fn per_sec(&self) -> f64 {
         self.refused as f64 / self.secs.max(f64::EPSILON)
     }
+
+    /// Seconds per refused connection, in µs.
+    fn per_refusal_us(&self, secs: f64) -> f64 {
+        if self.refused == 0 {
+            return f64::NAN;
+        }
+        secs * 1e6 / self.refused as f64
+    }
+
+    /// Kernel softirq time, all CPUs, per refused connection, µs. On a veth pair a packet is
+    /// received on the CPU that sent it, so the server side's receive path (tc ingress, TCP)
+    /// runs in softirq on the client's core as much as on the server's.
+    pub fn softirq_us(&self) -> f64 {
+        self.per_refusal_us(self.cpus.softirq_secs())
+    }
+
+    /// The refusing process's CPU per refused connection, µs.
+    pub fn refuser_us(&self) -> f64 {
+        self.per_refusal_us(self.cpu_secs)
+    }
+
+    /// The app thread's CPU per refused connection, µs.
+    pub fn app_us(&self) -> f64 {
+        self.per_refusal_us(self.app_cpu_secs)
+    }
+
+    /// What a refusal costs the server side: the processes that took part (the app once,
+    /// also when it is the refuser) and the kernel's softirq work.
+    pub fn total_us(&self) -> f64 {
+        let processes = if self.path == USERSPACE {
+            self.app_cpu_secs
+        } else {
+            self.cpu_secs + self.app_cpu_secs
+        };
+        self.per_refusal_us(processes + self.cpus.softirq_secs())
+    }
 }
+
+pub const USERSPACE: &str = "userspace";
+pub const KERNEL: &str = "kernel";
 
 fn ip(args: &[&str]) -> Result<()> {
     let out = Command::new("ip")
@@ -217,9 +264,13 @@ fn server_app(
     out
 }
 
+/// What [`drive`] counted: refused, served, seconds, and the CPUs over that time.
+type Driven = (u64, u64, f64, CpuWindow);
+
 /// `CLIENTS` threads in the outside namespace: connect, send a plaintext request, read; a
 /// reset (or a close with no data) is a refusal. Until `duration` passes.
-fn drive(outside: &str, duration: Duration) -> Result<(u64, u64, f64)> {
+fn drive(outside: &str, duration: Duration) -> Result<Driven> {
+    let before = CpuTimes::read()?;
     let refused = Arc::new(AtomicU64::new(0));
     let served = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
@@ -257,10 +308,13 @@ fn drive(outside: &str, duration: Duration) -> Result<(u64, u64, f64)> {
         h.join()
             .map_err(|_| anyhow::anyhow!("a client thread panicked"))??;
     }
+    let secs = start.elapsed().as_secs_f64();
+    let cpus = before.since(&CpuTimes::read()?);
     Ok((
         refused.load(Ordering::Relaxed),
         served.load(Ordering::Relaxed),
-        start.elapsed().as_secs_f64(),
+        secs,
+        cpus,
     ))
 }
 
@@ -338,15 +392,17 @@ fn userspace_run(ns: &Netns, duration: Duration) -> Result<StrictRecord> {
     let driven = drive(&ns.outside, duration);
     stop.store(true, Ordering::Relaxed);
     let app = app.join().unwrap_or_default();
-    let (refused, served, secs) = driven?;
+    let (refused, served, secs, cpus) = driven?;
     Ok(StrictRecord {
-        path: "userspace",
+        path: USERSPACE,
         refused,
         served,
         secs,
         cpu_secs: app.cpu_secs,
         app_read_data: app.read_data,
         app_read_reset: app.read_reset,
+        app_cpu_secs: app.cpu_secs,
+        cpus,
     })
 }
 
@@ -357,7 +413,7 @@ fn kernel_run(ns: &Netns, bin: &Path, log: &Path, duration: Duration) -> Result<
     let (server, st) = (ns.server.clone(), stop.clone());
     let app = std::thread::spawn(move || server_app(server, false, st, tx));
     rx.recv().context("the app thread ended")??;
-    let result = (|| -> Result<(u64, u64, f64, f64)> {
+    let result = (|| -> Result<(Driven, f64)> {
         let daemon = start_daemon(bin, &ns.server, log)?;
         let pid = daemon
             .proc
@@ -365,21 +421,23 @@ fn kernel_run(ns: &Netns, bin: &Path, log: &Path, duration: Duration) -> Result<
             .map(Proc::pid)
             .context("the daemon runs")?;
         let cpu0 = sys::cpu_seconds(pid)?;
-        let (refused, served, secs) = drive(&ns.outside, duration)?;
+        let driven = drive(&ns.outside, duration)?;
         let cpu_secs = sys::cpu_seconds(pid)? - cpu0;
-        Ok((refused, served, secs, cpu_secs))
+        Ok((driven, cpu_secs))
     })();
     stop.store(true, Ordering::Relaxed);
     let app = app.join().unwrap_or_default();
-    let (refused, served, secs, cpu_secs) = result?;
+    let ((refused, served, secs, cpus), cpu_secs) = result?;
     Ok(StrictRecord {
-        path: "kernel",
+        path: KERNEL,
         refused,
         served,
         secs,
         cpu_secs,
         app_read_data: app.read_data,
         app_read_reset: app.read_reset,
+        app_cpu_secs: app.cpu_secs,
+        cpus,
     })
 }
 
@@ -390,14 +448,26 @@ pub fn measure(bin: &Path, work: &Path, duration: Duration) -> Result<Vec<Strict
     let kernel = kernel_run(&ns, bin, &work.join("kernel-daemon.log"), duration)?;
     let user = userspace_run(&ns, duration)?;
     for r in [&user, &kernel] {
+        let per_cpu: Vec<String> = r
+            .cpus
+            .cpus
+            .iter()
+            .map(|c| format!("{:.2}", c.softirq_secs))
+            .collect();
         eprintln!(
-            "bench:   {:<10} {:>8.0} refused/s  served {}  cpu {:.2} s  app read data {} / reset {}",
+            "bench:   {:<10} {:>8.0} refused/s  served {}  cpu {:.2} s  app read data {} / reset {}  softirq {:.2} s ({} per CPU)  per refusal: refuser {:.1} µs, app {:.1} µs, softirq {:.1} µs, total {:.1} µs",
             r.path,
             r.per_sec(),
             r.served,
             r.cpu_secs,
             r.app_read_data,
-            r.app_read_reset
+            r.app_read_reset,
+            r.cpus.softirq_secs(),
+            per_cpu.join("/"),
+            r.refuser_us(),
+            r.app_us(),
+            r.softirq_us(),
+            r.total_us(),
         );
         if r.served > 0 {
             bail!(
@@ -408,4 +478,51 @@ pub fn measure(bin: &Path, work: &Path, duration: Duration) -> Result<Vec<Strict
         }
     }
     Ok(vec![user, kernel])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::sys::CpuDelta;
+    use super::*;
+
+    fn record(
+        path: &'static str,
+        refused: u64,
+        cpu: f64,
+        app: f64,
+        softirq: &[f64],
+    ) -> StrictRecord {
+        StrictRecord {
+            path,
+            refused,
+            served: 0,
+            secs: 1.0,
+            cpu_secs: cpu,
+            app_read_data: 0,
+            app_read_reset: 0,
+            app_cpu_secs: app,
+            cpus: CpuWindow {
+                cpus: softirq
+                    .iter()
+                    .map(|&s| CpuDelta {
+                        total_secs: 1.0,
+                        idle_secs: 0.0,
+                        softirq_secs: s,
+                    })
+                    .collect(),
+            },
+        }
+    }
+
+    #[test]
+    fn a_refusal_costs_the_processes_once_and_the_softirq_of_every_core() {
+        // Userspace: the app is the refuser, counted once.
+        let u = record(USERSPACE, 1_000, 0.02, 0.02, &[0.001, 0.004]);
+        assert!((u.total_us() - 25.0).abs() < 1e-9, "{}", u.total_us());
+        // Kernel: the daemon and the app are different processes.
+        let k = record(KERNEL, 1_000, 0.001, 0.003, &[0.0, 0.004]);
+        assert!((k.total_us() - 8.0).abs() < 1e-9, "{}", k.total_us());
+        assert!((k.softirq_us() - 4.0).abs() < 1e-9);
+        assert!(record(KERNEL, 0, 0.0, 0.0, &[]).total_us().is_nan());
+    }
 }

@@ -112,8 +112,13 @@ pub fn run_ok(cmd: &mut Command) -> Result<()> {
 
 /// `taskset -c CORE program`: the process and every thread it starts stay on that core.
 pub fn pinned(core: u32, program: impl AsRef<Path>) -> Command {
+    pinned_to(&core.to_string(), program)
+}
+
+/// `taskset -c CPUS program` with a CPU list (`0`, `0,1`, `0-3`).
+pub fn pinned_to(cpus: &str, program: impl AsRef<Path>) -> Command {
     let mut cmd = Command::new("taskset");
-    cmd.arg("-c").arg(core.to_string()).arg(program.as_ref());
+    cmd.arg("-c").arg(cpus).arg(program.as_ref());
     cmd
 }
 
@@ -156,8 +161,159 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        // A master process (nginx with worker_processes > 1) leaves its workers running when
+        // killed, and respawns a worker killed before it: list them, kill it, then them.
+        let children = descendants(self.pid());
         let _ = self.child.kill();
         let _ = self.child.wait();
+        for pid in children {
+            // SAFETY: kill only sends a signal; a pid that has gone already gets ESRCH.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        }
+    }
+}
+
+/// The parent pid of `pid`, from `/proc/PID/stat`.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name: state, then ppid.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Every living descendant of `pid` (children, their children, …).
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let all: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+                .filter_map(|p| Some((p, parent_of(p)?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    let mut frontier = vec![pid];
+    // Bounded by the number of processes: each is added once at most.
+    while let Some(parent) = frontier.pop() {
+        for &(p, pp) in &all {
+            if pp == parent && !out.contains(&p) {
+                out.push(p);
+                frontier.push(p);
+            }
+        }
+        if out.len() > all.len() {
+            break;
+        }
+    }
+    out
+}
+
+/// [`cpu_seconds`] of a process and its living descendants: a master process and its workers.
+pub fn tree_cpu_seconds(pid: u32) -> Result<f64> {
+    let mut total = cpu_seconds(pid)?;
+    for child in descendants(pid) {
+        // A descendant that exits between the listing and the read is not counted.
+        total += cpu_seconds(child).unwrap_or(0.0);
+    }
+    Ok(total)
+}
+
+/// user+system CPU seconds of this process's children that have been waited for (what a
+/// command run with `output()` used, read before and after it).
+pub fn reaped_children_cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes the struct passed.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; RUSAGE_CHILDREN is always valid.
+    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) } != 0 {
+        return f64::NAN;
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(ru.ru_utime) + secs(ru.ru_stime)
+}
+
+/// The per-CPU lines of `/proc/stat` at one moment, in USER_HZ ticks: user, nice, system,
+/// idle, iowait, irq, softirq, steal (guest time is inside user and nice, so not added).
+#[derive(Clone, Debug, Default)]
+pub struct CpuTimes {
+    pub cpus: Vec<[u64; 8]>,
+}
+
+/// Columns of [`CpuTimes`].
+const IDLE: usize = 3;
+const IOWAIT: usize = 4;
+const SOFTIRQ: usize = 6;
+
+impl CpuTimes {
+    pub fn read() -> Result<Self> {
+        Ok(Self::parse(&std::fs::read_to_string("/proc/stat")?))
+    }
+
+    fn parse(text: &str) -> Self {
+        let cpus = text
+            .lines()
+            .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+            .map(|l| {
+                let mut row = [0u64; 8];
+                for (slot, v) in row.iter_mut().zip(l.split_whitespace().skip(1)) {
+                    *slot = v.parse().unwrap_or(0);
+                }
+                row
+            })
+            .collect();
+        Self { cpus }
+    }
+
+    /// What each CPU did between `self` (earlier) and `later`.
+    pub fn since(&self, later: &CpuTimes) -> CpuWindow {
+        let hz = clock_ticks();
+        let cpus = self
+            .cpus
+            .iter()
+            .zip(&later.cpus)
+            .map(|(a, b)| {
+                let d = |i: usize| b[i].saturating_sub(a[i]) as f64 / hz;
+                let total: f64 = (0..8).map(d).sum();
+                CpuDelta {
+                    total_secs: total,
+                    idle_secs: d(IDLE) + d(IOWAIT),
+                    softirq_secs: d(SOFTIRQ),
+                }
+            })
+            .collect();
+        CpuWindow { cpus }
+    }
+}
+
+/// One CPU over a window, seconds.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CpuDelta {
+    pub total_secs: f64,
+    pub idle_secs: f64,
+    pub softirq_secs: f64,
+}
+
+impl CpuDelta {
+    /// The share of the window this CPU was not idle, 0 to 1.
+    pub fn busy(&self) -> f64 {
+        if self.total_secs <= 0.0 {
+            return f64::NAN;
+        }
+        1.0 - self.idle_secs / self.total_secs
+    }
+}
+
+/// Every CPU over a window.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CpuWindow {
+    pub cpus: Vec<CpuDelta>,
+}
+
+impl CpuWindow {
+    pub fn softirq_secs(&self) -> f64 {
+        self.cpus.iter().map(|c| c.softirq_secs).sum()
     }
 }
 
@@ -305,4 +461,58 @@ pub fn load1() -> f64 {
 /// `target/bench`, where raw results go.
 pub fn out_dir(target: &Path) -> PathBuf {
     target.join("bench")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STAT: &str = "cpu  30 0 10 100 0 0 6 0 0 0\n\
+                        cpu0 10 0 5 50 0 0 4 0 0 0\n\
+                        cpu1 20 0 5 50 0 0 2 0 0 0\n\
+                        intr 1 2 3\nsoftirq 9 9 9\n";
+
+    #[test]
+    fn proc_stat_gives_per_cpu_rows_not_the_total_nor_the_softirq_line() {
+        let t = CpuTimes::parse(STAT);
+        assert_eq!(t.cpus.len(), 2);
+        assert_eq!(t.cpus[0], [10, 0, 5, 50, 0, 0, 4, 0]);
+    }
+
+    #[test]
+    fn a_window_is_the_difference_per_cpu() {
+        let a = CpuTimes::parse(STAT);
+        let mut b = a.clone();
+        let hz = clock_ticks() as u64;
+        // cpu0: one second of softirq, one busy in user, two idle; cpu1 idle throughout.
+        b.cpus[0][SOFTIRQ] += hz;
+        b.cpus[0][0] += hz;
+        b.cpus[0][IDLE] += 2 * hz;
+        b.cpus[1][IDLE] += 4 * hz;
+        let w = a.since(&b);
+        assert!((w.softirq_secs() - 1.0).abs() < 1e-9);
+        assert!((w.cpus[0].busy() - 0.5).abs() < 1e-9);
+        assert!(w.cpus[1].busy().abs() < 1e-9);
+    }
+
+    #[test]
+    fn descendants_finds_a_grandchild() {
+        let mut child = Command::new("sh")
+            .args(["-c", "sleep 30 & wait"])
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut found = Vec::new();
+        while found.is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            found = descendants(child.id());
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        for p in &found {
+            // SAFETY: kill only sends a signal.
+            unsafe { libc::kill(*p as libc::pid_t, libc::SIGKILL) };
+        }
+        assert_eq!(found.len(), 1, "{found:?}");
+    }
 }

@@ -5,15 +5,19 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
+mod multicore;
 mod sections;
+mod security;
 
+use self::multicore::multicore_section;
 use self::sections::{
     authz_section, fixed_rate_section, idle_section, instr_section, strict_section,
 };
+use self::security::security_section;
 use super::charts::grouped_bars;
 use super::handshake::HandshakeRecord;
 use super::idle::IdleRecord;
-use super::instr::InstrRecord;
+use super::instr::{InstrRecord, SecurityCosts};
 use super::peers::Target;
 use super::scenarios::{Record, Suite};
 use super::strict::StrictRecord;
@@ -36,6 +40,8 @@ pub struct Inputs<'a> {
     pub authz: &'a [AuthzRow],
     pub idle: &'a [IdleRecord],
     pub instr: &'a [InstrRecord],
+    /// Scenario 10: Portcullis with its defaults, and with each security default off.
+    pub security: Option<&'a SecurityCosts>,
     pub strict: &'a [StrictRecord],
     /// Why scenario 7 has no figures, when it has none.
     pub strict_note: &'a str,
@@ -334,8 +340,10 @@ pub fn write(root: &Path, inputs: &Inputs<'_>) -> Result<String> {
     // Scenario 6.
     authz_section(&mut md, inputs.authz, &mut verdicts, &charts)?;
 
-    instr_section(&mut md, inputs.instr)?;
+    instr_section(&mut md, inputs.instr, &mut verdicts)?;
+    security_section(&mut md, inputs.security, inputs.instr)?;
     strict_section(&mut md, inputs.strict, inputs.strict_note, &mut verdicts)?;
+    multicore_section(&mut md, s, &mut verdicts)?;
 
     writeln!(
         md,

@@ -12,7 +12,7 @@ use super::super::instr::InstrRecord;
 use super::super::oha::Summary;
 use super::super::peers::Target;
 use super::super::scenarios::{Record, Suite};
-use super::super::strict::StrictRecord;
+use super::super::strict::{StrictRecord, KERNEL, USERSPACE};
 use super::{best_peer, find, ratio, rounds, AuthzRow, Verdict, ISTIO_REFERENCES};
 
 pub(super) fn fixed_rate_section(
@@ -172,11 +172,43 @@ pub(super) fn idle_section(
                 ))
             ),
         });
+        if let Some(n) = idle.iter().find(|r| r.target == Target::Nginx) {
+            verdicts.push(Verdict {
+                name: "memory per idle connection ≤ 0.5× nginx".into(),
+                met: Some(p.kb_per_conn() <= 0.5 * n.kb_per_conn()),
+                detail: format!(
+                    "Portcullis {:.1} KB, nginx {:.1} KB ({})",
+                    p.kb_per_conn(),
+                    n.kb_per_conn(),
+                    ratio(p.kb_per_conn(), n.kb_per_conn())
+                ),
+            });
+            let mb = |r: &IdleRecord| r.rss_after_kb as f64 / 1024.0;
+            let fewer = if p.held < 10_000 {
+                " (fewer than 10,000: `--quick`, or the open-file limit)"
+            } else {
+                ""
+            };
+            verdicts.push(Verdict {
+                name: format!("RSS with {} idle mTLS connections ≤ 0.5× nginx's", p.held),
+                met: Some(mb(p) <= 0.5 * mb(n)),
+                detail: format!(
+                    "Portcullis {:.1} MB, nginx {:.1} MB ({}){fewer}",
+                    mb(p),
+                    mb(n),
+                    ratio(mb(p), mb(n))
+                ),
+            });
+        }
     }
     Ok(())
 }
 
-pub(super) fn instr_section(md: &mut String, instr: &[InstrRecord]) -> Result<()> {
+pub(super) fn instr_section(
+    md: &mut String,
+    instr: &[InstrRecord],
+    verdicts: &mut Vec<Verdict>,
+) -> Result<()> {
     writeln!(
         md,
         "## Instructions per request (callgrind)\n\n\
@@ -208,6 +240,19 @@ pub(super) fn instr_section(md: &mut String, instr: &[InstrRecord]) -> Result<()
         )?;
     }
     writeln!(md)?;
+    let of = |t: Target| instr.iter().find(|r| r.target == t);
+    if let (Some(p), Some(n)) = (of(Target::Portcullis), of(Target::Nginx)) {
+        let (pv, nv) = (p.per_request(), n.per_request());
+        verdicts.push(Verdict {
+            name: "instructions per request ≤ 0.8× nginx".into(),
+            met: Some(pv <= 0.8 * nv),
+            detail: format!(
+                "Portcullis {pv:.0}, nginx {nv:.0} ({}) over {} keep-alive requests",
+                ratio(pv, nv),
+                p.requests
+            ),
+        });
+    }
     Ok(())
 }
 
@@ -252,8 +297,48 @@ pub(super) fn strict_section(
         )?;
     }
     writeln!(md)?;
+    writeln!(
+        md,
+        "**CPU per refused connection.** The refusal rate above is bound by the clients on \
+         core 1, so this compares what each path costs the server side instead: the refusing \
+         process's CPU, the app thread's (in the kernel run it still accepts the children the \
+         kernel has reset, and reads ECONNRESET), and the kernel's softirq time on every core \
+         from `/proc/stat` over the measured window (a veth pair delivers a packet on the CPU \
+         that sent it, so the server's receive path, tc program included, runs in softirq on \
+         the client's core 1 as much as on core 0; the client side's own packets are in both \
+         runs alike). Total = the processes (the app once) + softirq. Unless the kernel has \
+         `CONFIG_IRQ_TIME_ACCOUNTING`, softirq time is sampled at each timer tick, so it is a \
+         statistical figure over the window.\n\n\
+         | path | refused | refusing process µs | app µs | softirq µs (all cores) | softirq s per core | total µs | × kernel |\n\
+         |---|---:|---:|---:|---:|---|---:|---:|"
+    )?;
+    let kernel_total = strict
+        .iter()
+        .find(|r| r.path == KERNEL)
+        .map(StrictRecord::total_us);
+    for r in strict {
+        let per_core: Vec<String> = r
+            .cpus
+            .cpus
+            .iter()
+            .map(|c| format!("{:.2}", c.softirq_secs))
+            .collect();
+        writeln!(
+            md,
+            "| {} | {} | {:.2} | {:.2} | {:.2} | {} | {:.2} | {} |",
+            r.path,
+            r.refused,
+            r.refuser_us(),
+            r.app_us(),
+            r.softirq_us(),
+            per_core.join(" / "),
+            r.total_us(),
+            kernel_total.map_or("–".into(), |k| ratio(r.total_us(), k)),
+        )?;
+    }
+    writeln!(md)?;
     let find = |p: &str| strict.iter().find(|r| r.path == p);
-    if let (Some(k), Some(u)) = (find("kernel"), find("userspace")) {
+    if let (Some(k), Some(u)) = (find(KERNEL), find(USERSPACE)) {
         verdicts.push(Verdict {
             name: "kernel STRICT rejections/s ≥ 10× userspace".into(),
             met: Some(k.per_sec() >= 10.0 * u.per_sec()),
@@ -263,6 +348,22 @@ pub(super) fn strict_section(
                 u.per_sec(),
                 ratio(k.per_sec(), u.per_sec()),
                 k.cpu_secs
+            ),
+        });
+        // The rate is the client's bound on this machine; the CPU per refusal is not.
+        verdicts.push(Verdict {
+            name: "kernel STRICT server CPU per refusal ≤ 0.1× userspace".into(),
+            met: Some(k.total_us() <= 0.1 * u.total_us()),
+            detail: format!(
+                "kernel {:.2} µs (softirq {:.2}, daemon {:.2}, app {:.2}), userspace {:.2} µs (softirq {:.2}, app {:.2}): {}",
+                k.total_us(),
+                k.softirq_us(),
+                k.refuser_us(),
+                k.app_us(),
+                u.total_us(),
+                u.softirq_us(),
+                u.app_us(),
+                ratio(k.total_us(), u.total_us())
             ),
         });
     }
