@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use super::conn::ConnInfo;
 use super::limits::LimitReason;
 use super::telemetry::access_log::AccessEntry;
-use super::telemetry::metrics::{RequestProtocol, RequestRecord};
+use super::telemetry::metrics::{DroppedHeader, Metrics, RequestProtocol, RequestRecord};
 use super::telemetry::ResponseFlags;
 use super::upstream::{is_connect_timeout, WithPermit};
 use super::Gateway;
@@ -49,6 +49,20 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     http::header::UPGRADE,
 ];
 
+/// Headers that make some upstreams serve another path or method than the request line's:
+/// IIS/ASP.NET and Symfony read `X-Original-URL`/`X-Rewrite-URL` as the path, many frameworks
+/// take the method from the `X-HTTP-Method(-Override)`/`X-Method-Override` family, and Envoy's
+/// `x-envoy-original-path` is trusted by apps behind Envoy. Authorization decided the request
+/// line's path and method, so nothing else may name them to the upstream.
+const OVERRIDE_HEADERS: [HeaderName; 6] = [
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-http-method"),
+    HeaderName::from_static("x-method-override"),
+    HeaderName::from_static("x-envoy-original-path"),
+];
+
 fn local(status: StatusCode, body: &'static str) -> Response<Body> {
     let mut resp = Response::new(
         Full::new(Bytes::from_static(body.as_bytes()))
@@ -68,9 +82,11 @@ pub async fn handle(
     gateway: Arc<Gateway>,
     snapshot: Arc<Snapshot>,
     conn: Arc<ConnInfo>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
+    // Before anything reads the headers: policies must not match what the upstream never sees.
+    drop_untrusted_headers(req.headers_mut(), &gateway.metrics, &conn);
     let method = req.method().clone();
     // HTTP/1 absolute-form and HTTP/2 carry the authority in the URI; RFC 9112 §3.2.2 says it
     // wins over Host, and the upstream gets it as Host, so all see one authority.
@@ -463,6 +479,37 @@ pub(super) fn serves_connection(
     }
 }
 
+/// Drops request header fields the upstream could read as something authorization never saw,
+/// counting and debug-logging each one:
+///
+/// - every name holding `_`: CGI, WSGI (wsgiref, gunicorn before 22) and PHP fold `_` and `-`
+///   into one `HTTP_X_FORWARDED_CLIENT_CERT`, so `x_forwarded_client_cert` would reach the app
+///   as the client-certificate header this gateway sanitizes. Envoy's
+///   `headers_with_underscores_action: DROP_HEADER`; no standard header has an `_`.
+/// - [`OVERRIDE_HEADERS`].
+fn drop_untrusted_headers(headers: &mut HeaderMap, metrics: &Metrics, conn: &ConnInfo) {
+    // `keys` yields each name once; nothing is allocated unless a name is dropped.
+    let mut dropped: Vec<(HeaderName, DroppedHeader)> = Vec::new();
+    for name in headers.keys() {
+        let reason = if name.as_str().contains('_') {
+            DroppedHeader::underscore_in_name
+        } else if OVERRIDE_HEADERS.contains(name) {
+            DroppedHeader::path_or_method_override
+        } else {
+            continue;
+        };
+        dropped.push((name.clone(), reason));
+    }
+    for (name, reason) in dropped {
+        if let http::header::Entry::Occupied(entry) = headers.entry(&name) {
+            for _ in entry.remove_entry_mult().1 {
+                metrics.record_header_dropped(reason);
+            }
+        }
+        tracing::debug!(peer = %conn.peer, header = %name, reason = ?reason, "request header dropped");
+    }
+}
+
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // One pass over the names present, comparing `HeaderName`s (a byte for the standard ones),
     // then a `remove` only for what is there: a `remove` hashes and probes even for an absent
@@ -637,6 +684,64 @@ mod tests {
     fn target(uri: &str) -> Result<(String, String), PathError> {
         let uri: Uri = uri.parse().expect("a URI hyper would hand us");
         RequestTarget::of(&uri, PathNormalization::MergeSlashes).map(|t| (t.path, t.path_and_query))
+    }
+
+    /// Spellings an attacker would try to get a header past the XFCC/x-forwarded-* handling or
+    /// to re-route the upstream; each field is counted, legit headers stay.
+    #[test]
+    fn underscore_and_override_headers_are_dropped_and_counted() {
+        use crate::proxy::telemetry::metrics::Workload;
+        let metrics = Metrics::new(Workload {
+            name: "portcullis".to_owned(),
+            namespace: "istio-system".to_owned(),
+        });
+        let conn = ConnInfo::new(
+            "127.0.0.1:40000".parse().expect("addr"),
+            "127.0.0.1:443".parse().expect("addr"),
+            443,
+        );
+        let mut h = HeaderMap::new();
+        for (name, value) in [
+            (
+                "x_forwarded_client_cert",
+                "URI=spiffe://cluster.local/ns/prod/sa/admin",
+            ),
+            ("x-forwarded_client-cert", "URI=spiffe://evil"),
+            ("x_forwarded_for", "10.0.0.1"),
+            ("_", "x"),
+            ("host_", "evil.example"),
+            ("x_original_url", "/admin"),
+            ("x-original-url", "/status/418"),
+            ("x-rewrite-url", "/status/418"),
+            ("x-http-method-override", "DELETE"),
+            ("x-http-method", "DELETE"),
+            ("x-method-override", "DELETE"),
+            ("x-envoy-original-path", "/status/418"),
+            ("accept", "*/*"),
+            (
+                "x-forwarded-client-cert",
+                "kept here; replaced in outbound_request",
+            ),
+            ("x-request-id", "abc"),
+        ] {
+            h.append(
+                HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                HeaderValue::from_static(value),
+            );
+        }
+        // A repeated field is counted once per line.
+        h.append("x-http-method-override", HeaderValue::from_static("PUT"));
+        drop_untrusted_headers(&mut h, &metrics, &conn);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["accept", "x-forwarded-client-cert", "x-request-id"]);
+        let text = metrics.encode().expect("encode");
+        for want in [
+            r#"portcullis_request_headers_dropped_total{reason="underscore_in_name"} 6"#,
+            r#"portcullis_request_headers_dropped_total{reason="path_or_method_override"} 7"#,
+        ] {
+            assert!(text.contains(want), "{want} missing in\n{text}");
+        }
     }
 
     #[test]

@@ -130,6 +130,27 @@ struct RefusedLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DroppedHeaderLabels {
+    reason: DroppedHeader,
+}
+
+/// Why a request header was dropped before authorization and forwarding: the `reason` label
+/// of `portcullis_request_headers_dropped_total`, a closed set.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum DroppedHeader {
+    /// The name holds `_`, which CGI/WSGI upstreams fold into `-` (Envoy's
+    /// `headers_with_underscores_action: DROP_HEADER`).
+    underscore_in_name,
+    /// A header that makes some upstreams serve another path or method than the authorized one.
+    path_or_method_override,
+}
+
+impl DroppedHeader {
+    pub const ALL: [DroppedHeader; 2] = [Self::underscore_in_name, Self::path_or_method_override];
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: HandshakeFailure,
 }
@@ -308,6 +329,7 @@ pub struct Metrics {
     tcp_received: Family<TcpLabels, Counter>,
     authz_denied: Family<PolicyLabels, Counter>,
     requests_refused: Family<RefusedLabels, Counter>,
+    headers_dropped: Family<DroppedHeaderLabels, Counter>,
     tls_failures: Family<ReasonLabels, Counter>,
     certificate_expiry: Family<CredentialLabels, Gauge>,
     kernel: Family<KernelLabels, Counter>,
@@ -332,6 +354,10 @@ impl Metrics {
         let (tcp_opened, tcp_closed, tcp_sent, tcp_received) = Default::default();
         let authz_denied = Family::default();
         let requests_refused = Family::default();
+        let headers_dropped: Family<DroppedHeaderLabels, Counter> = Family::default();
+        for reason in DroppedHeader::ALL {
+            let _ = headers_dropped.get_or_create(&DroppedHeaderLabels { reason });
+        }
         let tls_failures = Family::default();
         let certificate_expiry = Family::default();
         let kernel = Family::default();
@@ -397,6 +423,11 @@ impl Metrics {
             Family::clone(&requests_refused),
         );
         registry.register(
+            "portcullis_request_headers_dropped",
+            "Request header fields dropped before authorization and forwarding, by reason: a name holding `_` (underscore_in_name) or a path/method override header such as x-original-url or x-http-method-override (path_or_method_override)",
+            Family::clone(&headers_dropped),
+        );
+        registry.register(
             "portcullis_tls_handshake_failures",
             "TLS handshakes that failed, by reason",
             Family::clone(&tls_failures),
@@ -424,6 +455,7 @@ impl Metrics {
             tcp_received,
             authz_denied,
             requests_refused,
+            headers_dropped,
             tls_failures,
             certificate_expiry,
             kernel,
@@ -566,6 +598,13 @@ impl Metrics {
     pub fn record_refused(&self, reason: &'static str) {
         self.requests_refused
             .get_or_create(&RefusedLabels { reason })
+            .inc();
+    }
+
+    /// Counts one request header field dropped for `reason`.
+    pub fn record_header_dropped(&self, reason: DroppedHeader) {
+        self.headers_dropped
+            .get_or_create(&DroppedHeaderLabels { reason })
             .inc();
     }
 
