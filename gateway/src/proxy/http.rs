@@ -113,6 +113,22 @@ pub async fn handle(
     let mode = snapshot.settings.path_normalization;
     let target = RequestTarget::of(req.uri(), mode);
     let (out, logged_path) = match target {
+        // Fail closed rather than forward a verified client without its XFCC (set_peer_cert
+        // logged why, once per connection).
+        _ if conn.xfcc_unencodable() => {
+            gateway.metrics.record_refused("unencodable_client_cert");
+            let out = Outcome {
+                resp: local(
+                    StatusCode::BAD_REQUEST,
+                    "bad request: client certificate cannot be forwarded",
+                ),
+                decision: None,
+                upstream: None,
+                service: None,
+                flags: ResponseFlags::DownstreamProtocolError,
+            };
+            (out, req.uri().path().to_owned())
+        }
         Ok(target) => {
             let out = route_and_forward(&gateway, &snapshot, &conn, req, &authority, &target).await;
             (out, target.path_and_query)

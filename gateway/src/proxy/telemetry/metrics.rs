@@ -27,6 +27,7 @@ use crate::policy::authz::{Decision, DenyReason, Verdict};
 use crate::proxy::conn::ConnInfo;
 use crate::proxy::limits::LimitReason;
 use crate::snapshot::model::Credentials;
+use crate::tls::client_auth::ClientCertRejected;
 
 /// What Istio writes for a label it cannot fill.
 const UNKNOWN: &str = "unknown";
@@ -186,6 +187,8 @@ pub enum HandshakeFailure {
     expired,
     /// Any other certificate problem: bad signature, wrong usage, bad SAN, revoked.
     bad_certificate,
+    /// The client certificate's `spiffe` URI SAN is not a valid SPIFFE ID, or it has several.
+    invalid_spiffe_id,
     /// No Gateway server on the port for the requested SNI.
     no_sni_match,
     /// The first bytes were not a TLS ClientHello.
@@ -210,6 +213,14 @@ impl HandshakeFailure {
                 CertificateError::UnknownIssuer => Self::unknown_ca,
                 CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
                     Self::expired
+                }
+                CertificateError::Other(other)
+                    if matches!(
+                        other.0.downcast_ref::<ClientCertRejected>(),
+                        Some(ClientCertRejected::SpiffeId(_))
+                    ) =>
+                {
+                    Self::invalid_spiffe_id
                 }
                 _ => Self::bad_certificate,
             },
@@ -419,7 +430,7 @@ impl Metrics {
         );
         registry.register(
             "portcullis_requests_refused",
-            "Requests refused before routing, by reason: a path the gateway will not forward (400: not_origin_form, bad_encoding, encoded_control, bad_character, encoded_slash, double_encoding, path_parameter, not_utf8) or a host the connection's TLS server does not serve (421: misdirected)",
+            "Requests refused before routing, by reason: a path the gateway will not forward (400: not_origin_form, bad_encoding, encoded_control, bad_character, encoded_slash, double_encoding, path_parameter, not_utf8), a host the connection's TLS server does not serve (421: misdirected), or a verified client certificate whose fields cannot be written as x-forwarded-client-cert (400: unencodable_client_cert)",
             Family::clone(&requests_refused),
         );
         registry.register(
@@ -778,6 +789,20 @@ mod tests {
                 H::unknown_ca,
             ),
             (rustls::Error::HandshakeNotComplete, H::other),
+            (
+                rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(
+                    std::sync::Arc::new(ClientCertRejected::SpiffeId(
+                        crate::identity::spiffe::PeerCertError::SeveralSpiffeIds { count: 2 },
+                    )),
+                ))),
+                H::invalid_spiffe_id,
+            ),
+            (
+                rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(
+                    std::sync::Arc::new(ClientCertRejected::NotPinned),
+                ))),
+                H::bad_certificate,
+            ),
         ];
         for (err, want) in cases {
             let wrapped = io::Error::new(io::ErrorKind::InvalidData, err.clone());
