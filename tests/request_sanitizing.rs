@@ -8,8 +8,9 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use e2e::free_port;
+use e2e::rawhttp::{require_h2, Proto, RawRequest};
 use e2e::recorder::{fields, Recorder};
-use e2e::walkthrough::{curl, routing, Gateway, Walkthrough};
+use e2e::walkthrough::{curl, routing, Gateway, Identity, Walkthrough};
 
 /// The walkthrough with its routes pointed at a [`Recorder`] instead of httpbin.
 /// Also returns the admin listener's address.
@@ -186,5 +187,145 @@ fn underscore_and_override_headers_never_reach_the_upstream() -> Result<()> {
         )?,
         36.0
     );
+    Ok(())
+}
+
+fn raw(authority: &str, host: Option<&str>, target: &str) -> RawRequest {
+    RawRequest {
+        host: host.map(str::to_owned),
+        ..RawRequest::get(authority, target)
+    }
+}
+
+/// The `Host` the upstream received in `head`.
+fn upstream_host(head: &str) -> Vec<String> {
+    fields(head)
+        .into_iter()
+        .filter(|(n, _)| n == "host")
+        .map(|(_, v)| v)
+        .collect()
+}
+
+#[test]
+fn malformed_or_disagreeing_hosts_are_refused_and_the_upstream_gets_a_canonical_one() -> Result<()>
+{
+    require_h2()?;
+    let dir = tempfile::tempdir()?;
+    let (w, rec, gw, admin) = start(dir.path())?;
+    let client = gw.raw_client(Identity::Client);
+    let hostile_h1 = [
+        raw("test.com:1@other.example", None, "/get"),
+        raw("test.com:x", None, "/get"),
+        raw("test.com:99999", None, "/get"),
+        raw("[::1", None, "/get"),
+        raw("test.com,other.example", None, "/get"),
+        // Absolute-form: userinfo in the target, and a target that disagrees with Host.
+        raw("test.com", None, "https://simple.test:1@test.com/get"),
+        raw("test.com", None, "https://test.com:1@other.example/get"),
+        raw("other.example", None, "https://test.com/get"),
+    ];
+    let hostile_h2 = [
+        raw("test.com:1@other.example", None, "/get"),
+        raw("test.com:x", None, "/get"),
+        raw("test.com", Some("other.example"), "/get"),
+        raw("test.com", Some("test.com:1@other.example"), "/get"),
+        raw("other.example", Some("test.com"), "/get"),
+    ];
+    for (proto, requests) in [(Proto::H1, &hostile_h1[..]), (Proto::H2, &hostile_h2[..])] {
+        let outcomes = client.send(proto, requests, false)?;
+        for (r, got) in requests.iter().zip(&outcomes) {
+            // HTTP/2 may refuse an authority the `http` crate cannot parse before the gateway
+            // sees it (a stream reset); either way nothing is served.
+            let refused = got == "400" || (proto == Proto::H2 && got == "reset");
+            assert!(refused, "{proto:?} {r:?}: {got}, must be refused");
+        }
+        let heads = rec.take_heads();
+        assert!(
+            heads.is_empty(),
+            "{proto:?}: reached the upstream: {heads:?}"
+        );
+    }
+    // Whitespace inside Host, over HTTP/1.1 (the raw client's line format has no room for it),
+    // on the MUTUAL port and on plain HTTP.
+    let (cert, key) = (w.certs.client_cert(), w.certs.client_key());
+    let ca = w.certs.ca_cert();
+    let resolve = format!("test.com:{}:127.0.0.1", gw.https_port);
+    for host in [
+        "test.com:30443 garbage",
+        "test.com :443",
+        "test.com:1@other.example",
+    ] {
+        let header = format!("Host: {host}");
+        let (code, _) = curl(
+            &format!("https://test.com:{}/get", gw.https_port),
+            &[
+                "--http1.1",
+                "--resolve",
+                &resolve,
+                "--cacert",
+                ca.to_str().context("ca")?,
+                "--cert",
+                cert.to_str().context("cert")?,
+                "--key",
+                key.to_str().context("key")?,
+                "-H",
+                &header,
+            ],
+        )?;
+        assert_eq!(code, "400", "https {host:?}");
+        let (code, _) = curl(
+            &format!("http://127.0.0.1:{}/get", gw.http_port),
+            &["-H", &header],
+        )?;
+        assert_eq!(code, "400", "http {host:?}");
+        assert!(rec.take_heads().is_empty(), "{host:?} reached the upstream");
+    }
+    // Accepted spellings reach the upstream as one canonical Host.
+    for (proto, r, want) in [
+        (
+            Proto::H1,
+            raw("TEST.com:0443", None, "/get"),
+            "test.com:443",
+        ),
+        (
+            Proto::H1,
+            raw("test.com", None, "https://Test.COM/get"),
+            "test.com",
+        ),
+        (Proto::H2, raw("Test.Com", None, "/get"), "test.com"),
+        (
+            Proto::H2,
+            raw("test.com", Some("test.com:443"), "/get"),
+            "test.com",
+        ),
+    ] {
+        let got = client.send(proto, std::slice::from_ref(&r), false)?;
+        assert_eq!(got, ["200"], "{proto:?} {r:?}");
+        let heads = rec.take_heads();
+        assert_eq!(heads.len(), 1, "{proto:?} {r:?}: {heads:?}");
+        assert_eq!(
+            upstream_host(&heads[0]),
+            [want],
+            "{proto:?} {r:?}:\n{}",
+            heads[0]
+        );
+    }
+    let refused: f64 = [
+        "authority_userinfo",
+        "authority_bad_port",
+        "authority_bad_character",
+        "authority_bad_ipv6",
+        "authority_mismatch",
+    ]
+    .iter()
+    .map(|r| {
+        metric(
+            &admin,
+            &format!("portcullis_requests_refused_total{{reason=\"{r}\"}}"),
+        )
+        .unwrap_or(0.0)
+    })
+    .sum();
+    assert!(refused >= 13.0, "{refused} host refusals counted");
     Ok(())
 }

@@ -18,7 +18,7 @@ use super::telemetry::metrics::{DroppedHeader, Metrics, RequestProtocol, Request
 use super::telemetry::ResponseFlags;
 use super::upstream::{is_connect_timeout, WithPermit};
 use super::Gateway;
-use crate::config::hosts::{authority_host, best_match};
+use crate::config::hosts::{authority_host, best_match, Authority, AuthorityError};
 use crate::config::model::GatewayRef;
 use crate::policy::authz::{Decision, RequestAttrs};
 use crate::policy::path::{self, PathError, PathNormalization};
@@ -88,19 +88,14 @@ pub async fn handle(
     // Before anything reads the headers: policies must not match what the upstream never sees.
     drop_untrusted_headers(req.headers_mut(), &gateway.metrics, &conn);
     let method = req.method().clone();
-    // HTTP/1 absolute-form and HTTP/2 carry the authority in the URI; RFC 9112 §3.2.2 says it
-    // wins over Host, and the upstream gets it as Host, so all see one authority.
-    let authority = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            req.headers()
-                .get(HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
-        })
-        .unwrap_or_default();
+    // Routes, policies, the access log and the upstream's Host all get this one canonical
+    // authority; a refused one is logged as received.
+    let checked_authority = request_authority(&req);
+    let authority = match &checked_authority {
+        Ok(Some(a)) => a.to_string(),
+        Ok(None) => String::new(),
+        Err(_) => raw_authority(&req),
+    };
 
     let protocol = match req.headers().get(http::header::CONTENT_TYPE) {
         Some(ct) if ct.as_bytes().starts_with(b"application/grpc") => RequestProtocol::grpc,
@@ -112,10 +107,28 @@ pub async fn handle(
     // get this path, and the query string as received.
     let mode = snapshot.settings.path_normalization;
     let target = RequestTarget::of(req.uri(), mode);
-    let (out, logged_path) = match target {
+    let (out, logged_path) = match (checked_authority, target) {
+        (Err(e), _) => {
+            tracing::info!(
+                peer = %conn.peer,
+                principal = conn.principal.as_deref().unwrap_or("-"),
+                authority = ?authority,
+                reason = e.reason(),
+                "host refused: {e}"
+            );
+            gateway.metrics.record_refused(e.reason());
+            let out = Outcome {
+                resp: local(StatusCode::BAD_REQUEST, "bad request: host refused"),
+                decision: None,
+                upstream: None,
+                service: None,
+                flags: ResponseFlags::DownstreamProtocolError,
+            };
+            (out, req.uri().path().to_owned())
+        }
         // Fail closed rather than forward a verified client without its XFCC (set_peer_cert
         // logged why, once per connection).
-        _ if conn.xfcc_unencodable() => {
+        (Ok(_), _) if conn.xfcc_unencodable() => {
             gateway.metrics.record_refused("unencodable_client_cert");
             let out = Outcome {
                 resp: local(
@@ -129,11 +142,11 @@ pub async fn handle(
             };
             (out, req.uri().path().to_owned())
         }
-        Ok(target) => {
+        (Ok(_), Ok(target)) => {
             let out = route_and_forward(&gateway, &snapshot, &conn, req, &authority, &target).await;
             (out, target.path_and_query)
         }
-        Err(e) => {
+        (Ok(_), Err(e)) => {
             let received = req
                 .uri()
                 .path_and_query()
@@ -192,6 +205,55 @@ pub async fn handle(
         response_flags: out.flags,
     });
     Ok(out.resp)
+}
+
+/// The request's authority, checked ([`Authority::parse`]): the absolute-form target's or
+/// HTTP/2's `:authority`, and `Host`. RFC 9112 §3.2.2 lets the target's win over Host and
+/// RFC 9113 §8.3.1 only says a differing Host SHOULD make the request malformed; here both
+/// must name the same origin, or the request is refused, so no component downstream can pick
+/// the other one. None only for an HTTP/1.0 request with neither (Host came with 1.1).
+fn request_authority<B>(req: &Request<B>) -> Result<Option<Authority>, AuthorityError> {
+    let mut hosts = req.headers().get_all(HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(AuthorityError::Duplicate);
+    }
+    // Lossy: a byte that is not UTF-8 becomes U+FFFD, which `parse` refuses like any other
+    // character a host cannot hold.
+    let host = host
+        .map(|v| Authority::parse(&String::from_utf8_lossy(v.as_bytes())))
+        .transpose()?;
+    let target = req
+        .uri()
+        .authority()
+        .map(|a| Authority::parse(a.as_str()))
+        .transpose()?;
+    let default_port = if req.uri().scheme() == Some(&http::uri::Scheme::HTTPS) {
+        443
+    } else {
+        80
+    };
+    match (target, host) {
+        (Some(t), Some(h)) if !t.same_origin(&h, default_port) => Err(AuthorityError::Mismatch),
+        (Some(a), _) | (None, Some(a)) => Ok(Some(a)),
+        (None, None) if req.version() <= Version::HTTP_10 => Ok(None),
+        (None, None) => Err(AuthorityError::Missing),
+    }
+}
+
+/// The authority as received, for the log line of a refused one.
+fn raw_authority<B>(req: &Request<B>) -> String {
+    req.uri().authority().map_or_else(
+        || {
+            req.headers()
+                .get_all(HOST)
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
+        |a| a.as_str().to_owned(),
+    )
 }
 
 /// A request's target after normalization.
@@ -758,6 +820,73 @@ mod tests {
         ] {
             assert!(text.contains(want), "{want} missing in\n{text}");
         }
+    }
+
+    #[test]
+    fn the_request_authority_is_checked_and_both_sources_must_agree() {
+        let req = |version: Version, uri: &str, hosts: &[&str]| {
+            let mut b = Request::builder().version(version).uri(uri);
+            for h in hosts {
+                b = b.header(HOST, *h);
+            }
+            b.body(()).expect("request")
+        };
+        let got = |r: Request<()>| request_authority(&r).map(|a| a.map(|a| a.to_string()));
+        let ok = |s: &str| Ok(Some(s.to_owned()));
+        use AuthorityError as E;
+        let h1 = Version::HTTP_11;
+        assert_eq!(got(req(h1, "/x", &["Test.COM:0443"])), ok("test.com:443"));
+        assert_eq!(
+            got(req(h1, "/x", &["test.com:1@other.example"])),
+            Err(E::UserInfo)
+        );
+        assert_eq!(got(req(h1, "/x", &["test.com:x"])), Err(E::Port));
+        assert_eq!(
+            got(req(h1, "/x", &["test.com:30443 garbage"])),
+            Err(E::Character(' '))
+        );
+        assert_eq!(got(req(h1, "/x", &["a.test", "b.test"])), Err(E::Duplicate));
+        assert_eq!(got(req(h1, "/x", &["a.test", "a.test"])), Err(E::Duplicate));
+        assert_eq!(got(req(h1, "/x", &[])), Err(E::Missing));
+        assert_eq!(got(req(Version::HTTP_10, "/x", &[])), Ok(None));
+        assert_eq!(got(req(Version::HTTP_10, "/x", &[""])), Err(E::Empty));
+        // Absolute-form: the target's authority, which Host must agree with.
+        assert_eq!(
+            got(req(
+                h1,
+                "https://simple.test:1@mutual.test/",
+                &["simple.test"]
+            )),
+            Err(E::UserInfo)
+        );
+        assert_eq!(
+            got(req(h1, "https://Test.com/", &["test.com:443"])),
+            ok("test.com")
+        );
+        assert_eq!(
+            got(req(h1, "http://test.com/", &["test.com:443"])),
+            Err(E::Mismatch)
+        );
+        assert_eq!(
+            got(req(h1, "https://test.com/", &["other.test"])),
+            Err(E::Mismatch)
+        );
+        assert_eq!(
+            got(req(h1, "https://test.com:8443/", &[])),
+            ok("test.com:8443")
+        );
+        // HTTP/2: `:authority` is the URI's, `host` a plain header.
+        let h2 = Version::HTTP_2;
+        assert_eq!(got(req(h2, "https://test.com/x", &[])), ok("test.com"));
+        assert_eq!(
+            got(req(h2, "https://test.com/x", &["evil.test"])),
+            Err(E::Mismatch)
+        );
+        assert_eq!(
+            got(req(h2, "https://[::1]:443/x", &["[0::1]"])),
+            ok("[::1]:443")
+        );
+        assert_eq!(got(req(h2, "/x", &[])), Err(E::Missing));
     }
 
     #[test]
