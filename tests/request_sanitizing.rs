@@ -3,6 +3,8 @@
 //! gateway-managed `X-Forwarded-Client-Cert`, `X-Forwarded-For`, `Host`), and headers that make
 //! an upstream serve another path or method than the one authorized. Over HTTP/1.1 and HTTP/2,
 //! with a client certificate that names a principal, one that names none, and no TLS at all.
+//! Also: malformed or disagreeing Host/:authority spellings are refused and accepted ones reach
+//! the upstream as one canonical Host; HTTP/2 cookie fields reach it as one `cookie` line.
 
 use std::path::Path;
 
@@ -327,5 +329,39 @@ fn malformed_or_disagreeing_hosts_are_refused_and_the_upstream_gets_a_canonical_
     })
     .sum();
     assert!(refused >= 13.0, "{refused} host refusals counted");
+    Ok(())
+}
+
+/// RFC 9113 §8.2.3: HTTP/2 cookie fields arrive at an HTTP/1.1 upstream as one line.
+#[test]
+fn http2_cookie_fields_reach_the_upstream_as_one_line() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (w, rec, gw, _admin) = start(dir.path())?;
+    for (client, h2) in [
+        (Client::Principal, true),
+        (Client::Plaintext, true),
+        (Client::Principal, false),
+    ] {
+        let (code, head) = send(
+            &w,
+            &gw,
+            &rec,
+            client,
+            h2,
+            "/get",
+            &["Cookie: a=1", "Cookie: b=2", "Cookie: c=3; d=4"],
+        )?;
+        let head = head.with_context(|| format!("{client:?} h2={h2}: not forwarded ({code})"))?;
+        let cookies: Vec<String> = fields(&head)
+            .into_iter()
+            .filter(|(n, _)| n == "cookie")
+            .map(|(_, v)| v)
+            .collect();
+        assert_eq!(
+            cookies,
+            ["a=1; b=2; c=3; d=4"],
+            "{client:?} h2={h2}:\n{head}"
+        );
+    }
     Ok(())
 }

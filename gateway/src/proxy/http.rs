@@ -627,6 +627,30 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Joins several `cookie` fields into one with `"; "`, as RFC 9113 §8.2.3 requires before an
+/// HTTP/2 request goes on as HTTP/1.1 (HTTP/2 clients split cookies to compress them better).
+/// Sent as separate lines, HTTP/1.1 servers join them with `,` (RFC 9110 §5.3), which is not
+/// the cookie separator: Werkzeug reads `a=1` and `b=2` as `a="1,b=2"`. HTTP/1.1 clients must
+/// send one Cookie line (RFC 6265 §5.4), so joining theirs changes nothing for a valid one.
+fn join_cookies(headers: &mut HeaderMap) {
+    let mut cookies = headers.get_all(http::header::COOKIE).iter();
+    if cookies.next().is_none() || cookies.next().is_none() {
+        return;
+    }
+    let mut joined: Vec<u8> = Vec::new();
+    for value in headers.get_all(http::header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(value.as_bytes());
+    }
+    // Every part was a valid value and "; " is too, so this cannot fail; if it somehow did,
+    // the fields stay as they were rather than being dropped.
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(http::header::COOKIE, v);
+    }
+}
+
 /// Rewrites a downstream request for the upstream: absolute URI to the endpoint with the
 /// normalized path and the query as received, Host kept,
 /// hop-by-hop headers dropped, x-forwarded-* and XFCC set.
@@ -646,6 +670,7 @@ fn outbound_request(
     parts.version = Version::HTTP_11;
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
+    join_cookies(headers);
     if let Ok(v) = HeaderValue::from_str(authority) {
         headers.insert(HOST, v);
     }
@@ -887,6 +912,27 @@ mod tests {
             ok("[::1]:443")
         );
         assert_eq!(got(req(h2, "/x", &[])), Err(E::Missing));
+    }
+
+    #[test]
+    fn cookie_fields_are_joined_into_one() {
+        let mut h = HeaderMap::new();
+        for c in ["a=1", "b=2", "c=3; d=4"] {
+            h.append(http::header::COOKIE, HeaderValue::from_static(c));
+        }
+        h.insert("accept", HeaderValue::from_static("*/*"));
+        join_cookies(&mut h);
+        let got: Vec<&HeaderValue> = h.get_all(http::header::COOKIE).iter().collect();
+        assert_eq!(got, ["a=1; b=2; c=3; d=4"]);
+        assert_eq!(h.len(), 2);
+        // One cookie field, or none: untouched.
+        let mut h = HeaderMap::new();
+        h.insert(http::header::COOKIE, HeaderValue::from_static("a=1,b=2"));
+        join_cookies(&mut h);
+        assert_eq!(h[http::header::COOKIE], "a=1,b=2");
+        let mut h = HeaderMap::new();
+        join_cookies(&mut h);
+        assert!(h.is_empty());
     }
 
     #[test]
