@@ -18,47 +18,8 @@ use e2e::portcullis_bin;
 use e2e::process::run;
 use e2e::walkthrough::{curl, Walkthrough};
 
-/// A client key and certificate made by `openssl req` + `openssl ca`, named `<name>.{key,pem}`.
 fn openssl_client(certs: &Path, name: &str, san: &str) -> Result<()> {
-    let key = format!("{name}.key");
-    let csr = format!("{name}.csr");
-    let pem = format!("{name}.pem");
-    openssl(
-        certs,
-        &[
-            "req",
-            "-new",
-            "-newkey",
-            "rsa:2048",
-            "-sha256",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-            "-subj",
-            &format!("/CN={name}"),
-            "-addext",
-            &format!("subjectAltName={san}"),
-        ],
-    )?;
-    openssl(
-        certs,
-        &[
-            "ca",
-            "-batch",
-            "-config",
-            "ca.cnf",
-            "-policy",
-            "signing_policy",
-            "-extensions",
-            "signing_req",
-            "-out",
-            &pem,
-            "-infiles",
-            &csr,
-        ],
-    )
+    e2e::certs::openssl_client(certs, name, Some(san))
 }
 
 fn openssl(dir: &Path, args: &[&str]) -> Result<()> {

@@ -269,7 +269,8 @@ fn a_simple_handshake_does_not_reach_the_mutual_server() -> Result<()> {
         );
     }
 
-    // HTTP/1.1 absolute-form names the authority in the request line; it wins over Host.
+    // HTTP/1.1 absolute-form names the authority in the request line; a Host that disagrees
+    // with it is refused (400) before any server is chosen.
     let raw = s.raw("simple.test", false);
     let mut absolute = RawRequest::get("simple.test", "https://mutual.test/get");
     absolute.host = Some("simple.test".to_owned());
@@ -282,9 +283,9 @@ fn a_simple_handshake_does_not_reach_the_mutual_server() -> Result<()> {
         false,
     )?;
     expect(
-        "h1 absolute-form https://mutual.test/get",
+        "h1 absolute-form https://mutual.test/get, Host: simple.test",
         out[0].clone(),
-        "421",
+        "400",
     );
     expect(
         "h1 absolute-form https://simple.test/get",
@@ -294,7 +295,7 @@ fn a_simple_handshake_does_not_reach_the_mutual_server() -> Result<()> {
 
     // One HTTP/2 connection reused for both origins, as a browser coalesces connections when
     // the certificate covers both names: the MUTUAL host is refused on it, the SIMPLE host
-    // still served, and a `host` header cannot override `:authority`.
+    // still served, and a `host` header that disagrees with `:authority` is refused.
     let mut host_header = RawRequest::get("simple.test", "/get");
     host_header.host = Some("mutual.test".to_owned());
     let out = raw.send(
@@ -313,7 +314,7 @@ fn a_simple_handshake_does_not_reach_the_mutual_server() -> Result<()> {
     expect(
         "h2 :authority simple.test, host: mutual.test",
         out[3].clone(),
-        "200",
+        "400",
     );
 
     assert!(
@@ -325,7 +326,7 @@ fn a_simple_handshake_does_not_reach_the_mutual_server() -> Result<()> {
     // No misdirected request reached an upstream, and each was counted.
     let log = s.gateway.log();
     let misdirected: Vec<&str> = log.lines().filter(|l| l.contains("status=421")).collect();
-    assert_eq!(misdirected.len(), 12, "{log}");
+    assert_eq!(misdirected.len(), 11, "{log}");
     for line in misdirected {
         assert!(line.contains("upstream=-"), "{line}");
     }
@@ -334,7 +335,11 @@ fn a_simple_handshake_does_not_reach_the_mutual_server() -> Result<()> {
         &[],
     )?;
     assert!(
-        metrics.contains("portcullis_requests_refused_total{reason=\"misdirected\"} 12"),
+        metrics.contains("portcullis_requests_refused_total{reason=\"misdirected\"} 11"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("portcullis_requests_refused_total{reason=\"authority_mismatch\"} 2"),
         "{metrics}"
     );
     Ok(())

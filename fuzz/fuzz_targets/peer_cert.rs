@@ -4,12 +4,15 @@
 //!
 //! Properties:
 //! - `from_der` never panics on any bytes.
-//! - A parsed certificate's identity is the first `spiffe://` URI SAN, and prints back as a
-//!   URI that parses to the same identity; the hash is 64 lowercase hex digits.
+//! - A parsed certificate has at most one URI SAN that claims the `spiffe` scheme (in any
+//!   case), which is a valid SPIFFE ID and its identity (anything else fails `from_der`); the
+//!   identity prints back as a URI that parses to the same identity; the hash is 64 lowercase
+//!   hex digits.
 //! - Its XFCC reads back as exactly its fields (see the `xfcc` target).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use portcullis::identity::spiffe::claims_spiffe;
 use portcullis::identity::{Identity, PeerCertificate};
 use portcullis::proxy::http::xfcc;
 use portcullis_fuzz::xfcc_reads_back;
@@ -22,6 +25,8 @@ fuzz_target!(|data: &[u8]| {
         cert.identity,
         cert.uris.iter().find_map(|u| Identity::from_uri(u))
     );
+    let claimed = cert.uris.iter().filter(|u| claims_spiffe(u)).count();
+    assert_eq!(claimed, usize::from(cert.identity.is_some()), "{:?}", cert.uris);
     if let Some(id) = &cert.identity {
         assert_eq!(Identity::from_uri(&id.uri()).as_ref(), Some(id));
         assert_eq!(cert.principal(), Some(id.principal()));

@@ -159,3 +159,39 @@ pub fn make_openssl_certs(dir: &Path) -> Result<OpensslCerts> {
     }
     Ok(certs)
 }
+
+/// A client key and certificate signed by the walkthrough CA in `dir` with `openssl req` +
+/// `openssl ca` (which copies the request's extensions), named `<name>.{key,pem}`, with
+/// `subjectAltName=<san>` when `san` is given (`URI:spiffe://x,DNS:y`: openssl takes any URI).
+pub fn openssl_client(dir: &Path, name: &str, san: Option<&str>) -> Result<()> {
+    let key = format!("{name}.key");
+    let csr = format!("{name}.csr");
+    let pem = format!("{name}.pem");
+    let subj = format!("/CN={name}");
+    let ext = san.map(|s| format!("subjectAltName={s}"));
+    let mut req = vec![
+        "req", "-new", "-newkey", "rsa:2048", "-sha256", "-nodes", "-keyout", &key, "-out", &csr,
+        "-subj", &subj,
+    ];
+    if let Some(ext) = &ext {
+        req.extend(["-addext", ext]);
+    }
+    openssl(dir, &req)?;
+    openssl(
+        dir,
+        &[
+            "ca",
+            "-batch",
+            "-config",
+            "ca.cnf",
+            "-policy",
+            "signing_policy",
+            "-extensions",
+            "signing_req",
+            "-out",
+            &pem,
+            "-infiles",
+            &csr,
+        ],
+    )
+}

@@ -13,6 +13,7 @@ pub mod oha;
 pub mod process;
 pub mod prometheus;
 pub mod rawhttp;
+pub mod recorder;
 pub mod walkthrough;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -1,6 +1,7 @@
 //! Host names as Gateway servers, VirtualServices and SNI match them.
 
 use std::fmt;
+use std::net::Ipv6Addr;
 
 /// One host pattern: `test.com`, `*.example.com` or `*`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -92,6 +93,140 @@ pub fn authority_host(authority: &str) -> String {
     host.to_ascii_lowercase()
 }
 
+/// A request's authority (`Host`, `:authority` or an absolute-form target's), checked once:
+/// what routes, policies, the access log and the upstream's `Host` all see.
+///
+/// RFC 9110 §4.2.4 and §7.2: `uri-host [ ":" port ]`, never userinfo. Stricter than RFC 3986
+/// in what a name may hold (letters, digits, `-`, `.`, `_`, `~`): sub-delims and
+/// percent-encoding are grammatical in a reg-name but only serve to spell one host two ways,
+/// and an upstream that parses Host as a URL authority (`test.com:1@other.example`) must not
+/// see another host than the one routed and authorized.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Authority {
+    /// Lowercase; an IPv6 literal without its brackets, as [`authority_host`] gives it.
+    host: String,
+    port: Option<u16>,
+}
+
+/// Why a request's authority is refused (400).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AuthorityError {
+    #[error("the host is empty")]
+    Empty,
+    #[error("an HTTP authority has no userinfo (`@`)")]
+    UserInfo,
+    #[error("{0:?} is not allowed in a host")]
+    Character(char),
+    #[error("the port is not a number from 0 to 65535")]
+    Port,
+    #[error("the IPv6 literal does not parse")]
+    Ipv6,
+    #[error("an HTTP/1.1 or HTTP/2 request names no host")]
+    Missing,
+    #[error("more than one Host header")]
+    Duplicate,
+    #[error("Host and the request target's authority name different hosts")]
+    Mismatch,
+}
+
+impl AuthorityError {
+    /// The `reason` label of `portcullis_requests_refused_total`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Empty => "authority_empty",
+            Self::UserInfo => "authority_userinfo",
+            Self::Character(_) => "authority_bad_character",
+            Self::Port => "authority_bad_port",
+            Self::Ipv6 => "authority_bad_ipv6",
+            Self::Missing => "authority_missing",
+            Self::Duplicate => "authority_duplicate_host",
+            Self::Mismatch => "authority_mismatch",
+        }
+    }
+}
+
+impl Authority {
+    /// Parses an authority as a client sent it.
+    pub fn parse(raw: &str) -> Result<Self, AuthorityError> {
+        if raw.is_empty() {
+            return Err(AuthorityError::Empty);
+        }
+        if raw.contains('@') {
+            return Err(AuthorityError::UserInfo);
+        }
+        let (host, port) = if let Some(rest) = raw.strip_prefix('[') {
+            let (literal, after) = rest.split_once(']').ok_or(AuthorityError::Ipv6)?;
+            // RFC 9110 has no zone ids; `Ipv6Addr` refuses them, and IPvFuture.
+            let ip: Ipv6Addr = literal.parse().map_err(|_| AuthorityError::Ipv6)?;
+            let port = match after {
+                "" => None,
+                _ => Some(after.strip_prefix(':').ok_or(AuthorityError::Ipv6)?),
+            };
+            (ip.to_string(), port)
+        } else {
+            let (host, port) = match raw.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (raw, None),
+            };
+            if let Some(c) = host
+                .chars()
+                .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~')))
+            {
+                return Err(AuthorityError::Character(c));
+            }
+            if host.is_empty() {
+                return Err(AuthorityError::Empty);
+            }
+            (host.to_ascii_lowercase(), port)
+        };
+        let port = match port {
+            // `host:` is grammatical (RFC 3986 §3.2.3) and means no port.
+            None | Some("") => None,
+            Some(p) if p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) => {
+                Some(p.parse().map_err(|_| AuthorityError::Port)?)
+            }
+            Some(p) => {
+                return Err(
+                    match p.chars().find(|c| c.is_whitespace() || c.is_control()) {
+                        Some(c) => AuthorityError::Character(c),
+                        None => AuthorityError::Port,
+                    },
+                )
+            }
+        };
+        Ok(Self { host, port })
+    }
+
+    /// The host, lowercase, without a port (and an IPv6 literal without brackets).
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    pub fn port(&self) -> Option<u16> {
+        self.port
+    }
+
+    /// Whether two authorities name the same origin, a missing port being `default_port`.
+    pub fn same_origin(&self, other: &Authority, default_port: u16) -> bool {
+        self.host == other.host
+            && self.port.unwrap_or(default_port) == other.port.unwrap_or(default_port)
+    }
+}
+
+impl fmt::Display for Authority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]", self.host)?;
+        } else {
+            f.write_str(&self.host)?;
+        }
+        match self.port {
+            Some(p) => write!(f, ":{p}"),
+            None => Ok(()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,5 +268,65 @@ mod tests {
         assert_eq!(authority_host("Test.com:443"), "test.com");
         assert_eq!(authority_host("[::1]:80"), "::1");
         assert_eq!(authority_host("test.com"), "test.com");
+    }
+
+    /// The report's spellings and their relatives: each must be refused, never routed by a
+    /// part of it.
+    #[test]
+    fn hostile_authorities_are_refused() {
+        use AuthorityError as E;
+        let cases = [
+            ("", E::Empty),
+            (":443", E::Empty),
+            ("test.com:1@other.example", E::UserInfo),
+            ("user@test.com", E::UserInfo),
+            ("@test.com", E::UserInfo),
+            ("test.com:x", E::Port),
+            ("test.com:443x", E::Port),
+            ("test.com:65536", E::Port),
+            ("test.com:999999", E::Port),
+            ("test.com:-1", E::Port),
+            ("test.com:+443", E::Port),
+            ("test.com:30443 garbage", E::Character(' ')),
+            ("test.com :443", E::Character(' ')),
+            ("test.com\t", E::Character('\t')),
+            ("test.com\u{0}.evil", E::Character('\0')),
+            ("test.com\r\nx: y", E::Character('\r')),
+            ("test.com,other.example", E::Character(',')),
+            ("test%2Ecom", E::Character('%')),
+            ("t\u{e9}st.com", E::Character('\u{e9}')),
+            ("::1", E::Character(':')),
+            ("a:b:443", E::Character(':')),
+            ("[::1", E::Ipv6),
+            ("[::1]x", E::Ipv6),
+            ("[fe80::1%25eth0]", E::Ipv6),
+            ("[v1.x]", E::Ipv6),
+            ("[test.com]", E::Ipv6),
+            ("[::1]:x", E::Port),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(Authority::parse(raw), Err(want), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn authorities_are_canonical() {
+        let ok = |raw: &str, host: &str, shown: &str| {
+            let a = Authority::parse(raw).unwrap_or_else(|e| panic!("{raw:?}: {e}"));
+            assert_eq!(a.host(), host, "{raw:?}");
+            assert_eq!(a.to_string(), shown, "{raw:?}");
+        };
+        ok("Test.COM", "test.com", "test.com");
+        ok("test.com:0443", "test.com", "test.com:443");
+        ok("test.com:", "test.com", "test.com");
+        ok("127.0.0.1:8080", "127.0.0.1", "127.0.0.1:8080");
+        ok("[::1]:80", "::1", "[::1]:80");
+        ok("[0:0::1]", "::1", "[::1]");
+        ok("my_host.internal", "my_host.internal", "my_host.internal");
+        ok("test.com.", "test.com.", "test.com.");
+        let a = Authority::parse("test.com").expect("a");
+        assert!(a.same_origin(&Authority::parse("TEST.com:443").expect("b"), 443));
+        assert!(!a.same_origin(&Authority::parse("test.com:443").expect("b"), 80));
+        assert!(!a.same_origin(&Authority::parse("other.com").expect("b"), 443));
     }
 }

@@ -19,17 +19,137 @@ pub enum Identity {
     Other { trust_domain: String, path: String },
 }
 
+/// Why a URI SAN whose scheme is `spiffe` (in any case) is not a valid SPIFFE ID.
+///
+/// The SPIFFE ID spec (spiffe/spiffe `standards/SPIFFE-ID.md`), read strictly: an id that
+/// could be spelled two ways (`TEST.CLIENT`, `test%2Eclient`, `test.client/.`) would be two
+/// principals, and a DENY rule names only one of them.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SpiffeIdError {
+    #[error("the scheme must be exactly `spiffe`")]
+    SchemeCase,
+    #[error("`spiffe:` must be followed by `//` and a trust domain")]
+    NoAuthority,
+    #[error("the trust domain is empty")]
+    EmptyTrustDomain,
+    #[error("the trust domain carries userinfo (`@`)")]
+    UserInfo,
+    #[error("the trust domain carries a port")]
+    Port,
+    #[error("a SPIFFE ID has no query (`?`)")]
+    Query,
+    #[error("a SPIFFE ID has no fragment (`#`)")]
+    Fragment,
+    #[error("a SPIFFE ID is never percent-encoded")]
+    PercentEncoded,
+    #[error("{0:?} is not allowed in a trust domain (a-z 0-9 . - _)")]
+    TrustDomainCharacter(char),
+    #[error("the trust domain has an empty label (a leading, trailing or doubled `.`)")]
+    EmptyLabel,
+    #[error("{0:?} is not allowed in a path (A-Z a-z 0-9 . - _)")]
+    PathCharacter(char),
+    #[error("the path has an empty segment (`//` or a trailing `/`)")]
+    EmptySegment,
+    #[error("the path has a `.` or `..` segment")]
+    DotSegment,
+    #[error("longer than {max} bytes")]
+    TooLong { max: usize },
+}
+
+/// The spec's limits: 255 bytes of trust domain, 2048 bytes of URI.
+const MAX_TRUST_DOMAIN: usize = 255;
+const MAX_URI: usize = 2048;
+
+/// Whether a URI SAN claims to be a SPIFFE ID: its scheme is `spiffe` in any case, even after
+/// leading blanks or control bytes. Such a SAN must then parse as one, or the certificate is
+/// refused: treating it as "not an identity" would leave the peer with no principal, which
+/// passes every DENY rule that names one.
+pub fn claims_spiffe(uri: &str) -> bool {
+    let uri = uri.trim_start_matches(|c: char| c.is_ascii_whitespace() || c.is_ascii_control());
+    uri.get(..7)
+        .is_some_and(|s| s.eq_ignore_ascii_case("spiffe:"))
+}
+
 impl Identity {
-    /// Parses a `spiffe://` URI; None for any other URI.
+    /// Parses a `spiffe://` URI; None for anything else, including a malformed SPIFFE ID.
     pub fn from_uri(uri: &str) -> Option<Self> {
-        let rest = uri.strip_prefix("spiffe://")?;
-        let (trust_domain, path) = rest.split_once('/').unwrap_or((rest, ""));
+        Self::parse(uri).ok()
+    }
+
+    /// Parses a SPIFFE ID strictly.
+    ///
+    /// Stricter than the spec in one place: the trust domain may not have an empty label
+    /// (`test.client.`, `.test.client`, `a..b`). The spec's character set allows them, but a
+    /// trailing dot only spells the DNS name `test.client` another way, and no issuer has a
+    /// reason to sign it except to make a principal that a rule for `test.client` misses.
+    pub fn parse(uri: &str) -> Result<Self, SpiffeIdError> {
+        if uri.len() > MAX_URI {
+            return Err(SpiffeIdError::TooLong { max: MAX_URI });
+        }
+        let rest = match uri.strip_prefix("spiffe:") {
+            Some(rest) => rest,
+            None if claims_spiffe(uri) => return Err(SpiffeIdError::SchemeCase),
+            None => return Err(SpiffeIdError::NoAuthority),
+        };
+        let rest = rest.strip_prefix("//").ok_or(SpiffeIdError::NoAuthority)?;
+        // Checked over the whole id first, so the error names the construct rather than the
+        // character that happens to be met first.
+        if rest.contains('%') {
+            return Err(SpiffeIdError::PercentEncoded);
+        }
+        if rest.contains('?') {
+            return Err(SpiffeIdError::Query);
+        }
+        if rest.contains('#') {
+            return Err(SpiffeIdError::Fragment);
+        }
+        let (trust_domain, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i + 1..]),
+            None => (rest, ""),
+        };
         if trust_domain.is_empty() {
-            return None;
+            return Err(SpiffeIdError::EmptyTrustDomain);
+        }
+        if trust_domain.contains('@') {
+            return Err(SpiffeIdError::UserInfo);
+        }
+        if trust_domain.contains(':') {
+            return Err(SpiffeIdError::Port);
+        }
+        if trust_domain.len() > MAX_TRUST_DOMAIN {
+            return Err(SpiffeIdError::TooLong {
+                max: MAX_TRUST_DOMAIN,
+            });
+        }
+        if let Some(c) = trust_domain
+            .chars()
+            .find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '.' | '-' | '_'))
+        {
+            return Err(SpiffeIdError::TrustDomainCharacter(c));
+        }
+        if trust_domain.split('.').any(str::is_empty) {
+            return Err(SpiffeIdError::EmptyLabel);
+        }
+        // `rest.find('/')` found a `/`: the path is not empty, and no segment of it may be.
+        if rest.len() > trust_domain.len() {
+            for segment in path.split('/') {
+                if segment.is_empty() {
+                    return Err(SpiffeIdError::EmptySegment);
+                }
+                if segment == "." || segment == ".." {
+                    return Err(SpiffeIdError::DotSegment);
+                }
+                if let Some(c) = segment
+                    .chars()
+                    .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')))
+                {
+                    return Err(SpiffeIdError::PathCharacter(c));
+                }
+            }
         }
         let parts: Vec<&str> = path.split('/').collect();
-        Some(match parts.as_slice() {
-            ["ns", ns, "sa", sa] if !ns.is_empty() && !sa.is_empty() => Identity::Workload {
+        Ok(match parts.as_slice() {
+            ["ns", ns, "sa", sa] => Identity::Workload {
                 trust_domain: trust_domain.to_owned(),
                 namespace: (*ns).to_owned(),
                 service_account: (*sa).to_owned(),
@@ -86,28 +206,39 @@ impl fmt::Display for Identity {
     }
 }
 
-/// The URI SAN that names the peer when a certificate carries several: the **first one that
-/// starts with `spiffe://`**, and no other even if that one is malformed.
+/// The peer's SPIFFE ID among a certificate's URI SANs: the one whose scheme is `spiffe` (in
+/// any case); None when there is none. An X509-SVID carries exactly one SPIFFE ID, so a second
+/// one, or one that does not parse strictly ([`Identity::parse`]), is an error, and the
+/// certificate is refused rather than read as "no principal".
 ///
-/// This is what Istio matches `source.principals` against. Istio's authorization does not use
-/// Envoy's `Authenticated` RBAC principal (which, since envoyproxy/envoy#9237, tries every URI
-/// SAN, then every DNS SAN, then the subject — see
-/// `source/extensions/filters/common/rbac/matchers.cc`, `AuthenticatedMatcher::matches`):
-/// since istio/istio#42031 it matches a `FilterState` principal set by istio/proxy's
-/// `io.istio.network.authn` filter (`source/extensions/filters/network/istio_authn/config.cc`,
-/// `IstioAuthnFilter::populate`), which loops over `uriSanPeerCertificate()` and keeps the
-/// first SAN with the `spiffe://` prefix. Envoy's XFCC `URI=` is the first URI SAN of any kind
-/// (`uris[0]`), which is why [`PeerCertificate::uris`] keeps them all, in order.
-pub fn principal_uri(uris: &[String]) -> Option<&str> {
-    uris.iter()
-        .map(String::as_str)
-        .find(|u| u.starts_with("spiffe://"))
+/// Other URI SANs beside it are ignored, as Istio does: its authorization matches
+/// `source.principals` against the principal that istio/proxy's `io.istio.network.authn`
+/// filter takes from the first `spiffe://` URI SAN (`IstioAuthnFilter::populate`), not against
+/// Envoy's `Authenticated` principal, which tries every URI SAN (envoyproxy/envoy#9237). With
+/// at most one SPIFFE ID allowed, "the first" and "the only" are the same. Envoy's XFCC `URI=`
+/// is the first URI SAN of any kind (`uris[0]`), which is why [`PeerCertificate::uris`] keeps
+/// them all, in order.
+pub fn spiffe_id(uris: &[String]) -> Result<Option<Identity>, PeerCertError> {
+    let mut claimed = uris.iter().filter(|u| claims_spiffe(u));
+    let Some(uri) = claimed.next() else {
+        return Ok(None);
+    };
+    let others = claimed.count();
+    if others > 0 {
+        return Err(PeerCertError::SeveralSpiffeIds { count: others + 1 });
+    }
+    Identity::parse(uri)
+        .map(Some)
+        .map_err(|why| PeerCertError::InvalidSpiffeId {
+            uri: uri.clone(),
+            why,
+        })
 }
 
 /// What a verified peer certificate says about the peer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerCertificate {
-    /// The SPIFFE identity, when the certificate carries a `spiffe://` URI SAN. A certificate
+    /// The SPIFFE identity, when the certificate carries a `spiffe` URI SAN. A certificate
     /// without one is authenticated (it chains to the CA) but has no principal.
     pub identity: Option<Identity>,
     /// All URI SANs, in order (Envoy's XFCC names the first).
@@ -120,15 +251,24 @@ pub struct PeerCertificate {
     pub sha256_hex: String,
 }
 
-/// The certificate could not be parsed.
+/// Why a peer certificate is not read.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("peer certificate cannot be parsed: {0}")]
-pub struct ParseError(String);
+pub enum PeerCertError {
+    #[error("peer certificate cannot be parsed: {0}")]
+    Unparsable(String),
+    /// `{uri:?}`: the SAN is whatever the issuer signed, control characters included.
+    #[error("peer certificate URI SAN {uri:?} is not a valid SPIFFE ID: {why}")]
+    InvalidSpiffeId { uri: String, why: SpiffeIdError },
+    #[error("peer certificate carries {count} SPIFFE IDs; an X509-SVID has exactly one")]
+    SeveralSpiffeIds { count: usize },
+}
 
 impl PeerCertificate {
     /// Reads a DER certificate (the leaf of an already verified chain).
-    pub fn from_der(der: &[u8]) -> Result<Self, ParseError> {
-        let (_, cert) = X509Certificate::from_der(der).map_err(|e| ParseError(e.to_string()))?;
+    /// Fails on a certificate whose SPIFFE ID is malformed or not alone ([`spiffe_id`]).
+    pub fn from_der(der: &[u8]) -> Result<Self, PeerCertError> {
+        let (_, cert) =
+            X509Certificate::from_der(der).map_err(|e| PeerCertError::Unparsable(e.to_string()))?;
         let mut uris = Vec::new();
         let mut dns_names = Vec::new();
         if let Ok(Some(san)) = cert.subject_alternative_name() {
@@ -140,7 +280,7 @@ impl PeerCertificate {
                 }
             }
         }
-        let identity = principal_uri(&uris).and_then(Identity::from_uri);
+        let identity = spiffe_id(&uris)?;
         let digest = ring::digest::digest(&ring::digest::SHA256, der);
         let sha256_hex = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
         Ok(Self {
@@ -210,7 +350,7 @@ mod tests {
         assert_eq!(peer.sha256_hex.len(), 64);
     }
 
-    fn cert_with_uris(uris: &[&str]) -> PeerCertificate {
+    fn cert_with_uris(uris: &[&str]) -> Result<PeerCertificate, PeerCertError> {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
         for u in uris {
             params.subject_alt_names.push(rcgen::SanType::URI(
@@ -219,29 +359,137 @@ mod tests {
         }
         let key = rcgen::KeyPair::generate().expect("key");
         let cert = params.self_signed(&key).expect("cert");
-        PeerCertificate::from_der(cert.der()).expect("parse")
+        PeerCertificate::from_der(cert.der())
+    }
+
+    /// The spellings an attacker with a certificate from the CA tried (attack review,
+    /// issue 12): each was served as a principal other than `test.client`, or as none.
+    #[test]
+    fn malformed_spiffe_ids_are_refused_with_the_reason() {
+        use SpiffeIdError as E;
+        let cases: &[(&str, SpiffeIdError)] = &[
+            ("SPIFFE://test.client", E::SchemeCase),
+            ("Spiffe://test.client", E::SchemeCase),
+            ("spiffe://TEST.CLIENT", E::TrustDomainCharacter('T')),
+            (
+                "spiffe://Test.client/ns/a/sa/b",
+                E::TrustDomainCharacter('T'),
+            ),
+            ("spiffe://test.client.", E::EmptyLabel),
+            ("spiffe://.test.client", E::EmptyLabel),
+            ("spiffe://test..client", E::EmptyLabel),
+            ("spiffe://test.client:443", E::Port),
+            ("spiffe://test.client:", E::Port),
+            ("spiffe://test.client?x", E::Query),
+            ("spiffe://test.client/a?x=1", E::Query),
+            ("spiffe://test.client#x", E::Fragment),
+            ("spiffe://a@test.client", E::UserInfo),
+            ("spiffe://@test.client", E::UserInfo),
+            ("spiffe://test%2Eclient", E::PercentEncoded),
+            ("spiffe://test.client/%61", E::PercentEncoded),
+            ("spiffe://test.client/.", E::DotSegment),
+            ("spiffe://test.client/..", E::DotSegment),
+            ("spiffe://test.client/ns/../sa/x", E::DotSegment),
+            ("spiffe://test.client/", E::EmptySegment),
+            ("spiffe://test.client//x", E::EmptySegment),
+            ("spiffe://test.client/x/", E::EmptySegment),
+            ("spiffe://", E::EmptyTrustDomain),
+            ("spiffe:///x", E::EmptyTrustDomain),
+            ("spiffe:///ns/a/sa/b", E::EmptyTrustDomain),
+            ("spiffe:test.client", E::NoAuthority),
+            ("spiffe:/test.client", E::NoAuthority),
+            (
+                r"spiffe://test.client\0.evil",
+                E::TrustDomainCharacter('\\'),
+            ),
+            (
+                "spiffe://test.client\u{0}.evil",
+                E::TrustDomainCharacter('\0'),
+            ),
+            ("spiffe://\u{0}test.client", E::TrustDomainCharacter('\0')),
+            ("spiffe://test.client/a\tb", E::PathCharacter('\t')),
+            ("spiffe://test.client/a b", E::PathCharacter(' ')),
+            ("spiffe://test.client/a;b", E::PathCharacter(';')),
+            ("spiffe://test.client/a\u{e9}", E::PathCharacter('\u{e9}')),
+            (
+                "spiffe://t\u{e9}st.client",
+                E::TrustDomainCharacter('\u{e9}'),
+            ),
+            ("spiffe://test client", E::TrustDomainCharacter(' ')),
+        ];
+        for (uri, want) in cases {
+            assert_eq!(Identity::parse(uri).as_ref(), Err(want), "{uri:?}");
+            assert!(claims_spiffe(uri), "{uri:?} claims to be a SPIFFE ID");
+        }
+        let long = format!("spiffe://{}", "a".repeat(256));
+        assert_eq!(
+            Identity::parse(&long),
+            Err(E::TooLong {
+                max: MAX_TRUST_DOMAIN
+            })
+        );
+        let long = format!("spiffe://td/{}", "a".repeat(2048));
+        assert_eq!(Identity::parse(&long), Err(E::TooLong { max: MAX_URI }));
+        // Valid ids in every shape the spec allows.
+        for uri in [
+            "spiffe://test.client",
+            "spiffe://cluster.local/ns/default/sa/sleep",
+            "spiffe://a-b_c.9/Path.With-Upper_9/x",
+            "spiffe://td/..a/a..",
+        ] {
+            let id = Identity::parse(uri).unwrap_or_else(|e| panic!("{uri}: {e}"));
+            assert_eq!(id.uri(), uri);
+        }
+        for other in ["https://test.client", "spiffe-ish://x", " http://spiffe:"] {
+            assert!(!claims_spiffe(other), "{other:?}");
+        }
+        assert!(claims_spiffe(" \u{1}SPIFFE://x"));
     }
 
     #[test]
-    fn the_principal_is_the_first_spiffe_uri_san_as_istio_authn_takes_it() {
+    fn a_certificate_with_a_bad_or_second_spiffe_id_is_refused() {
+        // One spiffe SAN beside other URIs: today's behaviour, the spiffe one is the principal.
         let peer = cert_with_uris(&[
             "https://not.an.identity/",
             "spiffe://cluster.local/ns/a/sa/first",
-            "spiffe://cluster.local/ns/b/sa/second",
-        ]);
+            "urn:x:y",
+        ])
+        .expect("one SPIFFE id");
         assert_eq!(
             peer.principal().as_deref(),
-            Some("cluster.local/ns/a/sa/first"),
-            "the first spiffe:// SAN, not the first URI and not any later one"
+            Some("cluster.local/ns/a/sa/first")
         );
         assert_eq!(
             peer.uris[0], "https://not.an.identity/",
             "XFCC keeps uris[0]"
         );
-        // A malformed first SPIFFE id is not skipped in favour of a later one: istio_authn
-        // takes the first `spiffe://` SAN whatever follows it, so the peer has no principal
-        // an ALLOW rule could match.
-        let peer = cert_with_uris(&["spiffe:///ns/x/sa/y", "spiffe://cluster.local/ns/a/sa/b"]);
+        for uris in [
+            &[
+                "spiffe://cluster.local/ns/a/sa/b",
+                "spiffe://cluster.local/ns/b/sa/c",
+            ][..],
+            &["spiffe://test.client", "SPIFFE://test.client"],
+            &["spiffe://test.client", "spiffe://test.client"],
+        ] {
+            assert!(
+                matches!(
+                    cert_with_uris(uris),
+                    Err(PeerCertError::SeveralSpiffeIds { count: 2 })
+                ),
+                "{uris:?}"
+            );
+        }
+        // A malformed id first is not skipped in favour of a good one after it.
+        for bad in ["spiffe://", "spiffe:///x", "SPIFFE://test.client"] {
+            let got = cert_with_uris(&[bad, "https://x"]);
+            assert!(
+                matches!(&got, Err(PeerCertError::InvalidSpiffeId { uri, .. }) if uri == bad),
+                "{bad}: {got:?}"
+            );
+        }
+        assert!(cert_with_uris(&["spiffe://", "spiffe://test.client"]).is_err());
+        // Non-spiffe URIs alone: authenticated, no principal, as before.
+        let peer = cert_with_uris(&["https://test.client", "urn:uuid:1"]).expect("no spiffe");
         assert_eq!(peer.principal(), None);
     }
 

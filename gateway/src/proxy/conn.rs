@@ -29,7 +29,9 @@ pub struct ConnInfo {
     pub principal: Option<String>,
     /// Set on connections the mesh terminator accepted: requests go to the local app.
     pub inbound: Option<Arc<InboundTarget>>,
-    /// The x-forwarded-client-cert value, made once from the verified certificate.
+    /// The x-forwarded-client-cert value, made once from the verified certificate. None with
+    /// a `peer_cert` means the certificate's fields cannot be written as a header value: see
+    /// [`ConnInfo::xfcc_unencodable`].
     pub xfcc: Option<http::HeaderValue>,
     /// Metric handles already resolved for this connection's label sets.
     pub metric_handles: super::telemetry::metrics::HandleCache,
@@ -70,8 +72,20 @@ impl ConnInfo {
     /// Records the verified client certificate: principal and XFCC are derived once here.
     pub fn set_peer_cert(&mut self, cert: PeerCertificate) {
         self.principal = cert.principal();
-        self.xfcc = http::HeaderValue::from_str(&super::http::xfcc(&cert)).ok();
+        // `from_bytes`, not `from_str`: a UTF-8 subject is valid field content (obs-text), as
+        // Envoy sends it; only control characters make the value impossible to send.
+        self.xfcc = http::HeaderValue::from_bytes(super::http::xfcc(&cert).as_bytes()).ok();
+        if self.xfcc.is_none() {
+            tracing::warn!(peer = %self.peer, subject = ?cert.subject, uris = ?cert.uris, dns = ?cert.dns_names, "the client certificate cannot be written as x-forwarded-client-cert (control characters); its requests are refused");
+        }
         self.peer_cert = Some(cert);
+    }
+
+    /// An authenticated client whose XFCC cannot be encoded. Its requests are refused: sending
+    /// them without XFCC would let the upstream take a verified client for an anonymous one,
+    /// and a client-sent XFCC is never forwarded either.
+    pub fn xfcc_unencodable(&self) -> bool {
+        self.peer_cert.is_some() && self.xfcc.is_none()
     }
 
     pub fn scheme(&self) -> &'static str {
@@ -80,5 +94,48 @@ impl ConnInfo {
         } else {
             "http"
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(subject: &str, uris: &[&str], dns: &[&str]) -> PeerCertificate {
+        PeerCertificate {
+            identity: None,
+            uris: uris.iter().map(|u| (*u).to_owned()).collect(),
+            dns_names: dns.iter().map(|d| (*d).to_owned()).collect(),
+            subject: subject.to_owned(),
+            sha256_hex: "ab".repeat(32),
+        }
+    }
+
+    #[test]
+    fn a_certificate_xfcc_cannot_carry_is_flagged_not_dropped() {
+        let conn = || {
+            ConnInfo::new(
+                "127.0.0.1:40000".parse().expect("addr"),
+                "127.0.0.1:443".parse().expect("addr"),
+                443,
+            )
+        };
+        for (subject, uris, dns) in [
+            ("CN=x", &["https://a\u{0}b"][..], &[][..]),
+            ("CN=x", &[], &["a\nb"]),
+            ("CN=x\r\nX-Evil: 1", &[], &[]),
+            ("CN=x\u{7f}", &[], &[]),
+        ] {
+            let mut c = conn();
+            c.set_peer_cert(peer(subject, uris, dns));
+            assert!(c.xfcc_unencodable(), "{subject:?} {uris:?} {dns:?}");
+        }
+        // A UTF-8 subject is sent as it is, as Envoy does.
+        let mut c = conn();
+        c.set_peer_cert(peer("CN=J\u{fc}rgen", &["spiffe://td/x"], &["a.test"]));
+        assert!(!c.xfcc_unencodable());
+        assert!(c.xfcc.is_some());
+        // No certificate: nothing to forward, nothing refused.
+        assert!(!conn().xfcc_unencodable());
     }
 }

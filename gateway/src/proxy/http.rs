@@ -14,11 +14,11 @@ use hyper::body::Incoming;
 use super::conn::ConnInfo;
 use super::limits::LimitReason;
 use super::telemetry::access_log::AccessEntry;
-use super::telemetry::metrics::{RequestProtocol, RequestRecord};
+use super::telemetry::metrics::{DroppedHeader, Metrics, RequestProtocol, RequestRecord};
 use super::telemetry::ResponseFlags;
 use super::upstream::{is_connect_timeout, WithPermit};
 use super::Gateway;
-use crate::config::hosts::{authority_host, best_match};
+use crate::config::hosts::{authority_host, best_match, Authority, AuthorityError};
 use crate::config::model::GatewayRef;
 use crate::policy::authz::{Decision, RequestAttrs};
 use crate::policy::path::{self, PathError, PathNormalization};
@@ -49,6 +49,20 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     http::header::UPGRADE,
 ];
 
+/// Headers that make some upstreams serve another path or method than the request line's:
+/// IIS/ASP.NET and Symfony read `X-Original-URL`/`X-Rewrite-URL` as the path, many frameworks
+/// take the method from the `X-HTTP-Method(-Override)`/`X-Method-Override` family, and Envoy's
+/// `x-envoy-original-path` is trusted by apps behind Envoy. Authorization decided the request
+/// line's path and method, so nothing else may name them to the upstream.
+const OVERRIDE_HEADERS: [HeaderName; 6] = [
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-http-method"),
+    HeaderName::from_static("x-method-override"),
+    HeaderName::from_static("x-envoy-original-path"),
+];
+
 fn local(status: StatusCode, body: &'static str) -> Response<Body> {
     let mut resp = Response::new(
         Full::new(Bytes::from_static(body.as_bytes()))
@@ -68,23 +82,20 @@ pub async fn handle(
     gateway: Arc<Gateway>,
     snapshot: Arc<Snapshot>,
     conn: Arc<ConnInfo>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
+    // Before anything reads the headers: policies must not match what the upstream never sees.
+    drop_untrusted_headers(req.headers_mut(), &gateway.metrics, &conn);
     let method = req.method().clone();
-    // HTTP/1 absolute-form and HTTP/2 carry the authority in the URI; RFC 9112 §3.2.2 says it
-    // wins over Host, and the upstream gets it as Host, so all see one authority.
-    let authority = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            req.headers()
-                .get(HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
-        })
-        .unwrap_or_default();
+    // Routes, policies, the access log and the upstream's Host all get this one canonical
+    // authority; a refused one is logged as received.
+    let checked_authority = request_authority(&req);
+    let authority = match &checked_authority {
+        Ok(Some(a)) => a.to_string(),
+        Ok(None) => String::new(),
+        Err(_) => raw_authority(&req),
+    };
 
     let protocol = match req.headers().get(http::header::CONTENT_TYPE) {
         Some(ct) if ct.as_bytes().starts_with(b"application/grpc") => RequestProtocol::grpc,
@@ -96,12 +107,46 @@ pub async fn handle(
     // get this path, and the query string as received.
     let mode = snapshot.settings.path_normalization;
     let target = RequestTarget::of(req.uri(), mode);
-    let (out, logged_path) = match target {
-        Ok(target) => {
+    let (out, logged_path) = match (checked_authority, target) {
+        (Err(e), _) => {
+            tracing::info!(
+                peer = %conn.peer,
+                principal = conn.principal.as_deref().unwrap_or("-"),
+                authority = ?authority,
+                reason = e.reason(),
+                "host refused: {e}"
+            );
+            gateway.metrics.record_refused(e.reason());
+            let out = Outcome {
+                resp: local(StatusCode::BAD_REQUEST, "bad request: host refused"),
+                decision: None,
+                upstream: None,
+                service: None,
+                flags: ResponseFlags::DownstreamProtocolError,
+            };
+            (out, req.uri().path().to_owned())
+        }
+        // Fail closed rather than forward a verified client without its XFCC (set_peer_cert
+        // logged why, once per connection).
+        (Ok(_), _) if conn.xfcc_unencodable() => {
+            gateway.metrics.record_refused("unencodable_client_cert");
+            let out = Outcome {
+                resp: local(
+                    StatusCode::BAD_REQUEST,
+                    "bad request: client certificate cannot be forwarded",
+                ),
+                decision: None,
+                upstream: None,
+                service: None,
+                flags: ResponseFlags::DownstreamProtocolError,
+            };
+            (out, req.uri().path().to_owned())
+        }
+        (Ok(_), Ok(target)) => {
             let out = route_and_forward(&gateway, &snapshot, &conn, req, &authority, &target).await;
             (out, target.path_and_query)
         }
-        Err(e) => {
+        (Ok(_), Err(e)) => {
             let received = req
                 .uri()
                 .path_and_query()
@@ -160,6 +205,55 @@ pub async fn handle(
         response_flags: out.flags,
     });
     Ok(out.resp)
+}
+
+/// The request's authority, checked ([`Authority::parse`]): the absolute-form target's or
+/// HTTP/2's `:authority`, and `Host`. RFC 9112 §3.2.2 lets the target's win over Host and
+/// RFC 9113 §8.3.1 only says a differing Host SHOULD make the request malformed; here both
+/// must name the same origin, or the request is refused, so no component downstream can pick
+/// the other one. None only for an HTTP/1.0 request with neither (Host came with 1.1).
+fn request_authority<B>(req: &Request<B>) -> Result<Option<Authority>, AuthorityError> {
+    let mut hosts = req.headers().get_all(HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(AuthorityError::Duplicate);
+    }
+    // Lossy: a byte that is not UTF-8 becomes U+FFFD, which `parse` refuses like any other
+    // character a host cannot hold.
+    let host = host
+        .map(|v| Authority::parse(&String::from_utf8_lossy(v.as_bytes())))
+        .transpose()?;
+    let target = req
+        .uri()
+        .authority()
+        .map(|a| Authority::parse(a.as_str()))
+        .transpose()?;
+    let default_port = if req.uri().scheme() == Some(&http::uri::Scheme::HTTPS) {
+        443
+    } else {
+        80
+    };
+    match (target, host) {
+        (Some(t), Some(h)) if !t.same_origin(&h, default_port) => Err(AuthorityError::Mismatch),
+        (Some(a), _) | (None, Some(a)) => Ok(Some(a)),
+        (None, None) if req.version() <= Version::HTTP_10 => Ok(None),
+        (None, None) => Err(AuthorityError::Missing),
+    }
+}
+
+/// The authority as received, for the log line of a refused one.
+fn raw_authority<B>(req: &Request<B>) -> String {
+    req.uri().authority().map_or_else(
+        || {
+            req.headers()
+                .get_all(HOST)
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
+        |a| a.as_str().to_owned(),
+    )
 }
 
 /// A request's target after normalization.
@@ -463,6 +557,37 @@ pub(super) fn serves_connection(
     }
 }
 
+/// Drops request header fields the upstream could read as something authorization never saw,
+/// counting and debug-logging each one:
+///
+/// - every name holding `_`: CGI, WSGI (wsgiref, gunicorn before 22) and PHP fold `_` and `-`
+///   into one `HTTP_X_FORWARDED_CLIENT_CERT`, so `x_forwarded_client_cert` would reach the app
+///   as the client-certificate header this gateway sanitizes. Envoy's
+///   `headers_with_underscores_action: DROP_HEADER`; no standard header has an `_`.
+/// - [`OVERRIDE_HEADERS`].
+fn drop_untrusted_headers(headers: &mut HeaderMap, metrics: &Metrics, conn: &ConnInfo) {
+    // `keys` yields each name once; nothing is allocated unless a name is dropped.
+    let mut dropped: Vec<(HeaderName, DroppedHeader)> = Vec::new();
+    for name in headers.keys() {
+        let reason = if name.as_str().contains('_') {
+            DroppedHeader::underscore_in_name
+        } else if OVERRIDE_HEADERS.contains(name) {
+            DroppedHeader::path_or_method_override
+        } else {
+            continue;
+        };
+        dropped.push((name.clone(), reason));
+    }
+    for (name, reason) in dropped {
+        if let http::header::Entry::Occupied(entry) = headers.entry(&name) {
+            for _ in entry.remove_entry_mult().1 {
+                metrics.record_header_dropped(reason);
+            }
+        }
+        tracing::debug!(peer = %conn.peer, header = %name, reason = ?reason, "request header dropped");
+    }
+}
+
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // One pass over the names present, comparing `HeaderName`s (a byte for the standard ones),
     // then a `remove` only for what is there: a `remove` hashes and probes even for an absent
@@ -502,6 +627,30 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Joins several `cookie` fields into one with `"; "`, as RFC 9113 §8.2.3 requires before an
+/// HTTP/2 request goes on as HTTP/1.1 (HTTP/2 clients split cookies to compress them better).
+/// Sent as separate lines, HTTP/1.1 servers join them with `,` (RFC 9110 §5.3), which is not
+/// the cookie separator: Werkzeug reads `a=1` and `b=2` as `a="1,b=2"`. HTTP/1.1 clients must
+/// send one Cookie line (RFC 6265 §5.4), so joining theirs changes nothing for a valid one.
+fn join_cookies(headers: &mut HeaderMap) {
+    let mut cookies = headers.get_all(http::header::COOKIE).iter();
+    if cookies.next().is_none() || cookies.next().is_none() {
+        return;
+    }
+    let mut joined: Vec<u8> = Vec::new();
+    for value in headers.get_all(http::header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(value.as_bytes());
+    }
+    // Every part was a valid value and "; " is too, so this cannot fail; if it somehow did,
+    // the fields stay as they were rather than being dropped.
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(http::header::COOKIE, v);
+    }
+}
+
 /// Rewrites a downstream request for the upstream: absolute URI to the endpoint with the
 /// normalized path and the query as received, Host kept,
 /// hop-by-hop headers dropped, x-forwarded-* and XFCC set.
@@ -521,6 +670,7 @@ fn outbound_request(
     parts.version = Version::HTTP_11;
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
+    join_cookies(headers);
     if let Ok(v) = HeaderValue::from_str(authority) {
         headers.insert(HOST, v);
     }
@@ -637,6 +787,152 @@ mod tests {
     fn target(uri: &str) -> Result<(String, String), PathError> {
         let uri: Uri = uri.parse().expect("a URI hyper would hand us");
         RequestTarget::of(&uri, PathNormalization::MergeSlashes).map(|t| (t.path, t.path_and_query))
+    }
+
+    /// Spellings an attacker would try to get a header past the XFCC/x-forwarded-* handling or
+    /// to re-route the upstream; each field is counted, legit headers stay.
+    #[test]
+    fn underscore_and_override_headers_are_dropped_and_counted() {
+        use crate::proxy::telemetry::metrics::Workload;
+        let metrics = Metrics::new(Workload {
+            name: "portcullis".to_owned(),
+            namespace: "istio-system".to_owned(),
+        });
+        let conn = ConnInfo::new(
+            "127.0.0.1:40000".parse().expect("addr"),
+            "127.0.0.1:443".parse().expect("addr"),
+            443,
+        );
+        let mut h = HeaderMap::new();
+        for (name, value) in [
+            (
+                "x_forwarded_client_cert",
+                "URI=spiffe://cluster.local/ns/prod/sa/admin",
+            ),
+            ("x-forwarded_client-cert", "URI=spiffe://evil"),
+            ("x_forwarded_for", "10.0.0.1"),
+            ("_", "x"),
+            ("host_", "evil.example"),
+            ("x_original_url", "/admin"),
+            ("x-original-url", "/status/418"),
+            ("x-rewrite-url", "/status/418"),
+            ("x-http-method-override", "DELETE"),
+            ("x-http-method", "DELETE"),
+            ("x-method-override", "DELETE"),
+            ("x-envoy-original-path", "/status/418"),
+            ("accept", "*/*"),
+            (
+                "x-forwarded-client-cert",
+                "kept here; replaced in outbound_request",
+            ),
+            ("x-request-id", "abc"),
+        ] {
+            h.append(
+                HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                HeaderValue::from_static(value),
+            );
+        }
+        // A repeated field is counted once per line.
+        h.append("x-http-method-override", HeaderValue::from_static("PUT"));
+        drop_untrusted_headers(&mut h, &metrics, &conn);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["accept", "x-forwarded-client-cert", "x-request-id"]);
+        let text = metrics.encode().expect("encode");
+        for want in [
+            r#"portcullis_request_headers_dropped_total{reason="underscore_in_name"} 6"#,
+            r#"portcullis_request_headers_dropped_total{reason="path_or_method_override"} 7"#,
+        ] {
+            assert!(text.contains(want), "{want} missing in\n{text}");
+        }
+    }
+
+    #[test]
+    fn the_request_authority_is_checked_and_both_sources_must_agree() {
+        let req = |version: Version, uri: &str, hosts: &[&str]| {
+            let mut b = Request::builder().version(version).uri(uri);
+            for h in hosts {
+                b = b.header(HOST, *h);
+            }
+            b.body(()).expect("request")
+        };
+        let got = |r: Request<()>| request_authority(&r).map(|a| a.map(|a| a.to_string()));
+        let ok = |s: &str| Ok(Some(s.to_owned()));
+        use AuthorityError as E;
+        let h1 = Version::HTTP_11;
+        assert_eq!(got(req(h1, "/x", &["Test.COM:0443"])), ok("test.com:443"));
+        assert_eq!(
+            got(req(h1, "/x", &["test.com:1@other.example"])),
+            Err(E::UserInfo)
+        );
+        assert_eq!(got(req(h1, "/x", &["test.com:x"])), Err(E::Port));
+        assert_eq!(
+            got(req(h1, "/x", &["test.com:30443 garbage"])),
+            Err(E::Character(' '))
+        );
+        assert_eq!(got(req(h1, "/x", &["a.test", "b.test"])), Err(E::Duplicate));
+        assert_eq!(got(req(h1, "/x", &["a.test", "a.test"])), Err(E::Duplicate));
+        assert_eq!(got(req(h1, "/x", &[])), Err(E::Missing));
+        assert_eq!(got(req(Version::HTTP_10, "/x", &[])), Ok(None));
+        assert_eq!(got(req(Version::HTTP_10, "/x", &[""])), Err(E::Empty));
+        // Absolute-form: the target's authority, which Host must agree with.
+        assert_eq!(
+            got(req(
+                h1,
+                "https://simple.test:1@mutual.test/",
+                &["simple.test"]
+            )),
+            Err(E::UserInfo)
+        );
+        assert_eq!(
+            got(req(h1, "https://Test.com/", &["test.com:443"])),
+            ok("test.com")
+        );
+        assert_eq!(
+            got(req(h1, "http://test.com/", &["test.com:443"])),
+            Err(E::Mismatch)
+        );
+        assert_eq!(
+            got(req(h1, "https://test.com/", &["other.test"])),
+            Err(E::Mismatch)
+        );
+        assert_eq!(
+            got(req(h1, "https://test.com:8443/", &[])),
+            ok("test.com:8443")
+        );
+        // HTTP/2: `:authority` is the URI's, `host` a plain header.
+        let h2 = Version::HTTP_2;
+        assert_eq!(got(req(h2, "https://test.com/x", &[])), ok("test.com"));
+        assert_eq!(
+            got(req(h2, "https://test.com/x", &["evil.test"])),
+            Err(E::Mismatch)
+        );
+        assert_eq!(
+            got(req(h2, "https://[::1]:443/x", &["[0::1]"])),
+            ok("[::1]:443")
+        );
+        assert_eq!(got(req(h2, "/x", &[])), Err(E::Missing));
+    }
+
+    #[test]
+    fn cookie_fields_are_joined_into_one() {
+        let mut h = HeaderMap::new();
+        for c in ["a=1", "b=2", "c=3; d=4"] {
+            h.append(http::header::COOKIE, HeaderValue::from_static(c));
+        }
+        h.insert("accept", HeaderValue::from_static("*/*"));
+        join_cookies(&mut h);
+        let got: Vec<&HeaderValue> = h.get_all(http::header::COOKIE).iter().collect();
+        assert_eq!(got, ["a=1; b=2; c=3; d=4"]);
+        assert_eq!(h.len(), 2);
+        // One cookie field, or none: untouched.
+        let mut h = HeaderMap::new();
+        h.insert(http::header::COOKIE, HeaderValue::from_static("a=1,b=2"));
+        join_cookies(&mut h);
+        assert_eq!(h[http::header::COOKIE], "a=1,b=2");
+        let mut h = HeaderMap::new();
+        join_cookies(&mut h);
+        assert!(h.is_empty());
     }
 
     #[test]

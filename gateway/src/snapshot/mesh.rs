@@ -180,13 +180,16 @@ fn destinations(
             settings.trust_domain,
             we.namespace()
         );
-        let Some(identity) = Identity::from_uri(&uri) else {
-            errors.push(we.error(
-                "spec.serviceAccount",
-                sa,
-                format!("{uri:?} is not a valid SPIFFE id"),
-            ));
-            continue;
+        let identity = match Identity::parse(&uri) {
+            Ok(identity) => identity,
+            Err(why) => {
+                errors.push(we.error(
+                    "spec.serviceAccount",
+                    sa,
+                    format!("{uri:?} is not a valid SPIFFE id: {why}"),
+                ));
+                continue;
+            }
         };
         // The service that selects this workload names it in metrics; else the workload.
         let service = resources

@@ -4,7 +4,10 @@
 //!
 //! [`CheckedClientVerifier`] runs rustls' `WebPkiClientVerifier` first (chain, validity,
 //! key usage, v2 CRLs) and then these checks on the verified leaf; any failure aborts the
-//! handshake with an error that says which check refused the certificate.
+//! handshake with an error that says which check refused the certificate. One check always
+//! runs, whatever the configuration: a `spiffe` URI SAN must be a valid SPIFFE ID and the only
+//! one ([`crate::identity::spiffe::spiffe_id`]), so a malformed id is refused at the handshake
+//! instead of leaving an authenticated client with no principal for DENY rules to match.
 
 use std::sync::Arc;
 
@@ -50,6 +53,8 @@ pub enum ClientCertRejected {
     ForeignTrustDomain { id: String, wanted: String },
     #[error("client certificate has no SPIFFE id, required by the mesh")]
     NoSpiffeId,
+    #[error("{0}")]
+    SpiffeId(crate::identity::spiffe::PeerCertError),
     #[error("client certificate cannot be parsed: {0}")]
     Unparsable(String),
 }
@@ -96,6 +101,8 @@ impl ClientCertChecks {
         let (_, cert) = X509Certificate::from_der(der)
             .map_err(|e| ClientCertRejected::Unparsable(e.to_string()))?;
         let (uris, dns) = sans(&cert);
+        let identity =
+            crate::identity::spiffe::spiffe_id(&uris).map_err(ClientCertRejected::SpiffeId)?;
         if !self.subject_alt_names.is_empty()
             && !self
                 .subject_alt_names
@@ -126,14 +133,10 @@ impl ClientCertChecks {
                 .map_err(ClientCertRejected::Revocation)?;
         }
         if !self.trust_domains.is_empty() {
-            let id = crate::identity::spiffe::principal_uri(&uris)
-                .ok_or(ClientCertRejected::NoSpiffeId)?;
-            let domain = crate::identity::Identity::from_uri(id)
-                .map(|i| i.trust_domain().to_owned())
-                .ok_or(ClientCertRejected::NoSpiffeId)?;
-            if !self.trust_domains.contains(&domain) {
+            let id = identity.ok_or(ClientCertRejected::NoSpiffeId)?;
+            if !self.trust_domains.iter().any(|d| d == id.trust_domain()) {
                 return Err(ClientCertRejected::ForeignTrustDomain {
-                    id: id.to_owned(),
+                    id: id.uri(),
                     wanted: self.trust_domains.join(", "),
                 });
             }
@@ -263,8 +266,7 @@ mod tests {
         let ours = leaf(&ca, &[], &["spiffe://cluster.local/ns/default/sa/sleep"], 1);
         let theirs = leaf(&ca, &[], &["spiffe://evil.example/ns/default/sa/sleep"], 2);
         let none = leaf(&ca, &["sleep.default"], &[], 3);
-        // The first spiffe:// SAN decides, as for the principal: a foreign first id is not
-        // rescued by a later one of our domain.
+        // Two SPIFFE ids are refused whatever their domains: an X509-SVID has one.
         let mixed = leaf(
             &ca,
             &[],
@@ -282,7 +284,7 @@ mod tests {
         ));
         assert!(matches!(
             c.check(&mixed.der, now()),
-            Err(ClientCertRejected::ForeignTrustDomain { .. })
+            Err(ClientCertRejected::SpiffeId(_))
         ));
         assert_eq!(
             c.check(&none.der, now()),
@@ -323,5 +325,49 @@ mod tests {
         assert_eq!(handshake(cfg.clone(), &ca, Some(&ours), false), Ok(()));
         let err = handshake(cfg, &ca, Some(&theirs), false).expect_err("foreign");
         assert!(err.contains("ForeignTrustDomain"), "{err}");
+    }
+
+    /// A Gateway MUTUAL server with no option set still refuses, at the handshake, a client
+    /// whose SPIFFE id is malformed or not alone, and serves one without any SPIFFE id.
+    #[test]
+    fn malformed_spiffe_ids_fail_the_handshake_of_every_mutual_server() {
+        let ca = test_ca("Gateway CA");
+        let server = leaf(&ca, &["test.com"], &[], 1);
+        let cred = Credential::from_pem(
+            server.cert_pem.as_bytes(),
+            server.key_pem.as_bytes(),
+            Some(ca.cert.pem().as_bytes()),
+        )
+        .expect("cred");
+        let cfg = server_config_with(
+            &cred,
+            &ServerOptions {
+                mode: ServerTlsMode::Mutual,
+                versions: TlsVersions::default(),
+                cipher_suites: Vec::new(),
+                client_checks: ClientCertChecks::default(),
+                alpn: &[],
+            },
+        )
+        .expect("config");
+        let refused: &[&[&str]] = &[
+            &["SPIFFE://test.client"],
+            &["spiffe://TEST.CLIENT"],
+            &["spiffe://test.client:443"],
+            &["spiffe://a@test.client"],
+            &["spiffe://test.client/."],
+            &["spiffe:///x", "spiffe://test.client"],
+            &["spiffe://test.client", "spiffe://other"],
+        ];
+        for (i, uris) in refused.iter().enumerate() {
+            let client = leaf(&ca, &[], uris, 10 + i as u64);
+            let err = handshake(cfg.clone(), &ca, Some(&client), false)
+                .expect_err("a malformed SPIFFE id must fail the handshake");
+            assert!(err.contains("SpiffeId"), "{uris:?}: {err}");
+        }
+        let plain = leaf(&ca, &["client.test"], &[], 30);
+        assert_eq!(handshake(cfg.clone(), &ca, Some(&plain), false), Ok(()));
+        let good = leaf(&ca, &[], &["https://x", "spiffe://test.client"], 31);
+        assert_eq!(handshake(cfg, &ca, Some(&good), false), Ok(()));
     }
 }

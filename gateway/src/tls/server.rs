@@ -98,11 +98,9 @@ pub fn client_verifier(
         .map_err(|e| CredentialError::BadTrustAnchor {
             reason: e.to_string(),
         })?;
-    Ok(if checks.is_empty() {
-        verifier
-    } else {
-        Arc::new(CheckedClientVerifier::new(verifier, checks))
-    })
+    // Always wrapped, even with no configured check: the SPIFFE ID check runs for every
+    // client certificate.
+    Ok(Arc::new(CheckedClientVerifier::new(verifier, checks)))
 }
 
 /// Whether a client chain (leaf first, as the client presented it) passes `cred` and

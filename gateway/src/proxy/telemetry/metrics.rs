@@ -27,6 +27,7 @@ use crate::policy::authz::{Decision, DenyReason, Verdict};
 use crate::proxy::conn::ConnInfo;
 use crate::proxy::limits::LimitReason;
 use crate::snapshot::model::Credentials;
+use crate::tls::client_auth::ClientCertRejected;
 
 /// What Istio writes for a label it cannot fill.
 const UNKNOWN: &str = "unknown";
@@ -130,6 +131,27 @@ struct RefusedLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DroppedHeaderLabels {
+    reason: DroppedHeader,
+}
+
+/// Why a request header was dropped before authorization and forwarding: the `reason` label
+/// of `portcullis_request_headers_dropped_total`, a closed set.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum DroppedHeader {
+    /// The name holds `_`, which CGI/WSGI upstreams fold into `-` (Envoy's
+    /// `headers_with_underscores_action: DROP_HEADER`).
+    underscore_in_name,
+    /// A header that makes some upstreams serve another path or method than the authorized one.
+    path_or_method_override,
+}
+
+impl DroppedHeader {
+    pub const ALL: [DroppedHeader; 2] = [Self::underscore_in_name, Self::path_or_method_override];
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: HandshakeFailure,
 }
@@ -165,6 +187,8 @@ pub enum HandshakeFailure {
     expired,
     /// Any other certificate problem: bad signature, wrong usage, bad SAN, revoked.
     bad_certificate,
+    /// The client certificate's `spiffe` URI SAN is not a valid SPIFFE ID, or it has several.
+    invalid_spiffe_id,
     /// No Gateway server on the port for the requested SNI.
     no_sni_match,
     /// The first bytes were not a TLS ClientHello.
@@ -189,6 +213,14 @@ impl HandshakeFailure {
                 CertificateError::UnknownIssuer => Self::unknown_ca,
                 CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
                     Self::expired
+                }
+                CertificateError::Other(other)
+                    if matches!(
+                        other.0.downcast_ref::<ClientCertRejected>(),
+                        Some(ClientCertRejected::SpiffeId(_))
+                    ) =>
+                {
+                    Self::invalid_spiffe_id
                 }
                 _ => Self::bad_certificate,
             },
@@ -308,6 +340,7 @@ pub struct Metrics {
     tcp_received: Family<TcpLabels, Counter>,
     authz_denied: Family<PolicyLabels, Counter>,
     requests_refused: Family<RefusedLabels, Counter>,
+    headers_dropped: Family<DroppedHeaderLabels, Counter>,
     tls_failures: Family<ReasonLabels, Counter>,
     certificate_expiry: Family<CredentialLabels, Gauge>,
     kernel: Family<KernelLabels, Counter>,
@@ -332,6 +365,10 @@ impl Metrics {
         let (tcp_opened, tcp_closed, tcp_sent, tcp_received) = Default::default();
         let authz_denied = Family::default();
         let requests_refused = Family::default();
+        let headers_dropped: Family<DroppedHeaderLabels, Counter> = Family::default();
+        for reason in DroppedHeader::ALL {
+            let _ = headers_dropped.get_or_create(&DroppedHeaderLabels { reason });
+        }
         let tls_failures = Family::default();
         let certificate_expiry = Family::default();
         let kernel = Family::default();
@@ -393,8 +430,13 @@ impl Metrics {
         );
         registry.register(
             "portcullis_requests_refused",
-            "Requests refused before routing, by reason: a path the gateway will not forward (400: not_origin_form, bad_encoding, encoded_control, bad_character, encoded_slash, double_encoding, path_parameter, not_utf8) or a host the connection's TLS server does not serve (421: misdirected)",
+            "Requests refused before routing, by reason: a path the gateway will not forward (400: not_origin_form, bad_encoding, encoded_control, bad_character, encoded_slash, double_encoding, path_parameter, not_utf8), a Host/:authority that is malformed or disagrees with the other (400: authority_empty, authority_userinfo, authority_bad_character, authority_bad_port, authority_bad_ipv6, authority_missing, authority_duplicate_host, authority_mismatch), a host the connection's TLS server does not serve (421: misdirected), or a verified client certificate whose fields cannot be written as x-forwarded-client-cert (400: unencodable_client_cert)",
             Family::clone(&requests_refused),
+        );
+        registry.register(
+            "portcullis_request_headers_dropped",
+            "Request header fields dropped before authorization and forwarding, by reason: a name holding `_` (underscore_in_name) or a path/method override header such as x-original-url or x-http-method-override (path_or_method_override)",
+            Family::clone(&headers_dropped),
         );
         registry.register(
             "portcullis_tls_handshake_failures",
@@ -424,6 +466,7 @@ impl Metrics {
             tcp_received,
             authz_denied,
             requests_refused,
+            headers_dropped,
             tls_failures,
             certificate_expiry,
             kernel,
@@ -566,6 +609,13 @@ impl Metrics {
     pub fn record_refused(&self, reason: &'static str) {
         self.requests_refused
             .get_or_create(&RefusedLabels { reason })
+            .inc();
+    }
+
+    /// Counts one request header field dropped for `reason`.
+    pub fn record_header_dropped(&self, reason: DroppedHeader) {
+        self.headers_dropped
+            .get_or_create(&DroppedHeaderLabels { reason })
             .inc();
     }
 
@@ -739,6 +789,20 @@ mod tests {
                 H::unknown_ca,
             ),
             (rustls::Error::HandshakeNotComplete, H::other),
+            (
+                rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(
+                    std::sync::Arc::new(ClientCertRejected::SpiffeId(
+                        crate::identity::spiffe::PeerCertError::SeveralSpiffeIds { count: 2 },
+                    )),
+                ))),
+                H::invalid_spiffe_id,
+            ),
+            (
+                rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(
+                    std::sync::Arc::new(ClientCertRejected::NotPinned),
+                ))),
+                H::bad_certificate,
+            ),
         ];
         for (err, want) in cases {
             let wrapped = io::Error::new(io::ErrorKind::InvalidData, err.clone());

@@ -1,0 +1,367 @@
+//! What the upstream receives, recorded byte for byte (`e2e::recorder`), when a client sends
+//! what an attacker would: header names with `_` (which CGI/WSGI upstreams fold into the
+//! gateway-managed `X-Forwarded-Client-Cert`, `X-Forwarded-For`, `Host`), and headers that make
+//! an upstream serve another path or method than the one authorized. Over HTTP/1.1 and HTTP/2,
+//! with a client certificate that names a principal, one that names none, and no TLS at all.
+//! Also: malformed or disagreeing Host/:authority spellings are refused and accepted ones reach
+//! the upstream as one canonical Host; HTTP/2 cookie fields reach it as one `cookie` line.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use e2e::free_port;
+use e2e::rawhttp::{require_h2, Proto, RawRequest};
+use e2e::recorder::{fields, Recorder};
+use e2e::walkthrough::{curl, routing, Gateway, Identity, Walkthrough};
+
+/// The walkthrough with its routes pointed at a [`Recorder`] instead of httpbin.
+/// Also returns the admin listener's address.
+fn start(dir: &Path) -> Result<(Walkthrough, Recorder, Gateway, String)> {
+    let w = Walkthrough::prepare(dir)?;
+    let recorder = Recorder::start()?;
+    std::fs::write(w.config.join("routing.yaml"), routing(recorder.port))?;
+    let admin = format!("127.0.0.1:{}", free_port()?);
+    let gw = w.start_gateway(&["--admin", &admin])?;
+    Ok((w, recorder, gw, admin))
+}
+
+/// The value of one series on the admin listener's Prometheus page.
+fn metric(admin: &str, series: &str) -> Result<f64> {
+    let (_, text) = curl(&format!("http://{admin}/stats/prometheus"), &[])?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .with_context(|| format!("{series} not in:\n{text}"))
+}
+
+/// How a request reaches the gateway.
+#[derive(Clone, Copy, Debug)]
+enum Client {
+    /// HTTPS to the MUTUAL server with `spiffe://test.client`.
+    Principal,
+    /// HTTPS to the MUTUAL server with a certificate that has no SPIFFE id.
+    NoPrincipal,
+    /// Plain HTTP on the port-80 server: no certificate at all.
+    Plaintext,
+}
+
+/// Sends `headers` (`Name: value` lines, as curl's `-H` takes them) to `path`; returns the
+/// status code and the one head the upstream recorded for it.
+fn send(
+    w: &Walkthrough,
+    gw: &Gateway,
+    rec: &Recorder,
+    client: Client,
+    h2: bool,
+    path: &str,
+    headers: &[&str],
+) -> Result<(String, Option<String>)> {
+    let ca = w.certs.ca_cert();
+    let (client_cert, client_key) = (w.certs.client_cert(), w.certs.client_key());
+    let (server_cert, server_key) = (w.certs.server_cert(), w.certs.server_key());
+    let resolve = format!("test.com:{}:127.0.0.1", gw.https_port);
+    let mut args: Vec<&str> = Vec::new();
+    let url = match client {
+        Client::Plaintext => format!("http://127.0.0.1:{}{path}", gw.http_port),
+        Client::Principal | Client::NoPrincipal => {
+            let (cert, key) = match client {
+                Client::Principal => (&client_cert, &client_key),
+                _ => (&server_cert, &server_key),
+            };
+            args.extend(["--resolve", &resolve, "--cacert"]);
+            args.push(ca.to_str().context("ca path")?);
+            args.extend(["--cert", cert.to_str().context("cert path")?]);
+            args.extend(["--key", key.to_str().context("key path")?]);
+            format!("https://test.com:{}{path}", gw.https_port)
+        }
+    };
+    args.push(match (h2, client) {
+        (false, _) => "--http1.1",
+        (true, Client::Plaintext) => "--http2-prior-knowledge",
+        (true, _) => "--http2",
+    });
+    for h in headers {
+        args.extend(["-H", h]);
+    }
+    let (code, _) = curl(&url, &args)?;
+    let mut heads = rec.take_heads();
+    if heads.len() > 1 {
+        bail!(
+            "{} upstream requests for one client request: {heads:?}",
+            heads.len()
+        );
+    }
+    Ok((code, heads.pop()))
+}
+
+/// Names an attacker tries, in several spellings, and what must reach the upstream instead.
+const HOSTILE: &[&str] = &[
+    "x_forwarded_client_cert: URI=spiffe://cluster.local/ns/prod/sa/admin",
+    "X_Forwarded_Client_Cert: URI=spiffe://cluster.local/ns/prod/sa/admin2",
+    "x-forwarded_client-cert: URI=spiffe://cluster.local/ns/prod/sa/admin3",
+    "x_forwarded_for: 10.6.6.6",
+    "x_forwarded_proto: https",
+    "x_real_ip: 10.6.6.6",
+    "host_: evil.example",
+    "x_original_url: /admin",
+    "X-Original-URL: /status/418",
+    "x-rewrite-url: /status/418",
+    "X-HTTP-Method-Override: DELETE",
+    "x-http-method: DELETE",
+    "X-Method-Override: DELETE",
+    "x-envoy-original-path: /status/418",
+    "x-legit: yes",
+    "x-forwarded-client-cert: URI=spiffe://forged.dash.form",
+];
+
+const OVERRIDES: [&str; 6] = [
+    "x-original-url",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-envoy-original-path",
+];
+
+#[test]
+fn underscore_and_override_headers_never_reach_the_upstream() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (w, rec, gw, admin) = start(dir.path())?;
+    for client in [Client::Principal, Client::NoPrincipal, Client::Plaintext] {
+        for h2 in [false, true] {
+            let case = format!("{client:?}, h2={h2}");
+            let (code, head) = send(&w, &gw, &rec, client, h2, "/get", HOSTILE)?;
+            let head =
+                head.with_context(|| format!("{case}: nothing reached the upstream ({code})"))?;
+            assert_eq!(code, "200", "{case}");
+            let got = fields(&head);
+            let names: Vec<&str> = got.iter().map(|(n, _)| n.as_str()).collect();
+            for (name, _) in &got {
+                assert!(
+                    !name.contains('_'),
+                    "{case}: {name} reached the upstream:\n{head}"
+                );
+                assert!(
+                    !OVERRIDES.contains(&name.as_str()),
+                    "{case}: {name} reached the upstream:\n{head}"
+                );
+            }
+            assert!(
+                names.contains(&"x-legit"),
+                "{case}: a legit header was lost:\n{head}"
+            );
+            assert!(
+                !head.contains("admin")
+                    && !head.contains("forged")
+                    && !head.contains("10.6.6.6")
+                    && !head.contains("evil.example"),
+                "{case}: a forged value reached the upstream:\n{head}"
+            );
+            let xfcc: Vec<&str> = got
+                .iter()
+                .filter(|(n, _)| n == "x-forwarded-client-cert")
+                .map(|(_, v)| v.as_str())
+                .collect();
+            match client {
+                Client::Principal => assert!(
+                    xfcc.len() == 1 && xfcc[0].contains("URI=spiffe://test.client"),
+                    "{case}: {xfcc:?}"
+                ),
+                Client::NoPrincipal => assert!(
+                    xfcc.len() == 1 && !xfcc[0].contains("URI="),
+                    "{case}: {xfcc:?}"
+                ),
+                Client::Plaintext => assert!(xfcc.is_empty(), "{case}: {xfcc:?}"),
+            }
+        }
+    }
+    // Six requests, each with eight `_` fields (two of one name) and six overrides.
+    assert_eq!(
+        metric(
+            &admin,
+            r#"portcullis_request_headers_dropped_total{reason="underscore_in_name"}"#
+        )?,
+        48.0
+    );
+    assert_eq!(
+        metric(
+            &admin,
+            r#"portcullis_request_headers_dropped_total{reason="path_or_method_override"}"#
+        )?,
+        36.0
+    );
+    Ok(())
+}
+
+fn raw(authority: &str, host: Option<&str>, target: &str) -> RawRequest {
+    RawRequest {
+        host: host.map(str::to_owned),
+        ..RawRequest::get(authority, target)
+    }
+}
+
+/// The `Host` the upstream received in `head`.
+fn upstream_host(head: &str) -> Vec<String> {
+    fields(head)
+        .into_iter()
+        .filter(|(n, _)| n == "host")
+        .map(|(_, v)| v)
+        .collect()
+}
+
+#[test]
+fn malformed_or_disagreeing_hosts_are_refused_and_the_upstream_gets_a_canonical_one() -> Result<()>
+{
+    require_h2()?;
+    let dir = tempfile::tempdir()?;
+    let (w, rec, gw, admin) = start(dir.path())?;
+    let client = gw.raw_client(Identity::Client);
+    let hostile_h1 = [
+        raw("test.com:1@other.example", None, "/get"),
+        raw("test.com:x", None, "/get"),
+        raw("test.com:99999", None, "/get"),
+        raw("[::1", None, "/get"),
+        raw("test.com,other.example", None, "/get"),
+        // Absolute-form: userinfo in the target, and a target that disagrees with Host.
+        raw("test.com", None, "https://simple.test:1@test.com/get"),
+        raw("test.com", None, "https://test.com:1@other.example/get"),
+        raw("other.example", None, "https://test.com/get"),
+    ];
+    let hostile_h2 = [
+        raw("test.com:1@other.example", None, "/get"),
+        raw("test.com:x", None, "/get"),
+        raw("test.com", Some("other.example"), "/get"),
+        raw("test.com", Some("test.com:1@other.example"), "/get"),
+        raw("other.example", Some("test.com"), "/get"),
+    ];
+    for (proto, requests) in [(Proto::H1, &hostile_h1[..]), (Proto::H2, &hostile_h2[..])] {
+        let outcomes = client.send(proto, requests, false)?;
+        for (r, got) in requests.iter().zip(&outcomes) {
+            // HTTP/2 may refuse an authority the `http` crate cannot parse before the gateway
+            // sees it (a stream reset); either way nothing is served.
+            let refused = got == "400" || (proto == Proto::H2 && got == "reset");
+            assert!(refused, "{proto:?} {r:?}: {got}, must be refused");
+        }
+        let heads = rec.take_heads();
+        assert!(
+            heads.is_empty(),
+            "{proto:?}: reached the upstream: {heads:?}"
+        );
+    }
+    // Whitespace inside Host, over HTTP/1.1 (the raw client's line format has no room for it),
+    // on the MUTUAL port and on plain HTTP.
+    let (cert, key) = (w.certs.client_cert(), w.certs.client_key());
+    let ca = w.certs.ca_cert();
+    let resolve = format!("test.com:{}:127.0.0.1", gw.https_port);
+    for host in [
+        "test.com:30443 garbage",
+        "test.com :443",
+        "test.com:1@other.example",
+    ] {
+        let header = format!("Host: {host}");
+        let (code, _) = curl(
+            &format!("https://test.com:{}/get", gw.https_port),
+            &[
+                "--http1.1",
+                "--resolve",
+                &resolve,
+                "--cacert",
+                ca.to_str().context("ca")?,
+                "--cert",
+                cert.to_str().context("cert")?,
+                "--key",
+                key.to_str().context("key")?,
+                "-H",
+                &header,
+            ],
+        )?;
+        assert_eq!(code, "400", "https {host:?}");
+        let (code, _) = curl(
+            &format!("http://127.0.0.1:{}/get", gw.http_port),
+            &["-H", &header],
+        )?;
+        assert_eq!(code, "400", "http {host:?}");
+        assert!(rec.take_heads().is_empty(), "{host:?} reached the upstream");
+    }
+    // Accepted spellings reach the upstream as one canonical Host.
+    for (proto, r, want) in [
+        (
+            Proto::H1,
+            raw("TEST.com:0443", None, "/get"),
+            "test.com:443",
+        ),
+        (
+            Proto::H1,
+            raw("test.com", None, "https://Test.COM/get"),
+            "test.com",
+        ),
+        (Proto::H2, raw("Test.Com", None, "/get"), "test.com"),
+        (
+            Proto::H2,
+            raw("test.com", Some("test.com:443"), "/get"),
+            "test.com",
+        ),
+    ] {
+        let got = client.send(proto, std::slice::from_ref(&r), false)?;
+        assert_eq!(got, ["200"], "{proto:?} {r:?}");
+        let heads = rec.take_heads();
+        assert_eq!(heads.len(), 1, "{proto:?} {r:?}: {heads:?}");
+        assert_eq!(
+            upstream_host(&heads[0]),
+            [want],
+            "{proto:?} {r:?}:\n{}",
+            heads[0]
+        );
+    }
+    let refused: f64 = [
+        "authority_userinfo",
+        "authority_bad_port",
+        "authority_bad_character",
+        "authority_bad_ipv6",
+        "authority_mismatch",
+    ]
+    .iter()
+    .map(|r| {
+        metric(
+            &admin,
+            &format!("portcullis_requests_refused_total{{reason=\"{r}\"}}"),
+        )
+        .unwrap_or(0.0)
+    })
+    .sum();
+    assert!(refused >= 13.0, "{refused} host refusals counted");
+    Ok(())
+}
+
+/// RFC 9113 §8.2.3: HTTP/2 cookie fields arrive at an HTTP/1.1 upstream as one line.
+#[test]
+fn http2_cookie_fields_reach_the_upstream_as_one_line() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (w, rec, gw, _admin) = start(dir.path())?;
+    for (client, h2) in [
+        (Client::Principal, true),
+        (Client::Plaintext, true),
+        (Client::Principal, false),
+    ] {
+        let (code, head) = send(
+            &w,
+            &gw,
+            &rec,
+            client,
+            h2,
+            "/get",
+            &["Cookie: a=1", "Cookie: b=2", "Cookie: c=3; d=4"],
+        )?;
+        let head = head.with_context(|| format!("{client:?} h2={h2}: not forwarded ({code})"))?;
+        let cookies: Vec<String> = fields(&head)
+            .into_iter()
+            .filter(|(n, _)| n == "cookie")
+            .map(|(_, v)| v)
+            .collect();
+        assert_eq!(
+            cookies,
+            ["a=1; b=2; c=3; d=4"],
+            "{client:?} h2={h2}:\n{head}"
+        );
+    }
+    Ok(())
+}
