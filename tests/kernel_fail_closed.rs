@@ -89,17 +89,30 @@ fn daemon_under_ip_netns_exec_is_refused() -> Result<()> {
         cmd.args(["netns", "exec", &topo.server])
             .arg(&bin)
             .args(&args);
-        let log = expect_refused(what, cmd, logs.path())?;
-        for needle in ["ip netns exec", "nsenter --net=/run/netns/", "--pin-dir"] {
+        // The same with a bpffs mounted first inside that private mount namespace: it is a
+        // bpffs, but an instance the host never sees, so it dies with the namespace too.
+        let mut premounted = Command::new("ip");
+        premounted
+            .args(["netns", "exec", &topo.server, "sh", "-c"])
+            .arg(r#"mount -t bpf bpf /sys/fs/bpf && exec "$0" "$@""#)
+            .arg(&bin)
+            .args(&args);
+        for (what, cmd) in [
+            (what.to_owned(), cmd),
+            (format!("{what}-premounted"), premounted),
+        ] {
+            let log = expect_refused(&what, cmd, logs.path())?;
+            for needle in ["ip netns exec", "nsenter --net=/run/netns/", "--pin-dir"] {
+                ensure!(
+                    log.contains(needle),
+                    "{what}: the refusal does not mention `{needle}`:\n{log}"
+                );
+            }
             ensure!(
-                log.contains(needle),
-                "{what}: the refusal does not mention `{needle}`:\n{log}"
+                !pins.dir.exists(),
+                "{what}: something was pinned on the host's bpffs"
             );
         }
-        ensure!(
-            !pins.dir.exists(),
-            "{what}: something was pinned on the host's bpffs"
-        );
     }
     // The same start under nsenter pins on the host's bpffs.
     let mut cmd = Topology::nsenter(&topo.server, &bin);
@@ -364,5 +377,94 @@ fn interfaces_added_or_bounced_after_start_are_covered() -> Result<()> {
             .any(|l| l.starts_with("tc ingress:") && l.contains("pc-late")),
         "status lists the late interface:\n{st}"
     );
+    // An interface with no address at all (IPv6 off, so not even a link-local one), only a
+    // route — a host-side container veth. Linux still delivers what arrives on it for the
+    // server's address held by pc-srv, so it must be judged too.
+    let seen = daemon.log().matches("pc-bare").count();
+    add_bare_interface(&topo)?;
+    wait_for("attach to the interface without an address", &|| {
+        Ok(daemon.log().matches("pc-bare").count() > seen)
+    })?;
+    let read_before = app.bytes_read();
+    let url = format!("http://{}:80/", e2e::netns::SERVER_V4);
+    let (code, stdout, stderr) =
+        e2e::mesh::curl_in(&topo.outside, None, &url, Duration::from_secs(5))?;
+    ensure!(
+        code == Some(56),
+        "plaintext over the interface without an address is reset: exit {code:?} {stdout:?} {stderr:?}\n{}",
+        status()?
+    );
+    ensure!(
+        app.bytes_read() == read_before,
+        "BYPASS: the app read plaintext that arrived on an interface without an address"
+    );
+    Ok(())
+}
+
+/// A veth pair `pc-bare` (server, no address, IPv6 off) / `pc-bare-o` (outside, 10.236.0.2),
+/// with routes that send the outside's traffic for the server's main address over it.
+fn add_bare_interface(topo: &Topology) -> Result<()> {
+    let (s, o) = (topo.server.as_str(), topo.outside.as_str());
+    let server = e2e::netns::SERVER_V4.to_string();
+    let steps: [Vec<&str>; 8] = [
+        vec![
+            "link",
+            "add",
+            "pc-bare",
+            "netns",
+            s,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "pc-bare-o",
+            "netns",
+            o,
+        ],
+        vec![
+            "netns",
+            "exec",
+            s,
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.pc-bare.disable_ipv6=1",
+        ],
+        vec!["-n", o, "addr", "add", "10.236.0.2/24", "dev", "pc-bare-o"],
+        vec!["-n", s, "link", "set", "pc-bare", "up"],
+        vec!["-n", o, "link", "set", "pc-bare-o", "up"],
+        vec!["-n", s, "route", "add", "10.236.0.2/32", "dev", "pc-bare"],
+        vec![
+            "-n",
+            o,
+            "route",
+            "add",
+            &server,
+            "dev",
+            "pc-bare-o",
+            "src",
+            "10.236.0.2",
+        ],
+        vec![
+            "netns",
+            "exec",
+            s,
+            "sysctl",
+            "-qw",
+            "net.ipv4.conf.all.rp_filter=0",
+        ],
+    ];
+    for args in steps {
+        let out = e2e::process::run(Command::new("ip").args(&args))?;
+        ensure!(
+            out.status.success(),
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let out =
+        e2e::process::run(Command::new("ip").args(["-n", s, "addr", "show", "dev", "pc-bare"]))?;
+    let shown = String::from_utf8_lossy(&out.stdout);
+    ensure!(!shown.contains("inet"), "pc-bare has an address: {shown}");
     Ok(())
 }

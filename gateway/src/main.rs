@@ -260,7 +260,8 @@ struct MeshArgs {
     #[arg(long, default_value = "[::]:15006")]
     terminator: SocketAddr,
     /// Interface whose ingress gets the in-kernel STRICT reset (repeatable). Without it, every
-    /// interface that carries an address gets it (loopback included): fail closed by default.
+    /// interface of the namespace gets it (loopback included), with an address or not: fail
+    /// closed by default.
     #[arg(long = "iface", value_name = "NAME")]
     interfaces: Vec<String>,
     /// Do not load the kernel programs (no steering, no in-kernel reset): the terminator then

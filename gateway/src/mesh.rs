@@ -33,7 +33,7 @@ pub struct MeshOptions {
     /// dial it directly.
     pub kernel: bool,
     /// Interfaces whose ingress gets the STRICT reset; empty means every interface that
-    /// carries an address (loopback included).
+    /// exists in the namespace (loopback included).
     pub interfaces: Vec<String>,
     /// The bpffs pin directory.
     pub pin_dir: PathBuf,

@@ -140,10 +140,15 @@ pub fn is_bpffs(path: &Path) -> bool {
 /// mount namespace we mount only where the new mount propagates to PID 1's namespace (the
 /// parent mount is `shared:N` and PID 1 has a mount of that peer group); otherwise the start is
 /// refused with [`KernelError::PinsWouldNotOutlive`]. A bpffs that is already mounted is used
-/// as it is: someone else made it and keeps it.
+/// only when it outlives us too: in PID 1's namespace, or the same bpffs instance (its device
+/// number) is mounted there — `ip netns exec X sh -c 'mount -t bpf bpf /sys/fs/bpf; portcullis …'`
+/// makes one that dies with the namespace.
 pub fn ensure_bpffs(pins: &PinLayout) -> Result<()> {
     let mount_point = pins.root().parent().unwrap_or(Path::new("/")).to_path_buf();
     if is_bpffs(&mount_point) {
+        if !same_mount_namespace_as_init() && !existing_mount_outlives_us(&mount_point) {
+            return Err(KernelError::PinsWouldNotOutlive { dir: mount_point });
+        }
         return Ok(());
     }
     if !mounts_outlive_us(&mount_point) {
@@ -176,15 +181,8 @@ pub fn ensure_bpffs(pins: &PinLayout) -> Result<()> {
 /// (and every process of its mount namespace) exits: true in PID 1's mount namespace, or when
 /// the mount propagates there. Unreadable namespace links count as "no" (fail closed).
 fn mounts_outlive_us(mount_point: &Path) -> bool {
-    let ns_ino = |pid: &str| {
-        std::fs::metadata(format!("/proc/{pid}/ns/mnt"))
-            .ok()
-            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
-    };
-    match (ns_ino("self"), ns_ino("1")) {
-        (Some(ours), Some(init)) if ours == init => return true,
-        (None, _) => return false,
-        _ => {}
+    if same_mount_namespace_as_init() {
+        return true;
     }
     let (Ok(ours), Ok(init)) = (
         std::fs::read_to_string("/proc/self/mountinfo"),
@@ -195,23 +193,60 @@ fn mounts_outlive_us(mount_point: &Path) -> bool {
     propagates_to(&ours, &init, mount_point)
 }
 
-/// Whether a mount made at `mount_point` in the namespace described by `ours` (a
-/// `/proc/PID/mountinfo`) is propagated into the one described by `init`: the mount it lands
-/// on is a member of a shared peer group that also has a member there.
-fn propagates_to(ours: &str, init: &str, mount_point: &Path) -> bool {
-    // The mount a new mount at `mount_point` lands on: the deepest one covering the path (the
-    // last of equal depth, since mountinfo lists mounts in the order they stack).
-    let parent = ours
+/// Whether this process shares PID 1's mount namespace (unreadable links count as "no").
+fn same_mount_namespace_as_init() -> bool {
+    let ns_ino = |pid: &str| {
+        std::fs::metadata(format!("/proc/{pid}/ns/mnt"))
+            .ok()
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+    };
+    matches!((ns_ino("self"), ns_ino("1")), (Some(ours), Some(init)) if ours == init)
+}
+
+/// Whether the bpffs mounted at `mount_point` here is an instance PID 1's namespace also has
+/// mounted (same device number), so it stays when our namespace goes.
+fn existing_mount_outlives_us(mount_point: &Path) -> bool {
+    let (Ok(ours), Ok(init)) = (
+        std::fs::read_to_string("/proc/self/mountinfo"),
+        std::fs::read_to_string("/proc/1/mountinfo"),
+    ) else {
+        return false;
+    };
+    same_instance_in(&ours, &init, mount_point)
+}
+
+/// Whether the mount covering `mount_point` in `ours` has its device (`MAJ:MIN`) mounted in
+/// `init` too.
+fn same_instance_in(ours: &str, init: &str, mount_point: &Path) -> bool {
+    let Some(dev) = covering_mount(ours, mount_point).map(|m| m.dev) else {
+        return false;
+    };
+    init.lines()
+        .filter_map(MountInfo::parse)
+        .any(|m| m.dev == dev)
+}
+
+/// The deepest mount covering `path` in a mountinfo (the last of equal depth, since mountinfo
+/// lists mounts in the order they stack).
+fn covering_mount<'a>(mountinfo: &'a str, path: &Path) -> Option<MountInfo<'a>> {
+    mountinfo
         .lines()
         .filter_map(MountInfo::parse)
-        .filter(|m| mount_point.starts_with(&m.mount_point))
+        .filter(|m| path.starts_with(&m.mount_point))
         .fold(None::<MountInfo<'_>>, |best, m| match best {
             Some(b) if b.mount_point.components().count() > m.mount_point.components().count() => {
                 Some(b)
             }
             _ => Some(m),
-        });
-    let Some(group) = parent.and_then(|m| m.shared) else {
+        })
+}
+
+/// Whether a mount made at `mount_point` in the namespace described by `ours` (a
+/// `/proc/PID/mountinfo`) is propagated into the one described by `init`: the mount it lands
+/// on is a member of a shared peer group that also has a member there.
+fn propagates_to(ours: &str, init: &str, mount_point: &Path) -> bool {
+    // The mount a new mount at `mount_point` lands on.
+    let Some(group) = covering_mount(ours, mount_point).and_then(|m| m.shared) else {
         return false;
     };
     init.lines()
@@ -221,6 +256,8 @@ fn propagates_to(ours: &str, init: &str, mount_point: &Path) -> bool {
 
 /// The fields of one `/proc/PID/mountinfo` line that matter here.
 struct MountInfo<'a> {
+    /// `MAJ:MIN`: the filesystem instance (each `mount -t bpf` makes a new one).
+    dev: &'a str,
     mount_point: PathBuf,
     /// The `shared:N` peer group, when the mount propagates to its peers.
     shared: Option<&'a str>,
@@ -231,12 +268,14 @@ impl<'a> MountInfo<'a> {
     /// (proc(5)); the mount point has spaces and the like escaped as `\ooo`.
     fn parse(line: &'a str) -> Option<Self> {
         let mut fields = line.split(' ');
-        let mount_point = fields.nth(4)?;
+        let dev = fields.nth(2)?;
+        let mount_point = fields.nth(1)?;
         let shared = fields
             .skip(1)
             .take_while(|f| *f != "-")
             .find_map(|f| f.strip_prefix("shared:"));
         Some(Self {
+            dev,
             mount_point: PathBuf::from(unescape_octal(mount_point)),
             shared,
         })
@@ -433,6 +472,34 @@ mod tests {
 121 113 0:42 / /sys rw,relatime - sysfs ns1 rw
 ";
         assert!(!propagates_to(private_sys, HOST, Path::new("/sys/fs/bpf")));
+    }
+
+    #[test]
+    fn a_bpffs_mounted_only_in_a_private_namespace_dies_with_it() {
+        // `ip netns exec X sh -c 'mount -t bpf bpf /sys/fs/bpf; portcullis …'`: a new instance
+        // (0:51) that PID 1's namespace never sees.
+        let own_instance = "\
+113 111 254:0 / / rw,relatime master:1 - ext4 /dev/vda rw
+121 113 0:42 / /sys rw,relatime - sysfs ns1 rw
+130 121 0:51 / /sys/fs/bpf rw,relatime - bpf bpf rw
+";
+        assert!(!same_instance_in(
+            own_instance,
+            HOST,
+            Path::new("/sys/fs/bpf")
+        ));
+        // The host's instance (0:39) bind-mounted in: it stays when the namespace goes.
+        let hosts_instance = "\
+113 111 254:0 / / rw,relatime master:1 - ext4 /dev/vda rw
+121 113 0:42 / /sys rw,relatime - sysfs ns1 rw
+130 121 0:39 / /sys/fs/bpf rw,relatime master:12 - bpf bpf rw
+";
+        assert!(same_instance_in(
+            hosts_instance,
+            HOST,
+            Path::new("/sys/fs/bpf")
+        ));
+        assert!(!same_instance_in("", HOST, Path::new("/sys/fs/bpf")));
     }
 
     #[test]

@@ -109,7 +109,7 @@ pub struct AttachArgs {
     #[command(flatten)]
     pub pin: PinDirArg,
     /// Interface whose ingress gets the STRICT classifier; repeatable. Without it, every
-    /// interface that carries an address gets it (loopback included).
+    /// interface of the namespace gets it (loopback included), with an address or not.
     #[arg(long = "iface", value_name = "NAME")]
     pub interfaces: Vec<String>,
     /// Port mode, `PORT=strict|permissive|disable`; repeatable. With `run --config` these

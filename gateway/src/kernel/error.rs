@@ -25,11 +25,12 @@ pub enum KernelError {
         source: io::Error,
     },
 
-    /// No bpffs where the pins live, and one mounted now would die with this process.
+    /// No bpffs where the pins live that outlives this process (none, or one mounted only in
+    /// this process's own mount namespace).
     #[error(
-        "{dir} is not on a BPF filesystem, and this process runs in a mount namespace of its own \
-         (as under `ip netns exec`, which remounts /sys and hides the host's /sys/fs/bpf): a bpffs \
-         mounted here would be torn down when the daemon exits, and the pinned programs with it, \
+        "{dir} is not on a BPF filesystem that outlives this process, which runs in a mount \
+         namespace of its own (as under `ip netns exec`, which remounts /sys and hides the \
+         host's /sys/fs/bpf): a bpffs mounted only here would be torn down when the daemon exits, and the pinned programs with it, \
          so a crash or kill -9 would leave the ports unprotected. Refusing to start. Run the \
          daemon with `nsenter --net=/run/netns/NAME` instead of `ip netns exec NAME` (only the \
          network namespace changes, the host's /sys/fs/bpf stays), make {dir} a bpffs that \

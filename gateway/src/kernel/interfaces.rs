@@ -1,6 +1,6 @@
 //! Which interfaces get the STRICT classifier when none are named: every interface of this
-//! network namespace that carries an address (loopback included, for local clients), so that
-//! the check is on without being asked for (fail closed). `--iface` narrows it.
+//! network namespace (loopback included, for local clients), so that the check is on without
+//! being asked for (fail closed). `--iface` narrows it.
 //! [`spawn_watcher`] keeps it so while the daemon runs, as interfaces come and go.
 
 use std::collections::BTreeSet;
@@ -11,37 +11,35 @@ use super::bpffs::PinLayout;
 use super::error::{KernelError, Result};
 use super::loader::{attach_interfaces, Missing};
 
-/// Names of the interfaces that hold at least one IPv4 or IPv6 address, sorted.
-pub fn with_addresses() -> Result<Vec<String>> {
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs writes a list head we free below with freeifaddrs.
-    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+/// Names of every interface of this network namespace, sorted — with an address or not: a
+/// packet can arrive on an interface that has none (a host-side veth with only a route, as
+/// container networking makes them, a bridge port, a tunnel) and Linux still delivers it to a
+/// local address held by another interface.
+pub fn all() -> Result<Vec<String>> {
+    // SAFETY: if_nameindex returns an array ending in a zero entry, freed below.
+    let head = unsafe { libc::if_nameindex() };
+    if head.is_null() {
         return Err(KernelError::during(
-            "listing this namespace's interface addresses",
+            "listing this namespace's interfaces",
             std::io::Error::last_os_error(),
         ));
     }
     let mut names = BTreeSet::new();
     let mut cur = head;
-    while !cur.is_null() {
-        // SAFETY: `cur` is a node of the list getifaddrs returned, alive until freeifaddrs.
+    loop {
+        // SAFETY: `cur` is within the array, which ends with an entry of index 0.
         let entry = unsafe { &*cur };
-        let family = if entry.ifa_addr.is_null() {
-            None
-        } else {
-            // SAFETY: non-null sockaddr from getifaddrs.
-            Some(i32::from(unsafe { (*entry.ifa_addr).sa_family }))
-        };
-        if matches!(family, Some(libc::AF_INET) | Some(libc::AF_INET6)) && !entry.ifa_name.is_null()
-        {
-            // SAFETY: NUL-terminated interface name owned by the list.
-            let name = unsafe { CStr::from_ptr(entry.ifa_name) };
-            names.insert(name.to_string_lossy().into_owned());
+        if entry.if_index == 0 || entry.if_name.is_null() {
+            break;
         }
-        cur = entry.ifa_next;
+        // SAFETY: NUL-terminated name owned by the array.
+        let name = unsafe { CStr::from_ptr(entry.if_name) };
+        names.insert(name.to_string_lossy().into_owned());
+        // SAFETY: not past the terminating entry (checked above).
+        cur = unsafe { cur.add(1) };
     }
-    // SAFETY: the head getifaddrs returned, freed once.
-    unsafe { libc::freeifaddrs(head) };
+    // SAFETY: the array if_nameindex returned, freed once.
+    unsafe { libc::if_freenameindex(head) };
     Ok(names.into_iter().collect())
 }
 
@@ -157,8 +155,8 @@ impl LinkNotifications {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn loopback_has_an_address() {
-        let names = super::with_addresses().unwrap_or_default();
+    fn loopback_is_listed() {
+        let names = super::all().unwrap_or_default();
         assert!(names.iter().any(|n| n == "lo"), "{names:?}");
     }
 }

@@ -42,7 +42,7 @@ pub struct InstallOptions {
     /// The pin directory (on bpffs, mounted if missing).
     pub pin_dir: PathBuf,
     /// Interfaces whose tc ingress gets the STRICT classifier (`lo` for local clients).
-    /// Empty: every interface that carries an address (see [`super::interfaces`]).
+    /// Empty: every interface of the namespace (see [`super::interfaces`]).
     pub interfaces: Vec<String>,
     /// Enable aya-log lines from the kernel programs (only honoured on a fresh load).
     pub kernel_log: bool,
@@ -226,8 +226,8 @@ pub enum Missing {
     Skip,
 }
 
-/// Attaches the STRICT classifier to each of `named` (every interface that carries an address
-/// when empty) that lacks a live link, and returns the names attached now. A pinned link is
+/// Attaches the STRICT classifier to each of `named` (every interface of the namespace when
+/// empty) that lacks a live link, and returns the names attached now. A pinned link is
 /// live when the kernel still has it on the device that bears the name today: a link whose
 /// device was deleted is defunct (ifindex 0), and a device re-created under the same name has
 /// a new ifindex. Defunct links' pins are removed, whatever their name, so `status` lists only
@@ -243,7 +243,7 @@ pub fn attach_interfaces(
         }
     }
     let interfaces = if named.is_empty() {
-        super::interfaces::with_addresses()?
+        super::interfaces::all()?
     } else {
         named.to_vec()
     };
