@@ -37,13 +37,7 @@ impl Recorder {
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     match listener.accept() {
-                        Ok((stream, _)) => {
-                            if let Some(head) = serve_one(stream) {
-                                if let Ok(mut h) = heads.lock() {
-                                    h.push(head);
-                                }
-                            }
-                        }
+                        Ok((stream, _)) => serve_one(stream, &heads),
                         Err(e) if e.kind() == ErrorKind::WouldBlock => {
                             std::thread::sleep(Duration::from_millis(5));
                         }
@@ -78,10 +72,16 @@ impl Drop for Recorder {
     }
 }
 
-/// Reads one request head (bounded in size and time), answers it, returns it.
-fn serve_one(mut stream: TcpStream) -> Option<String> {
-    stream.set_nonblocking(false).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+/// Reads one request head (bounded in size and time), records it, then answers it: recorded
+/// first, so a test that has its answer always finds the head.
+fn serve_one(mut stream: TcpStream, heads: &Mutex<Vec<String>>) {
+    if stream.set_nonblocking(false).is_err()
+        || stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .is_err()
+    {
+        return;
+    }
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < MAX_HEAD {
@@ -91,16 +91,18 @@ fn serve_one(mut stream: TcpStream) -> Option<String> {
         }
     }
     if buf.is_empty() {
-        return None;
+        return;
     }
-    let _ = stream.write_all(
-        b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 8\r\nconnection: close\r\n\r\nrecorded",
-    );
     let end = buf
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .unwrap_or(buf.len());
-    Some(String::from_utf8_lossy(&buf[..end]).into_owned())
+    if let Ok(mut h) = heads.lock() {
+        h.push(String::from_utf8_lossy(&buf[..end]).into_owned());
+    }
+    let _ = stream.write_all(
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 8\r\nconnection: close\r\n\r\nrecorded",
+    );
 }
 
 /// The header fields of a recorded head, names lowercased, in order (the request line skipped).
