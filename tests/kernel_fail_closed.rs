@@ -377,6 +377,40 @@ fn interfaces_added_or_bounced_after_start_are_covered() -> Result<()> {
             .any(|l| l.starts_with("tc ingress:") && l.contains("pc-late")),
         "status lists the late interface:\n{st}"
     );
+    // A rename: the link lives on under the pin of the old name. Attaching again to the same
+    // device fails, and that failure used to stop the rescan before any interface sorting
+    // after it (pc-bare, next) and to stop every restart. `pc-aaa` sorts first on purpose.
+    for args in [
+        ["-n", topo.server.as_str(), "link", "set", "pc-late", "down"].as_slice(),
+        &[
+            "-n",
+            topo.server.as_str(),
+            "link",
+            "set",
+            "pc-late",
+            "name",
+            "pc-aaa",
+        ],
+        &["-n", topo.server.as_str(), "link", "set", "pc-aaa", "up"],
+    ] {
+        let out = e2e::process::run(Command::new("ip").args(args))?;
+        ensure!(out.status.success(), "ip {}", args.join(" "));
+    }
+    wait_for("the pin to follow the rename", &|| {
+        Ok(status()?
+            .lines()
+            .any(|l| l.starts_with("tc ingress:") && l.contains("pc-aaa")))
+    })?;
+    let read_before = app.bytes_read();
+    let (code, _, _) = e2e::mesh::curl_in(&topo.outside, None, url, Duration::from_secs(5))?;
+    ensure!(
+        code == Some(56),
+        "plaintext over the renamed interface: exit {code:?}"
+    );
+    ensure!(
+        app.bytes_read() == read_before,
+        "BYPASS: the app read plaintext over the renamed interface"
+    );
     // An interface with no address at all (IPv6 off, so not even a link-local one), only a
     // route — a host-side container veth. Linux still delivers what arrives on it for the
     // server's address held by pc-srv, so it must be judged too.
@@ -398,6 +432,39 @@ fn interfaces_added_or_bounced_after_start_are_covered() -> Result<()> {
         app.bytes_read() == read_before,
         "BYPASS: the app read plaintext that arrived on an interface without an address"
     );
+    // kill -9 and a restart with the same arguments adopt all of it (a renamed interface used
+    // to make every restart exit at once).
+    let mut daemon = daemon;
+    daemon.kill();
+    let mut cmd = Topology::nsenter(&topo.server, &bin);
+    cmd.args(["kernel", "run", "--port", "80=strict", "--pin-dir", &dir]);
+    let mut again = Daemon::spawn("kernel-run-again", cmd, logs.path())?;
+    let start = Instant::now();
+    while !again.log().contains("port modes now") {
+        if let Some(st) = again.try_wait() {
+            bail!("the restarted daemon exited ({st}):\n{}", again.log());
+        }
+        ensure!(
+            start.elapsed() < Duration::from_secs(20),
+            "restart never became ready:\n{}",
+            again.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    ensure!(
+        again.try_wait().is_none(),
+        "the restarted daemon exited:\n{}",
+        again.log()
+    );
+    let st = status()?;
+    for iface in ["pc-aaa", "pc-bare"] {
+        ensure!(
+            st.lines()
+                .any(|l| l.starts_with("tc ingress:") && l.contains(iface)),
+            "after the restart, status lists {iface}:\n{st}"
+        );
+    }
     Ok(())
 }
 

@@ -62,9 +62,11 @@ impl PinLayout {
         self.links_dir().join("steer-netns")
     }
 
-    /// The tc ingress link of one interface.
+    /// The tc ingress link of one interface. bpffs refuses names with a `.`, which interface
+    /// names may have (`eth0.100`, a VLAN): it is written `%2E` (and `%` as `%25`).
     pub fn strict_link(&self, iface: &str) -> PathBuf {
-        self.links_dir().join(format!("strict-{iface}"))
+        let encoded = iface.replace('%', "%25").replace('.', "%2E");
+        self.links_dir().join(format!("strict-{encoded}"))
     }
 
     /// Interfaces with a pinned tc link, from the link file names.
@@ -75,7 +77,8 @@ impl PinLayout {
             .flatten()
             .filter_map(|e| {
                 let name = e.file_name();
-                name.to_str()?.strip_prefix("strict-").map(str::to_owned)
+                let encoded = name.to_str()?.strip_prefix("strict-")?;
+                Some(encoded.replace("%2E", ".").replace("%25", "%"))
             })
             .collect();
         out.sort();
@@ -426,6 +429,25 @@ pub fn force_detach_link(path: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn interface_names_with_dots_get_pins_bpffs_accepts() {
+        let pins = PinLayout::new("/sys/fs/bpf/portcullis");
+        let path = pins.strict_link("eth0.100");
+        assert_eq!(
+            path,
+            PathBuf::from("/sys/fs/bpf/portcullis/links/strict-eth0%2E100")
+        );
+        assert!(!path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or(".")
+            .contains('.'));
+        assert_eq!(
+            pins.strict_link("a%2E"),
+            PathBuf::from("/sys/fs/bpf/portcullis/links/strict-a%252E")
+        );
+    }
 
     #[test]
     fn layout_names_one_link_per_interface() {

@@ -10,7 +10,7 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use aya::programs::links::FdLink;
+use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::TcAttachOptions;
 use aya::programs::{LinkOrder, ProgramError, SchedClassifier, SkLookup, TcAttachType};
 use aya::EbpfLoader;
@@ -227,69 +227,122 @@ pub enum Missing {
 }
 
 /// Attaches the STRICT classifier to each of `named` (every interface of the namespace when
-/// empty) that lacks a live link, and returns the names attached now. A pinned link is
-/// live when the kernel still has it on the device that bears the name today: a link whose
-/// device was deleted is defunct (ifindex 0), and a device re-created under the same name has
-/// a new ifindex. Defunct links' pins are removed, whatever their name, so `status` lists only
-/// interfaces that are covered.
+/// empty) that no live link covers yet, and returns the names attached now.
+///
+/// Coverage is by device, not by name: pins are named after the interface they were made
+/// for, and an interface can be renamed (or two can swap names) while its link lives on. So
+/// first every pin is brought in line with the kernel — a link whose device was deleted is
+/// defunct (ifindex 0) and unpinned; a live link whose device now has another name is moved to
+/// that name's pin (two steps, so swapped names do not collide; a second link on one device is
+/// unpinned) — and then only devices without a live link get one. One interface that cannot be
+/// attached does not stop the others: every one is tried, and the first failure is returned
+/// after (the watcher logs it and tries again).
 pub fn attach_interfaces(
     pins: &PinLayout,
     named: &[String],
     missing: Missing,
 ) -> Result<Vec<String>> {
-    for iface in pins.attached_interfaces() {
-        if strict_link_state(pins, &iface) == LinkState::Defunct {
-            unpin_link(&pins.strict_link(&iface))?;
-        }
-    }
+    let covered = rehome_pins(pins)?;
     let interfaces = if named.is_empty() {
         super::interfaces::all()?
     } else {
         named.to_vec()
     };
     let mut newly_attached = Vec::new();
+    let mut first_error = None;
+    let mut covered = covered;
     for iface in &interfaces {
-        if nix_if_nametoindex(iface) == 0 && missing == Missing::Skip {
+        let ifindex = nix_if_nametoindex(iface);
+        if ifindex == 0 && missing == Missing::Skip {
             continue;
         }
-        match strict_link_state(pins, iface) {
-            LinkState::Live => continue,
-            LinkState::Absent => {}
-            // Re-created under the same name since the pin was made.
-            LinkState::Defunct | LinkState::OtherDevice => unpin_link(&pins.strict_link(iface))?,
+        if ifindex != 0 && covered.contains(&ifindex) {
+            continue;
         }
-        attach_strict(pins, iface)?;
-        newly_attached.push(iface.clone());
+        match attach_strict(pins, iface) {
+            Ok(()) => {
+                covered.insert(ifindex);
+                newly_attached.push(iface.clone());
+            }
+            Err(e) => {
+                tracing::error!(iface = %iface, error = %e, "attaching the STRICT check failed");
+                first_error.get_or_insert(e);
+            }
+        }
     }
-    Ok(newly_attached)
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(newly_attached),
+    }
 }
 
-/// The pinned TCX link of one interface, as the kernel sees it now.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum LinkState {
-    /// No pin (or an unreadable one: attaching again replaces it).
-    Absent,
-    /// Attached to the device that has this name now.
-    Live,
-    /// Its device is gone.
-    Defunct,
-    /// Attached to another device than the one that has this name now.
-    OtherDevice,
+/// Unpins defunct links and renames the pins of renamed devices (see [`attach_interfaces`]);
+/// returns the ifindexes that have a live link.
+fn rehome_pins(pins: &PinLayout) -> Result<std::collections::BTreeSet<u32>> {
+    let mut covered = std::collections::BTreeSet::new();
+    let mut misnamed = Vec::new();
+    for iface in pins.attached_interfaces() {
+        let path = pins.strict_link(&iface);
+        match pinned_link_info(&path) {
+            Ok(info) if info.kind == LINK_TYPE_TCX && info.target == 0 => unpin_link(&path)?,
+            Ok(info) if info.kind == LINK_TYPE_TCX => {
+                if !covered.insert(info.target) {
+                    // A second link on a device already covered (left by a rename): one is enough.
+                    unpin_link(&path)?;
+                } else if nix_if_nametoindex(&iface) != info.target {
+                    misnamed.push((path, info.target));
+                }
+            }
+            _ => {}
+        }
+    }
+    // Step one: out of the way, under a name no interface can have (they are at most 15
+    // bytes); bpffs does not rename, so a move is a pin at the new path, then an unlink.
+    let mut parked = Vec::new();
+    for (path, ifindex) in misnamed {
+        let aside = pins.strict_link(&format!("renamed-device-{ifindex}"));
+        move_pin(&path, &aside)?;
+        parked.push((aside, ifindex));
+    }
+    // Step two: under the device's name of today.
+    for (aside, ifindex) in parked {
+        match if_indextoname(ifindex) {
+            Some(name) if !pins.strict_link(&name).exists() => {
+                move_pin(&aside, &pins.strict_link(&name))?;
+            }
+            // The device went away meanwhile, or its name's pin is taken: the next pass sees it.
+            _ => {}
+        }
+    }
+    Ok(covered)
 }
 
-fn strict_link_state(pins: &PinLayout, iface: &str) -> LinkState {
-    let path = pins.strict_link(iface);
-    if !path.exists() {
-        return LinkState::Absent;
+/// Pins the link pinned at `from` at `to` as well, then removes `from`: the link never loses
+/// its last reference on the way.
+fn move_pin(from: &Path, to: &Path) -> Result<()> {
+    let what = || format!("moving the pin {} to {}", from.display(), to.display());
+    let link: FdLink = PinnedLink::from_pin(from)
+        .map_err(|e| KernelError::during(what(), e))?
+        .into();
+    link.pin(to).map_err(|e| KernelError::during(what(), e))?;
+    std::fs::remove_file(from).map_err(|e| KernelError::during(what(), e))?;
+    Ok(())
+}
+
+/// The name an interface has now, if it still exists.
+fn if_indextoname(ifindex: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: buf has IF_NAMESIZE bytes, as if_indextoname requires.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return None;
     }
-    match pinned_link_info(&path) {
-        Ok(info) if info.kind == LINK_TYPE_TCX && info.target == 0 => LinkState::Defunct,
-        Ok(info) if info.kind == LINK_TYPE_TCX && info.target == nix_if_nametoindex(iface) => {
-            LinkState::Live
-        }
-        Ok(_) => LinkState::OtherDevice,
-        Err(_) => LinkState::Absent,
-    }
+    // SAFETY: on success buf holds a NUL-terminated name.
+    Some(
+        unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
+            .to_string_lossy()
+            .into_owned(),
+    )
 }
 
 /// Detaches (when still attached) and unpins one link.
