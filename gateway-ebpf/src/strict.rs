@@ -25,9 +25,15 @@
 //! against the same `rcv_nxt`; whichever TCP takes first was judged.
 //!
 //! Other sockets the lookup can find:
-//! - a listener, or nothing: the data can only open a connection through a SYN cookie, whose
-//!   ACK must carry `seq` = ISN+1, so the payload is judged from its first byte (with nothing
-//!   found, TCP answers with its own RST anyway);
+//! - a listener: the data opens a connection through a SYN cookie, or races the ACK that is
+//!   creating the socket on another CPU; either way the next in-order byte is unknown here (a
+//!   segment starting early would pass on a ClientHello head that TCP then trims), so the data
+//!   is dropped and the client retransmits it onto the socket. A client that puts its data on
+//!   the cookie-completing ACK itself cannot connect while SYN cookies are in use (Linux,
+//!   Windows and macOS clients send a bare ACK first);
+//! - nothing: TCP answers with its own RST, so the payload is judged from its first byte. A
+//!   NAT rule (REDIRECT/DNAT runs after tc) that delivers it to a socket on another port is
+//!   outside what tc can see: steering, which runs at the socket lookup after NAT, covers it;
 //! - a request socket (handshake not complete yet): its `rcv_nxt` is not readable from here, so
 //!   data on the ACK that would complete the handshake is dropped. Clients that piggyback data
 //!   on that ACK retransmit it, and the retransmission meets the established socket;
@@ -560,8 +566,9 @@ enum Delivery {
     From(u32),
     /// Nowhere: the socket took its first payload already, or takes none of these bytes now.
     Nothing,
-    /// Data that would complete a handshake: the request socket's `rcv_nxt` is unknown here.
-    Handshake,
+    /// The next in-order byte is unknowable here (a request socket, a listener, no socket):
+    /// the data is dropped and the client retransmits it onto an established socket.
+    Unknowable,
 }
 
 // Inlined: returned out of line, the enum comes back through a pointer into the caller's
@@ -601,7 +608,7 @@ fn judge(ctx: &TcContext, seg: &Segment, tuple: &mut bpf_sock_tuple, tuple_len: 
     let start = match delivery(ctx, seq, tuple, tuple_len) {
         Delivery::From(start) => start,
         Delivery::Nothing => return Judgement::Let,
-        Delivery::Handshake => return Judgement::Refuse,
+        Delivery::Unknowable => return Judgement::Refuse,
     };
     if start >= seg.payload_len {
         return Judgement::Let;
@@ -633,21 +640,27 @@ fn delivery(ctx: &TcContext, seq: u32, tuple: &mut bpf_sock_tuple, tuple_len: u3
         )
     };
     if sk.is_null() {
-        // No socket: TCP resets it itself. Judging from the first byte costs nothing.
+        // No socket for this address and port: TCP resets it itself. (A NAT rule, which runs
+        // after tc, could deliver it to a socket on another port whose state is not visible
+        // here; the README lists NAT in front of a STRICT port as outside tc-only STRICT.)
         return Delivery::From(0);
     }
     // SAFETY: non-null socket reference from the lookup; `state` is readable on any of them.
     let state = unsafe { (*sk).state };
     let result = match state {
-        TCP_LISTEN => Delivery::From(0),
-        TCP_NEW_SYN_RECV => Delivery::Handshake,
+        // Data meeting the listener can only open a connection through a SYN cookie, or race
+        // the ACK that is creating the socket on another CPU: in both cases the next in-order
+        // byte is unknown here (a segment starting early, judged from its first byte, would
+        // be trimmed by TCP after the check). Dropped: the client retransmits onto the socket.
+        TCP_LISTEN => Delivery::Unknowable,
+        TCP_NEW_SYN_RECV => Delivery::Unknowable,
         TCP_TIME_WAIT => Delivery::Nothing,
         _ => {
             // SAFETY: `sk` is a referenced socket; the helper returns null unless it is a
             // full TCP socket.
             let tp = unsafe { bpf_tcp_sock(sk) };
             if tp.is_null() {
-                Delivery::From(0)
+                Delivery::Unknowable
             } else {
                 // SAFETY: non-null tcp_sock view of the referenced socket, read before release.
                 let (received, rcv_nxt) = unsafe { ((*tp).bytes_received, (*tp).rcv_nxt) };

@@ -870,3 +870,30 @@ fn the_first_payload_byte_is_judged_wherever_the_segment_starts() {
         }
     });
 }
+
+/// Data that meets only the listener (a SYN-cookie ACK, or a segment racing the ACK that is
+/// creating the socket on another CPU) cannot be placed in the stream: a segment starting 11
+/// bytes early with a ClientHello head used to pass, and TCP then trimmed the head away and
+/// delivered the plaintext behind it. Such data is dropped, whatever it holds.
+#[test]
+fn data_meeting_only_the_listener_is_dropped() {
+    in_fresh_netns("strict against the listener", || {
+        let mut s = Strict::port80();
+        for server in [IpAddr::V4(SERVER4), IpAddr::V6(SERVER6)] {
+            let v6 = server.is_ipv6();
+            let _listener =
+                TcpListener::bind(SocketAddr::new(server, 80)).unwrap_or_else(|e| panic!("{e}"));
+            let mut head_then_get = client_hello(200)[..11].to_vec();
+            head_then_get.extend(GET);
+            for payload in [head_then_get.as_slice(), GET, &client_hello(200)] {
+                let seg = if v6 {
+                    Tcp::v6(80, PSH_ACK, 1000, payload)
+                } else {
+                    Tcp::v4(80, PSH_ACK, 1000, payload)
+                };
+                let (rc, _) = s.run(&seg.frame());
+                assert_eq!(rc, DROP, "data meeting the listener, v6={v6}");
+            }
+        }
+    });
+}
