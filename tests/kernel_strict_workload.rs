@@ -260,20 +260,20 @@ fn strict_covers_every_workload_port_fails_closed_and_a_flood_costs_the_app_noth
     node.start()?;
 
     let status = kernel(&topo, &node, &["status"])?;
-    // Only the daemon's own ports are exceptions to the default; Istio's other reserved
-    // ports (15090 here) follow it.
-    for port in [15000, 15001, 15006] {
+    // Only the ports the daemon binds on a reachable address are exceptions to the default:
+    // the terminator's. Admin (15000) and outbound (15001) listen on loopback only, so they
+    // follow the default like Istio's other reserved ports (15090 here, whose app below is
+    // reset): an exception would open that port, on every address, to any app binding it.
+    ensure!(
+        status.lines().any(|l| l.trim() == "port 15006: DISABLE"),
+        "the terminator's port is an exception to the default:\n{status}"
+    );
+    for port in [15000, 15001, ISTIO_RESERVED] {
         ensure!(
-            status
-                .lines()
-                .any(|l| l.trim() == format!("port {port}: DISABLE")),
-            "the daemon's port {port} is an exception to the default:\n{status}"
+            !status.contains(&format!("port {port}:")),
+            "port {port} has an entry of its own, not the workload's STRICT:\n{status}"
         );
     }
-    ensure!(
-        !status.contains(&format!("port {ISTIO_RESERVED}:")),
-        "port {ISTIO_RESERVED} has an entry of its own, not the workload's STRICT:\n{status}"
-    );
     let tc_line = status
         .lines()
         .find(|l| l.starts_with("tc ingress:"))

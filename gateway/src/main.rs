@@ -533,8 +533,7 @@ fn explain_cmd(args: ExplainArgs) -> Result<()> {
     Ok(())
 }
 
-/// The ports `run` binds on the mesh side and for admin: never a destination, and exceptions
-/// to a workload-wide STRICT (the terminator must not be steered to itself).
+/// The ports `run` binds on the mesh side and for admin: never a destination.
 fn own_ports(args: &RunArgs) -> Vec<u16> {
     [
         Some(args.mesh.terminator.port()),
@@ -543,6 +542,24 @@ fn own_ports(args: &RunArgs) -> Vec<u16> {
     ]
     .into_iter()
     .flatten()
+    .collect()
+}
+
+/// The exceptions to a workload-wide STRICT: the ports `run` binds on an address other
+/// clients can reach (the terminator must not be steered to itself). Ports bound on loopback
+/// only (admin and outbound by default) need no exception — loopback destinations arriving on
+/// `lo` are never judged — and making one would open that port, on every address, to any app
+/// that binds it.
+fn exempt_ports(args: &RunArgs) -> Vec<u16> {
+    [
+        Some(args.mesh.terminator),
+        Some(SocketAddr::V4(args.mesh.outbound)),
+        args.admin.0,
+    ]
+    .into_iter()
+    .flatten()
+    .filter(|addr| !addr.ip().is_loopback())
+    .map(|addr| addr.port())
     .collect()
 }
 
@@ -573,7 +590,7 @@ async fn run(args: RunArgs, workers: NonZeroUsize) -> Result<()> {
             capture_cgroup: args.mesh.capture_cgroup.clone(),
             outbound: args.mesh.outbound,
             kernel_log: args.mesh.kernel_log,
-            own_ports: own_ports(&args),
+            own_ports: exempt_ports(&args),
         };
         Some(mesh::start(&snapshot, &opts)?)
     } else {
@@ -616,7 +633,7 @@ async fn run(args: RunArgs, workers: NonZeroUsize) -> Result<()> {
             tasks.push(tokio::spawn(outbound.run(drain.signal())));
             capture
         });
-        let sync = KernelSync::new(started.maps, capture, true).with_own_ports(own);
+        let sync = KernelSync::new(started.maps, capture, true).with_own_ports(exempt_ports(&args));
         tokio::spawn(sync.run(bus.subscribe()));
     }
     if args.mesh.reload_ms > 0 {

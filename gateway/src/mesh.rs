@@ -44,8 +44,9 @@ pub struct MeshOptions {
     pub outbound: std::net::SocketAddrV4,
     /// Load the kernel programs with their debug lines on, and forward them to the log.
     pub kernel_log: bool,
-    /// The ports this daemon really binds (terminator, outbound, admin): exceptions to a
-    /// workload-wide default (see [`DAEMON_PORTS`]).
+    /// The ports this daemon binds on addresses other than loopback (the terminator; admin or
+    /// outbound when moved off loopback): exceptions to a workload-wide default (see
+    /// [`DAEMON_PORTS`]).
     pub own_ports: Vec<u16>,
 }
 
