@@ -189,6 +189,9 @@ pub enum HandshakeFailure {
     bad_certificate,
     /// The client certificate's `spiffe` URI SAN is not a valid SPIFFE ID, or it has several.
     invalid_spiffe_id,
+    /// The client certificate's subjectAltName does not parse strictly (BER, a non-UTF-8 or
+    /// non-ASCII name, two SAN extensions).
+    malformed_san,
     /// No Gateway server on the port for the requested SNI.
     no_sni_match,
     /// The first bytes were not a TLS ClientHello.
@@ -214,13 +217,12 @@ impl HandshakeFailure {
                 CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
                     Self::expired
                 }
-                CertificateError::Other(other)
-                    if matches!(
-                        other.0.downcast_ref::<ClientCertRejected>(),
-                        Some(ClientCertRejected::SpiffeId(_))
-                    ) =>
-                {
-                    Self::invalid_spiffe_id
+                CertificateError::Other(other) => {
+                    match other.0.downcast_ref::<ClientCertRejected>() {
+                        Some(ClientCertRejected::SpiffeId(_)) => Self::invalid_spiffe_id,
+                        Some(ClientCertRejected::MalformedSan(_)) => Self::malformed_san,
+                        _ => Self::bad_certificate,
+                    }
                 }
                 _ => Self::bad_certificate,
             },
@@ -802,6 +804,14 @@ mod tests {
                     std::sync::Arc::new(ClientCertRejected::NotPinned),
                 ))),
                 H::bad_certificate,
+            ),
+            (
+                rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(
+                    std::sync::Arc::new(ClientCertRejected::MalformedSan(
+                        crate::identity::spiffe::SanError::Duplicate(2),
+                    )),
+                ))),
+                H::malformed_san,
             ),
         ];
         for (err, want) in cases {
