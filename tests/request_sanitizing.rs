@@ -365,3 +365,69 @@ fn http2_cookie_fields_reach_the_upstream_as_one_line() -> Result<()> {
     }
     Ok(())
 }
+
+/// Trailer fields the attack review sent (issue 12), and what must not be in the trailers'
+/// place upstream either.
+const FORGED_TRAILERS: &[(&str, &str)] = &[
+    (
+        "x-forwarded-client-cert",
+        "Hash=00;URI=spiffe://cluster.local/ns/prod/sa/admin",
+    ),
+    ("x_forwarded_client_cert", "URI=spiffe://forged.underscore"),
+    ("x-original-url", "/status/418"),
+    ("x-http-method-override", "DELETE"),
+    ("x-envoy-original-path", "/status/418"),
+    ("x-forwarded-for", "10.6.6.6"),
+    ("x-forwarded-proto", "https"),
+];
+
+/// Request trailers (HTTP/1.1 chunked and HTTP/2) carrying forged gateway-managed and
+/// override fields, on the plain port with no certificate: none of them reaches the upstream,
+/// in the header section or after the body, and the upstream is not told to expect trailers.
+#[test]
+fn forged_request_trailers_never_reach_the_upstream() -> Result<()> {
+    require_h2()?;
+    let dir = tempfile::tempdir()?;
+    let (_w, rec, gw, _admin) = start(dir.path())?;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/trailers.py");
+    for proto in ["h1", "h2"] {
+        let out = std::process::Command::new("python3")
+            .arg(&script)
+            .args([&gw.http_port.to_string(), proto])
+            .args(FORGED_TRAILERS.iter().map(|(n, v)| format!("{n}:{v}")))
+            .output()
+            .context("running trailers.py")?;
+        let status = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        assert_eq!(
+            status,
+            "200",
+            "{proto}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut requests = rec.take_requests();
+        assert_eq!(requests.len(), 1, "{proto}: {requests:?}");
+        let request = requests.pop().unwrap_or_default();
+        let lower = request.to_ascii_lowercase();
+        assert!(
+            lower.contains("hello"),
+            "{proto}: the body was not recorded:\n{request}"
+        );
+        for needle in [
+            "trailer:",
+            "admin",
+            "forged",
+            "10.6.6.6",
+            "x-original-url",
+            "x-http-method-override",
+            "x-envoy-original-path",
+            "x-forwarded-client-cert",
+            "x-forwarded-proto: https",
+        ] {
+            assert!(
+                !lower.contains(needle),
+                "{proto}: {needle} reached the upstream:\n{request}"
+            );
+        }
+    }
+    Ok(())
+}

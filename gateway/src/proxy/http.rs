@@ -1,6 +1,7 @@
 //! Per-request work: route, authorize, forward, log.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -16,6 +17,7 @@ use super::limits::LimitReason;
 use super::telemetry::access_log::AccessEntry;
 use super::telemetry::metrics::{DroppedHeader, Metrics, RequestProtocol, RequestRecord};
 use super::telemetry::ResponseFlags;
+use super::trailers::RequestBody;
 use super::upstream::{is_connect_timeout, WithPermit};
 use super::Gateway;
 use crate::config::hosts::{authority_host, best_match, Authority, AuthorityError};
@@ -409,7 +411,14 @@ async fn route_and_forward<'s>(
             ResponseFlags::None,
         );
     }
-    let outbound = match outbound_request(req, conn, authority, &target.path_and_query, &endpoint) {
+    let outbound = match outbound_request(
+        req,
+        conn,
+        &gateway.metrics,
+        authority,
+        &target.path_and_query,
+        &endpoint,
+    ) {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(error = %e, "cannot build the upstream request");
@@ -557,26 +566,69 @@ pub(super) fn serves_connection(
     }
 }
 
-/// Drops request header fields the upstream could read as something authorization never saw,
-/// counting and debug-logging each one:
+/// Why a request field the client sent must not reach the upstream, `None` to keep it:
 ///
 /// - every name holding `_`: CGI, WSGI (wsgiref, gunicorn before 22) and PHP fold `_` and `-`
 ///   into one `HTTP_X_FORWARDED_CLIENT_CERT`, so `x_forwarded_client_cert` would reach the app
 ///   as the client-certificate header this gateway sanitizes. Envoy's
 ///   `headers_with_underscores_action: DROP_HEADER`; no standard header has an `_`.
 /// - [`OVERRIDE_HEADERS`].
+fn untrusted_field(name: &HeaderName) -> Option<DroppedHeader> {
+    if name.as_str().contains('_') {
+        Some(DroppedHeader::underscore_in_name)
+    } else if OVERRIDE_HEADERS.contains(name) {
+        Some(DroppedHeader::path_or_method_override)
+    } else {
+        None
+    }
+}
+
+/// Fields this gateway sets, replaces or frames itself: the header section's are rewritten in
+/// [`outbound_request`], but a trailer section is forwarded after them, where an upstream that
+/// merges trailers into headers (Apache `MergeTrailers`, Tomcat, Go's `r.Trailer`) would read a
+/// forged `x-forwarded-client-cert` as if the gateway had set it. Framing and hop-by-hop
+/// fields are not allowed in trailers at all (RFC 9110 §6.5.1).
+fn gateway_managed(name: &HeaderName) -> bool {
+    name == X_FORWARDED_CLIENT_CERT
+        || name == X_FORWARDED_FOR
+        || name == X_FORWARDED_PROTO
+        || name == HOST
+        || name == http::header::CONTENT_LENGTH
+        || name == http::header::TRAILER
+        || HOP_BY_HOP.contains(name)
+}
+
+/// Drops request header fields the upstream could read as something authorization never saw
+/// ([`untrusted_field`]), counting and debug-logging each one.
 fn drop_untrusted_headers(headers: &mut HeaderMap, metrics: &Metrics, conn: &ConnInfo) {
+    drop_fields(headers, metrics, conn.peer, untrusted_field);
+}
+
+/// Filters a request's trailer section: what the header section drops, and the fields the
+/// gateway manages ([`gateway_managed`]).
+pub(super) fn drop_untrusted_trailers(
+    trailers: &mut HeaderMap,
+    metrics: &Metrics,
+    peer: SocketAddr,
+) {
+    drop_fields(trailers, metrics, peer, |name| {
+        untrusted_field(name)
+            .or_else(|| gateway_managed(name).then_some(DroppedHeader::gateway_managed_trailer))
+    });
+}
+
+fn drop_fields(
+    headers: &mut HeaderMap,
+    metrics: &Metrics,
+    peer: SocketAddr,
+    classify: impl Fn(&HeaderName) -> Option<DroppedHeader>,
+) {
     // `keys` yields each name once; nothing is allocated unless a name is dropped.
     let mut dropped: Vec<(HeaderName, DroppedHeader)> = Vec::new();
     for name in headers.keys() {
-        let reason = if name.as_str().contains('_') {
-            DroppedHeader::underscore_in_name
-        } else if OVERRIDE_HEADERS.contains(name) {
-            DroppedHeader::path_or_method_override
-        } else {
-            continue;
-        };
-        dropped.push((name.clone(), reason));
+        if let Some(reason) = classify(name) {
+            dropped.push((name.clone(), reason));
+        }
     }
     for (name, reason) in dropped {
         if let http::header::Entry::Occupied(entry) = headers.entry(&name) {
@@ -584,7 +636,7 @@ fn drop_untrusted_headers(headers: &mut HeaderMap, metrics: &Metrics, conn: &Con
                 metrics.record_header_dropped(reason);
             }
         }
-        tracing::debug!(peer = %conn.peer, header = %name, reason = ?reason, "request header dropped");
+        tracing::debug!(peer = %peer, header = %name, reason = ?reason, "request field dropped");
     }
 }
 
@@ -657,10 +709,11 @@ fn join_cookies(headers: &mut HeaderMap) {
 fn outbound_request(
     req: Request<Incoming>,
     conn: &ConnInfo,
+    metrics: &Arc<Metrics>,
     authority: &str,
     path_and_query: &str,
     endpoint: &str,
-) -> Result<Request<Incoming>, http::Error> {
+) -> Result<Request<RequestBody>, http::Error> {
     let (mut parts, body) = req.into_parts();
     parts.uri = Uri::builder()
         .scheme("http")
@@ -670,6 +723,9 @@ fn outbound_request(
     parts.version = Version::HTTP_11;
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
+    // hyper's HTTP/1 client writes the trailer fields this header names; without it, none.
+    // The trailers that still pass are filtered by `RequestBody` all the same.
+    headers.remove(http::header::TRAILER);
     join_cookies(headers);
     if let Ok(v) = HeaderValue::from_str(authority) {
         headers.insert(HOST, v);
@@ -691,6 +747,7 @@ fn outbound_request(
     if let Some(v) = &conn.xfcc {
         headers.insert(X_FORWARDED_CLIENT_CERT, v.clone());
     }
+    let body = RequestBody::new(body, Arc::clone(metrics), conn.peer);
     Ok(Request::from_parts(parts, body))
 }
 

@@ -145,10 +145,17 @@ pub enum DroppedHeader {
     underscore_in_name,
     /// A header that makes some upstreams serve another path or method than the authorized one.
     path_or_method_override,
+    /// A request trailer naming a field the gateway sets or frames itself
+    /// (`x-forwarded-client-cert`, `x-forwarded-for`, `host`, `content-length`, …).
+    gateway_managed_trailer,
 }
 
 impl DroppedHeader {
-    pub const ALL: [DroppedHeader; 2] = [Self::underscore_in_name, Self::path_or_method_override];
+    pub const ALL: [DroppedHeader; 3] = [
+        Self::underscore_in_name,
+        Self::path_or_method_override,
+        Self::gateway_managed_trailer,
+    ];
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
