@@ -1,8 +1,9 @@
 //! What the upstream receives, recorded byte for byte (`e2e::recorder`), when a client sends
 //! what an attacker would: header names with `_` (which CGI/WSGI upstreams fold into the
-//! gateway-managed `X-Forwarded-Client-Cert`, `X-Forwarded-For`, `Host`), and headers that make
-//! an upstream serve another path or method than the one authorized. Over HTTP/1.1 and HTTP/2,
-//! with a client certificate that names a principal, one that names none, and no TLS at all.
+//! gateway-managed `X-Forwarded-Client-Cert`, `X-Forwarded-For`, `Host`) or other punctuation
+//! (which some CGI mappers fold the same way), RFC 9440 `client-cert` fields, headers that make
+//! an upstream serve another path or method than the one authorized, and the same in request
+//! trailers. Over HTTP/1.1 and HTTP/2, with a client certificate that names a principal, one that names none, and no TLS at all.
 //! Also: malformed or disagreeing Host/:authority spellings are refused and accepted ones reach
 //! the upstream as one canonical Host; HTTP/2 cookie fields reach it as one `cookie` line.
 
@@ -109,6 +110,12 @@ const HOSTILE: &[&str] = &[
     "x-http-method: DELETE",
     "X-Method-Override: DELETE",
     "x-envoy-original-path: /status/418",
+    "x.forwarded.client.cert: URI=spiffe://forged.dot",
+    "x~forwarded~client~cert: URI=spiffe://forged.tilde",
+    "x!forwarded!client!cert: URI=spiffe://forged.bang",
+    "x'forwarded'client'cert: URI=spiffe://forged.quote",
+    "Client-Cert: :forged:",
+    "client-cert-chain: :forged:",
     "x-legit: yes",
     "x-forwarded-client-cert: URI=spiffe://forged.dash.form",
 ];
@@ -144,6 +151,15 @@ fn underscore_and_override_headers_never_reach_the_upstream() -> Result<()> {
                     !OVERRIDES.contains(&name.as_str()),
                     "{case}: {name} reached the upstream:\n{head}"
                 );
+                assert!(
+                    name.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
+                    "{case}: {name} reached the upstream:\n{head}"
+                );
+                assert!(
+                    !name.starts_with("client-cert"),
+                    "{case}: {name} reached the upstream:\n{head}"
+                );
             }
             assert!(
                 names.contains(&"x-legit"),
@@ -174,7 +190,8 @@ fn underscore_and_override_headers_never_reach_the_upstream() -> Result<()> {
             }
         }
     }
-    // Six requests, each with eight `_` fields (two of one name) and six overrides.
+    // Six requests, each with eight `_` fields (two of one name), six overrides, four names
+    // with other punctuation and the two RFC 9440 client-certificate fields.
     assert_eq!(
         metric(
             &admin,
@@ -188,6 +205,20 @@ fn underscore_and_override_headers_never_reach_the_upstream() -> Result<()> {
             r#"portcullis_request_headers_dropped_total{reason="path_or_method_override"}"#
         )?,
         36.0
+    );
+    assert_eq!(
+        metric(
+            &admin,
+            r#"portcullis_request_headers_dropped_total{reason="punctuation_in_name"}"#
+        )?,
+        24.0
+    );
+    assert_eq!(
+        metric(
+            &admin,
+            r#"portcullis_request_headers_dropped_total{reason="client_cert_header"}"#
+        )?,
+        12.0
     );
     Ok(())
 }

@@ -65,6 +65,14 @@ const OVERRIDE_HEADERS: [HeaderName; 6] = [
     HeaderName::from_static("x-envoy-original-path"),
 ];
 
+/// RFC 9440's `Client-Cert` and `Client-Cert-Chain`: this gateway does not set them (it
+/// sends Envoy's XFCC), so one that arrives was written by the client, and an upstream that
+/// trusts RFC 9440 would take it as a verified identity.
+const CLIENT_CERT_HEADERS: [HeaderName; 2] = [
+    HeaderName::from_static("client-cert"),
+    HeaderName::from_static("client-cert-chain"),
+];
+
 fn local(status: StatusCode, body: &'static str) -> Response<Body> {
     let mut resp = Response::new(
         Full::new(Bytes::from_static(body.as_bytes()))
@@ -573,11 +581,23 @@ pub(super) fn serves_connection(
 ///   as the client-certificate header this gateway sanitizes. Envoy's
 ///   `headers_with_underscores_action: DROP_HEADER`; no standard header has an `_`.
 /// - [`OVERRIDE_HEADERS`].
+/// - every other name with a character outside `a-z 0-9 -` (`x.forwarded.client.cert`,
+///   `x~…`, `x!…`): CGI mappers that turn every non-alphanumeric into `_` (lighttpd's
+///   environment) fold those into the same variable. `HeaderName`s are lowercase already.
+/// - [`CLIENT_CERT_HEADERS`].
 fn untrusted_field(name: &HeaderName) -> Option<DroppedHeader> {
-    if name.as_str().contains('_') {
+    let name_str = name.as_str();
+    if name_str.contains('_') {
         Some(DroppedHeader::underscore_in_name)
+    } else if !name_str
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        Some(DroppedHeader::punctuation_in_name)
     } else if OVERRIDE_HEADERS.contains(name) {
         Some(DroppedHeader::path_or_method_override)
+    } else if CLIENT_CERT_HEADERS.contains(name) {
+        Some(DroppedHeader::client_cert_header)
     } else {
         None
     }
@@ -877,6 +897,12 @@ mod tests {
             ("x-http-method", "DELETE"),
             ("x-method-override", "DELETE"),
             ("x-envoy-original-path", "/status/418"),
+            ("x.forwarded.client.cert", "URI=spiffe://evil"),
+            ("x~forwarded~client~cert", "URI=spiffe://evil"),
+            ("x!forwarded!client!cert", "URI=spiffe://evil"),
+            ("x'forwarded'client'cert", "URI=spiffe://evil"),
+            ("client-cert", ":MIIB:"),
+            ("client-cert-chain", ":MIIB:"),
             ("accept", "*/*"),
             (
                 "x-forwarded-client-cert",
@@ -899,6 +925,8 @@ mod tests {
         for want in [
             r#"portcullis_request_headers_dropped_total{reason="underscore_in_name"} 6"#,
             r#"portcullis_request_headers_dropped_total{reason="path_or_method_override"} 7"#,
+            r#"portcullis_request_headers_dropped_total{reason="punctuation_in_name"} 4"#,
+            r#"portcullis_request_headers_dropped_total{reason="client_cert_header"} 2"#,
         ] {
             assert!(text.contains(want), "{want} missing in\n{text}");
         }

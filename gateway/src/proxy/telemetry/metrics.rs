@@ -143,17 +143,24 @@ pub enum DroppedHeader {
     /// The name holds `_`, which CGI/WSGI upstreams fold into `-` (Envoy's
     /// `headers_with_underscores_action: DROP_HEADER`).
     underscore_in_name,
+    /// The name holds another character outside `a-z 0-9 -` (`x.forwarded.client.cert`), which
+    /// CGI mappers that turn every non-alphanumeric into `_` fold like `_`.
+    punctuation_in_name,
     /// A header that makes some upstreams serve another path or method than the authorized one.
     path_or_method_override,
+    /// RFC 9440 `client-cert`/`client-cert-chain`, which only a client could have written here.
+    client_cert_header,
     /// A request trailer naming a field the gateway sets or frames itself
     /// (`x-forwarded-client-cert`, `x-forwarded-for`, `host`, `content-length`, …).
     gateway_managed_trailer,
 }
 
 impl DroppedHeader {
-    pub const ALL: [DroppedHeader; 3] = [
+    pub const ALL: [DroppedHeader; 5] = [
         Self::underscore_in_name,
+        Self::punctuation_in_name,
         Self::path_or_method_override,
+        Self::client_cert_header,
         Self::gateway_managed_trailer,
     ];
 }
