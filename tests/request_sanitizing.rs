@@ -462,3 +462,40 @@ fn forged_request_trailers_never_reach_the_upstream() -> Result<()> {
     }
     Ok(())
 }
+
+/// `get` and `Get` are refused with 400 and counted, over HTTP/1.1 and HTTP/2: policies match
+/// methods exactly, and upstreams that uppercase them (Werkzeug) would serve them as `GET`
+/// past a `methods: [GET]` DENY. Nothing reaches the upstream; `GET` still does.
+#[test]
+fn methods_with_lowercase_letters_are_refused() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (_w, rec, gw, admin) = start(dir.path())?;
+    let url = format!("http://127.0.0.1:{}/get", gw.http_port);
+    for version in ["--http1.1", "--http2-prior-knowledge"] {
+        for method in ["get", "Get", "gEt"] {
+            let (code, _) = curl(&url, &[version, "-X", method])?;
+            assert_eq!(code, "400", "{version} {method}");
+            assert!(
+                rec.take_heads().is_empty(),
+                "{version} {method} was forwarded"
+            );
+        }
+        let (code, _) = curl(&url, &[version, "-X", "GET"])?;
+        assert_eq!(code, "200", "{version} GET");
+        assert_eq!(rec.take_heads().len(), 1, "{version} GET");
+    }
+    assert_eq!(
+        metric(
+            &admin,
+            r#"portcullis_requests_refused_total{reason="lowercase_method"}"#
+        )?,
+        6.0
+    );
+    assert!(
+        gw.daemon
+            .log()
+            .contains("method refused: lowercase letters"),
+        "not logged"
+    );
+    Ok(())
+}

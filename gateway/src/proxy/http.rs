@@ -136,6 +136,27 @@ pub async fn handle(
             };
             (out, req.uri().path().to_owned())
         }
+        // Policies match methods exactly, as Istio does, but Werkzeug (and other upstreams
+        // that accept non-uppercase tokens) uppercases them: `get` would slip past a
+        // `methods: [GET]` DENY and be served as GET. No registered method has a lowercase
+        // letter; gunicorn 22+ refuses them too.
+        (Ok(_), _) if method.as_str().bytes().any(|b| b.is_ascii_lowercase()) => {
+            tracing::info!(
+                peer = %conn.peer,
+                principal = conn.principal.as_deref().unwrap_or("-"),
+                method = %method,
+                "method refused: lowercase letters"
+            );
+            gateway.metrics.record_refused("lowercase_method");
+            let out = Outcome {
+                resp: local(StatusCode::BAD_REQUEST, "bad request: method refused"),
+                decision: None,
+                upstream: None,
+                service: None,
+                flags: ResponseFlags::DownstreamProtocolError,
+            };
+            (out, req.uri().path().to_owned())
+        }
         // Fail closed rather than forward a verified client without its XFCC (set_peer_cert
         // logged why, once per connection).
         (Ok(_), _) if conn.xfcc_unencodable() => {
