@@ -499,3 +499,33 @@ fn methods_with_lowercase_letters_are_refused() -> Result<()> {
     );
     Ok(())
 }
+
+/// `Host: test.com.` is `test.com` to DNS and to upstream vhosts, so it must be `test.com` to
+/// routes and `hosts:` rules too (attack review, issue 12: it bypassed a `hosts: [test.com]`
+/// DENY on the plain port). The upstream gets the canonical name; `test.com..` is refused.
+#[test]
+fn one_trailing_dot_in_host_is_dropped_two_are_refused() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (_w, rec, gw, admin) = start(dir.path())?;
+    let url = format!("http://127.0.0.1:{}/get", gw.http_port);
+    for (host, want) in [("test.com.", "test.com"), ("Test.Com.:80", "test.com:80")] {
+        let (code, _) = curl(&url, &["-H", &format!("Host: {host}")])?;
+        assert_eq!(code, "200", "{host}");
+        let heads = rec.take_heads();
+        assert_eq!(heads.len(), 1, "{host}: {heads:?}");
+        assert_eq!(upstream_host(&heads[0]), [want], "{host}:\n{}", heads[0]);
+    }
+    for host in ["test.com..", "127.0.0.1."] {
+        let (code, _) = curl(&url, &["-H", &format!("Host: {host}")])?;
+        assert_eq!(code, "400", "{host}");
+        assert!(rec.take_heads().is_empty(), "{host} reached the upstream");
+    }
+    assert_eq!(
+        metric(
+            &admin,
+            r#"portcullis_requests_refused_total{reason="authority_trailing_dot"}"#
+        )?,
+        2.0
+    );
+    Ok(())
+}

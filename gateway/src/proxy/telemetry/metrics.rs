@@ -446,7 +446,7 @@ impl Metrics {
         );
         registry.register(
             "portcullis_requests_refused",
-            "Requests refused before routing, by reason: a path the gateway will not forward (400: not_origin_form, bad_encoding, encoded_control, bad_character, encoded_slash, double_encoding, path_parameter, not_utf8), a Host/:authority that is malformed or disagrees with the other (400: authority_empty, authority_userinfo, authority_bad_character, authority_bad_port, authority_bad_ipv6, authority_missing, authority_duplicate_host, authority_mismatch), a method with a lowercase letter (400: lowercase_method), a host the connection's TLS server does not serve (421: misdirected), or a verified client certificate whose fields cannot be written as x-forwarded-client-cert (400: unencodable_client_cert)",
+            "Requests refused before routing, by reason: a path the gateway will not forward (400: not_origin_form, bad_encoding, encoded_control, bad_character, encoded_slash, double_encoding, path_parameter, not_utf8), a Host/:authority that is malformed or disagrees with the other (400: authority_empty, authority_userinfo, authority_bad_character, authority_bad_port, authority_bad_ipv6, authority_missing, authority_duplicate_host, authority_mismatch, authority_trailing_dot), a method with a lowercase letter (400: lowercase_method), a host the connection's TLS server does not serve (421: misdirected), or a verified client certificate whose fields cannot be written as x-forwarded-client-cert (400: unencodable_client_cert)",
             Family::clone(&requests_refused),
         );
         registry.register(
