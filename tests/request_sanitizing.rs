@@ -1,8 +1,9 @@
 //! What the upstream receives, recorded byte for byte (`e2e::recorder`), when a client sends
 //! what an attacker would: header names with `_` (which CGI/WSGI upstreams fold into the
-//! gateway-managed `X-Forwarded-Client-Cert`, `X-Forwarded-For`, `Host`), and headers that make
-//! an upstream serve another path or method than the one authorized. Over HTTP/1.1 and HTTP/2,
-//! with a client certificate that names a principal, one that names none, and no TLS at all.
+//! gateway-managed `X-Forwarded-Client-Cert`, `X-Forwarded-For`, `Host`) or other punctuation
+//! (which some CGI mappers fold the same way), RFC 9440 `client-cert` fields, headers that make
+//! an upstream serve another path or method than the one authorized, and the same in request
+//! trailers. Over HTTP/1.1 and HTTP/2, with a client certificate that names a principal, one that names none, and no TLS at all.
 //! Also: malformed or disagreeing Host/:authority spellings are refused and accepted ones reach
 //! the upstream as one canonical Host; HTTP/2 cookie fields reach it as one `cookie` line.
 
@@ -109,6 +110,12 @@ const HOSTILE: &[&str] = &[
     "x-http-method: DELETE",
     "X-Method-Override: DELETE",
     "x-envoy-original-path: /status/418",
+    "x.forwarded.client.cert: URI=spiffe://forged.dot",
+    "x~forwarded~client~cert: URI=spiffe://forged.tilde",
+    "x!forwarded!client!cert: URI=spiffe://forged.bang",
+    "x'forwarded'client'cert: URI=spiffe://forged.quote",
+    "Client-Cert: :forged:",
+    "client-cert-chain: :forged:",
     "x-legit: yes",
     "x-forwarded-client-cert: URI=spiffe://forged.dash.form",
 ];
@@ -144,6 +151,15 @@ fn underscore_and_override_headers_never_reach_the_upstream() -> Result<()> {
                     !OVERRIDES.contains(&name.as_str()),
                     "{case}: {name} reached the upstream:\n{head}"
                 );
+                assert!(
+                    name.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
+                    "{case}: {name} reached the upstream:\n{head}"
+                );
+                assert!(
+                    !name.starts_with("client-cert"),
+                    "{case}: {name} reached the upstream:\n{head}"
+                );
             }
             assert!(
                 names.contains(&"x-legit"),
@@ -174,7 +190,8 @@ fn underscore_and_override_headers_never_reach_the_upstream() -> Result<()> {
             }
         }
     }
-    // Six requests, each with eight `_` fields (two of one name) and six overrides.
+    // Six requests, each with eight `_` fields (two of one name), six overrides, four names
+    // with other punctuation and the two RFC 9440 client-certificate fields.
     assert_eq!(
         metric(
             &admin,
@@ -188,6 +205,20 @@ fn underscore_and_override_headers_never_reach_the_upstream() -> Result<()> {
             r#"portcullis_request_headers_dropped_total{reason="path_or_method_override"}"#
         )?,
         36.0
+    );
+    assert_eq!(
+        metric(
+            &admin,
+            r#"portcullis_request_headers_dropped_total{reason="punctuation_in_name"}"#
+        )?,
+        24.0
+    );
+    assert_eq!(
+        metric(
+            &admin,
+            r#"portcullis_request_headers_dropped_total{reason="client_cert_header"}"#
+        )?,
+        12.0
     );
     Ok(())
 }
@@ -363,5 +394,138 @@ fn http2_cookie_fields_reach_the_upstream_as_one_line() -> Result<()> {
             "{client:?} h2={h2}:\n{head}"
         );
     }
+    Ok(())
+}
+
+/// Trailer fields the attack review sent (issue 12), and what must not be in the trailers'
+/// place upstream either.
+const FORGED_TRAILERS: &[(&str, &str)] = &[
+    (
+        "x-forwarded-client-cert",
+        "Hash=00;URI=spiffe://cluster.local/ns/prod/sa/admin",
+    ),
+    ("x_forwarded_client_cert", "URI=spiffe://forged.underscore"),
+    ("x-original-url", "/status/418"),
+    ("x-http-method-override", "DELETE"),
+    ("x-envoy-original-path", "/status/418"),
+    ("x-forwarded-for", "10.6.6.6"),
+    ("x-forwarded-proto", "https"),
+];
+
+/// Request trailers (HTTP/1.1 chunked and HTTP/2) carrying forged gateway-managed and
+/// override fields, on the plain port with no certificate: none of them reaches the upstream,
+/// in the header section or after the body, and the upstream is not told to expect trailers.
+#[test]
+fn forged_request_trailers_never_reach_the_upstream() -> Result<()> {
+    require_h2()?;
+    let dir = tempfile::tempdir()?;
+    let (_w, rec, gw, _admin) = start(dir.path())?;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/trailers.py");
+    for proto in ["h1", "h2"] {
+        let out = std::process::Command::new("python3")
+            .arg(&script)
+            .args([&gw.http_port.to_string(), proto])
+            .args(FORGED_TRAILERS.iter().map(|(n, v)| format!("{n}:{v}")))
+            .output()
+            .context("running trailers.py")?;
+        let status = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        assert_eq!(
+            status,
+            "200",
+            "{proto}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut requests = rec.take_requests();
+        assert_eq!(requests.len(), 1, "{proto}: {requests:?}");
+        let request = requests.pop().unwrap_or_default();
+        let lower = request.to_ascii_lowercase();
+        assert!(
+            lower.contains("hello"),
+            "{proto}: the body was not recorded:\n{request}"
+        );
+        for needle in [
+            "trailer:",
+            "admin",
+            "forged",
+            "10.6.6.6",
+            "x-original-url",
+            "x-http-method-override",
+            "x-envoy-original-path",
+            "x-forwarded-client-cert",
+            "x-forwarded-proto: https",
+        ] {
+            assert!(
+                !lower.contains(needle),
+                "{proto}: {needle} reached the upstream:\n{request}"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `get` and `Get` are refused with 400 and counted, over HTTP/1.1 and HTTP/2: policies match
+/// methods exactly, and upstreams that uppercase them (Werkzeug) would serve them as `GET`
+/// past a `methods: [GET]` DENY. Nothing reaches the upstream; `GET` still does.
+#[test]
+fn methods_with_lowercase_letters_are_refused() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (_w, rec, gw, admin) = start(dir.path())?;
+    let url = format!("http://127.0.0.1:{}/get", gw.http_port);
+    for version in ["--http1.1", "--http2-prior-knowledge"] {
+        for method in ["get", "Get", "gEt"] {
+            let (code, _) = curl(&url, &[version, "-X", method])?;
+            assert_eq!(code, "400", "{version} {method}");
+            assert!(
+                rec.take_heads().is_empty(),
+                "{version} {method} was forwarded"
+            );
+        }
+        let (code, _) = curl(&url, &[version, "-X", "GET"])?;
+        assert_eq!(code, "200", "{version} GET");
+        assert_eq!(rec.take_heads().len(), 1, "{version} GET");
+    }
+    assert_eq!(
+        metric(
+            &admin,
+            r#"portcullis_requests_refused_total{reason="lowercase_method"}"#
+        )?,
+        6.0
+    );
+    assert!(
+        gw.daemon
+            .log()
+            .contains("method refused: lowercase letters"),
+        "not logged"
+    );
+    Ok(())
+}
+
+/// `Host: test.com.` is `test.com` to DNS and to upstream vhosts, so it must be `test.com` to
+/// routes and `hosts:` rules too (attack review, issue 12: it bypassed a `hosts: [test.com]`
+/// DENY on the plain port). The upstream gets the canonical name; `test.com..` is refused.
+#[test]
+fn one_trailing_dot_in_host_is_dropped_two_are_refused() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (_w, rec, gw, admin) = start(dir.path())?;
+    let url = format!("http://127.0.0.1:{}/get", gw.http_port);
+    for (host, want) in [("test.com.", "test.com"), ("Test.Com.:80", "test.com:80")] {
+        let (code, _) = curl(&url, &["-H", &format!("Host: {host}")])?;
+        assert_eq!(code, "200", "{host}");
+        let heads = rec.take_heads();
+        assert_eq!(heads.len(), 1, "{host}: {heads:?}");
+        assert_eq!(upstream_host(&heads[0]), [want], "{host}:\n{}", heads[0]);
+    }
+    for host in ["test.com..", "127.0.0.1."] {
+        let (code, _) = curl(&url, &["-H", &format!("Host: {host}")])?;
+        assert_eq!(code, "400", "{host}");
+        assert!(rec.take_heads().is_empty(), "{host} reached the upstream");
+    }
+    assert_eq!(
+        metric(
+            &admin,
+            r#"portcullis_requests_refused_total{reason="authority_trailing_dot"}"#
+        )?,
+        2.0
+    );
     Ok(())
 }

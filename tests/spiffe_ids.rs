@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use e2e::certs::openssl_client;
+use e2e::certs::{openssl_client, openssl_client_ext};
 use e2e::free_port;
 use e2e::walkthrough::{curl, Gateway, Walkthrough};
 
@@ -108,5 +108,55 @@ fn malformed_spiffe_ids_are_refused_at_the_handshake() -> Result<()> {
     ] {
         assert!(log.contains(needle), "{needle} not logged:\n{log}");
     }
+    Ok(())
+}
+
+/// Subject alternative names that OpenSSL (and so the CA that signs them) reads as
+/// `URI:spiffe://test.client`, but that x509-parser does not parse (attack review, issue 12):
+/// each used to leave the client with no principal, so the DENY on test.client did not match
+/// and `/status/418` was served. Now the handshake is refused and counted as `malformed_san`.
+#[test]
+fn sans_that_do_not_parse_strictly_are_refused_at_the_handshake() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let w = Walkthrough::prepare(dir.path())?;
+    let refused = [
+        // SEQ { [6] constructed, indefinite length { IA5String "spiffe://test.client" } EOC }
+        (
+            "ber_indefinite",
+            "301aa68016147370696666653a2f2f746573742e636c69656e740000",
+        ),
+        // SEQ { [6] "spiffe://test.client\xff" }
+        (
+            "not_utf8",
+            "301786157370696666653a2f2f746573742e636c69656e74ff",
+        ),
+        // SEQ { [6] "spiffe://test.client", [6] 0xff }
+        (
+            "second_not_utf8",
+            "301986147370696666653a2f2f746573742e636c69656e748601ff",
+        ),
+    ];
+    // The same SAN in DER: test.client, denied on /status/418.
+    let control = ("der", "301686147370696666653a2f2f746573742e636c69656e74");
+    for (name, hex) in refused.iter().chain([&control]) {
+        openssl_client_ext(&w.certs.dir, name, Some(format!("2.5.29.17=DER:{hex}")))?;
+    }
+    let admin = format!("127.0.0.1:{}", free_port()?);
+    let gw = w.start_gateway(&["--admin", &admin])?;
+
+    assert_eq!(request(&w, &gw, "der", "/status/200")?, "200");
+    assert_eq!(request(&w, &gw, "der", "/status/418")?, "403");
+    for (name, _) in refused {
+        let code = request(&w, &gw, name, "/status/418")?;
+        assert_eq!(code, "000", "{name}: served, must fail the handshake");
+    }
+    let refusals = metric(
+        &admin,
+        r#"portcullis_tls_handshake_failures_total{reason="malformed_san"}"#,
+    )?;
+    assert_eq!(refusals, refused.len() as f64);
+    let log = gw.daemon.log();
+    let needle = "client certificate refused reason=peer certificate subjectAltName";
+    assert!(log.contains(needle), "{needle} not logged:\n{log}");
     Ok(())
 }

@@ -26,7 +26,12 @@ fuzz_target!(|data: &[u8]| {
         cert.uris.iter().find_map(|u| Identity::from_uri(u))
     );
     let claimed = cert.uris.iter().filter(|u| claims_spiffe(u)).count();
-    assert_eq!(claimed, usize::from(cert.identity.is_some()), "{:?}", cert.uris);
+    assert_eq!(
+        claimed,
+        usize::from(cert.identity.is_some()),
+        "{:?}",
+        cert.uris
+    );
     if let Some(id) = &cert.identity {
         assert_eq!(Identity::from_uri(&id.uri()).as_ref(), Some(id));
         assert_eq!(cert.principal(), Some(id.principal()));

@@ -164,11 +164,17 @@ pub fn make_openssl_certs(dir: &Path) -> Result<OpensslCerts> {
 /// `openssl ca` (which copies the request's extensions), named `<name>.{key,pem}`, with
 /// `subjectAltName=<san>` when `san` is given (`URI:spiffe://x,DNS:y`: openssl takes any URI).
 pub fn openssl_client(dir: &Path, name: &str, san: Option<&str>) -> Result<()> {
+    openssl_client_ext(dir, name, san.map(|s| format!("subjectAltName={s}")))
+}
+
+/// [`openssl_client`] with the request extension `ext` spelled in OpenSSL's config syntax,
+/// e.g. `2.5.29.17=DER:<hex>` for a subjectAltName with exactly the bytes an attacker chose
+/// (the walkthrough CA copies it, as CAs with `copy_extensions = copy` do).
+pub fn openssl_client_ext(dir: &Path, name: &str, ext: Option<String>) -> Result<()> {
     let key = format!("{name}.key");
     let csr = format!("{name}.csr");
     let pem = format!("{name}.pem");
     let subj = format!("/CN={name}");
-    let ext = san.map(|s| format!("subjectAltName={s}"));
     let mut req = vec![
         "req", "-new", "-newkey", "rsa:2048", "-sha256", "-nodes", "-keyout", &key, "-out", &csr,
         "-subj", &subj,

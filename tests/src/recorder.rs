@@ -1,6 +1,7 @@
 //! An HTTP/1.1 upstream that records each request head byte for byte, for tests that check
 //! what the gateway forwards (which headers, how many `cookie` lines, which `Host`) rather than
 //! what an httpbin chooses to echo: the built-in httpbin, like Werkzeug, hides names with `_`.
+//! A chunked body is recorded too, up to its end, so its trailer section can be checked.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -56,6 +57,20 @@ impl Recorder {
 
     /// The heads recorded since the last call, oldest first.
     pub fn take_heads(&self) -> Vec<String> {
+        self.take_requests()
+            .into_iter()
+            .map(|mut r| {
+                if let Some(end) = r.find("\r\n\r\n") {
+                    r.truncate(end);
+                }
+                r
+            })
+            .collect()
+    }
+
+    /// The whole requests recorded since the last call (head, and a chunked body with its
+    /// trailer section), oldest first.
+    pub fn take_requests(&self) -> Vec<String> {
         self.heads
             .lock()
             .map(|mut h| std::mem::take(&mut *h))
@@ -72,8 +87,8 @@ impl Drop for Recorder {
     }
 }
 
-/// Reads one request head (bounded in size and time), records it, then answers it: recorded
-/// first, so a test that has its answer always finds the head.
+/// Reads one request head and a chunked body (bounded in size and time), records it, then
+/// answers it: recorded first, so a test that has its answer always finds the head.
 fn serve_one(mut stream: TcpStream, heads: &Mutex<Vec<String>>) {
     if stream.set_nonblocking(false).is_err()
         || stream
@@ -93,16 +108,61 @@ fn serve_one(mut stream: TcpStream, heads: &Mutex<Vec<String>>) {
     if buf.is_empty() {
         return;
     }
-    let end = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or(buf.len());
+    let head = buf.windows(4).position(|w| w == b"\r\n\r\n");
+    let head_end = head.map_or(buf.len(), |p| p + 4);
+    let chunked = String::from_utf8_lossy(&buf[..head_end])
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    if chunked {
+        while chunked_len(&buf[head_end..]).is_none() && buf.len() < MAX_HEAD {
+            match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+    let end = if chunked {
+        chunked_len(&buf[head_end..]).map_or(buf.len(), |n| head_end + n)
+    } else {
+        head.unwrap_or(buf.len())
+    };
     if let Ok(mut h) = heads.lock() {
         h.push(String::from_utf8_lossy(&buf[..end]).into_owned());
     }
     let _ = stream.write_all(
         b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 8\r\nconnection: close\r\n\r\nrecorded",
     );
+}
+
+/// The length of a complete chunked body (chunks, last chunk, trailer section, empty line)
+/// at the start of `body`; `None` while it is incomplete.
+fn chunked_len(body: &[u8]) -> Option<usize> {
+    let line_end = |from: usize| {
+        body.get(from..)?
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .map(|p| from + p)
+    };
+    let mut at = 0;
+    loop {
+        let end = line_end(at)?;
+        let size_text = String::from_utf8_lossy(&body[at..end]);
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        at = end + 2;
+        if size == 0 {
+            break;
+        }
+        at += size + 2;
+    }
+    // Trailer fields, then the empty line.
+    loop {
+        let end = line_end(at)?;
+        let empty = end == at;
+        at = end + 2;
+        if empty {
+            return Some(at);
+        }
+    }
 }
 
 /// The header fields of a recorded head, names lowercased, in order (the request line skipped).

@@ -1,7 +1,7 @@
 //! Host names as Gateway servers, VirtualServices and SNI match them.
 
 use std::fmt;
-use std::net::Ipv6Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// One host pattern: `test.com`, `*.example.com` or `*`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -127,6 +127,8 @@ pub enum AuthorityError {
     Duplicate,
     #[error("Host and the request target's authority name different hosts")]
     Mismatch,
+    #[error("the host ends in more than one dot, or an IPv4 address ends in one")]
+    TrailingDot,
 }
 
 impl AuthorityError {
@@ -141,6 +143,7 @@ impl AuthorityError {
             Self::Missing => "authority_missing",
             Self::Duplicate => "authority_duplicate_host",
             Self::Mismatch => "authority_mismatch",
+            Self::TrailingDot => "authority_trailing_dot",
         }
     }
 }
@@ -174,6 +177,17 @@ impl Authority {
             {
                 return Err(AuthorityError::Character(c));
             }
+            // `test.com.` is the fully qualified spelling of `test.com`: DNS and upstream vhosts
+            // (nginx, Apache, Go) treat them as one, so a `hosts: [test.com]` rule must too.
+            // One dot only; what is left must not end in another or be an IPv4 address, which
+            // has no qualified form.
+            let host = match host.strip_suffix('.') {
+                Some(name) if name.ends_with('.') || name.parse::<Ipv4Addr>().is_ok() => {
+                    return Err(AuthorityError::TrailingDot)
+                }
+                Some(name) => name,
+                None => host,
+            };
             if host.is_empty() {
                 return Err(AuthorityError::Empty);
             }
@@ -303,6 +317,11 @@ mod tests {
             ("[v1.x]", E::Ipv6),
             ("[test.com]", E::Ipv6),
             ("[::1]:x", E::Port),
+            ("test.com..", E::TrailingDot),
+            ("test.com..:443", E::TrailingDot),
+            ("127.0.0.1.", E::TrailingDot),
+            (".", E::Empty),
+            (".:80", E::Empty),
         ];
         for (raw, want) in cases {
             assert_eq!(Authority::parse(raw), Err(want), "{raw:?}");
@@ -323,7 +342,9 @@ mod tests {
         ok("[::1]:80", "::1", "[::1]:80");
         ok("[0:0::1]", "::1", "[::1]");
         ok("my_host.internal", "my_host.internal", "my_host.internal");
-        ok("test.com.", "test.com.", "test.com.");
+        ok("test.com.", "test.com", "test.com");
+        ok("Test.Com.:80", "test.com", "test.com:80");
+        ok("localhost.", "localhost", "localhost");
         let a = Authority::parse("test.com").expect("a");
         assert!(a.same_origin(&Authority::parse("TEST.com:443").expect("b"), 443));
         assert!(!a.same_origin(&Authority::parse("test.com:443").expect("b"), 80));

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use x509_parser::extensions::GeneralName;
+use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 /// A peer's authenticated identity.
@@ -261,6 +261,81 @@ pub enum PeerCertError {
     InvalidSpiffeId { uri: String, why: SpiffeIdError },
     #[error("peer certificate carries {count} SPIFFE IDs; an X509-SVID has exactly one")]
     SeveralSpiffeIds { count: usize },
+    #[error("{0}")]
+    MalformedSan(SanError),
+}
+
+/// Why a certificate's subjectAltName extension is refused.
+///
+/// Every reader of a peer's SANs goes through [`subject_alt_names`], which fails closed: a SAN
+/// that one parser skips while another (OpenSSL, the CA) reads it as `spiffe://test.client`
+/// would leave an authenticated client with no principal, and a DENY on that principal void
+/// (attack review, issue 12: BER-encoded and non-UTF-8 URI SANs).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SanError {
+    #[error("peer certificate has {0} subjectAltName extensions; RFC 5280 allows one")]
+    Duplicate(usize),
+    #[error("peer certificate subjectAltName extension does not parse as DER: {0}")]
+    Unparsable(String),
+    #[error("peer certificate subjectAltName has an entry that does not parse (tag {tag})")]
+    InvalidEntry { tag: u32 },
+    /// `{name:?}`: the bytes are whatever the issuer signed.
+    #[error("peer certificate {kind} SAN {name:?} holds a byte outside printable ASCII")]
+    NotAscii { kind: &'static str, name: String },
+}
+
+/// The URI and DNS SANs of a certificate, in order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SubjectAltNames {
+    pub uris: Vec<String>,
+    pub dns_names: Vec<String>,
+}
+
+/// Reads a certificate's URI and DNS SANs strictly; the one function every SAN reader shares.
+///
+/// No extension: no names. Refused: several extensions, an extension that does not parse
+/// (x509-parser accepts DER only, so BER such as an indefinite length fails here), an entry
+/// x509-parser marks invalid (a URI that is not UTF-8), and URI or DNS names with bytes outside
+/// printable ASCII (IA5String; a URI has no spaces or control characters, RFC 3986).
+pub fn subject_alt_names(cert: &X509Certificate<'_>) -> Result<SubjectAltNames, SanError> {
+    let oid = x509_parser::oid_registry::OID_X509_EXT_SUBJECT_ALT_NAME;
+    let count = cert.extensions().iter().filter(|e| e.oid == oid).count();
+    if count > 1 {
+        return Err(SanError::Duplicate(count));
+    }
+    let mut names = SubjectAltNames::default();
+    let Some(ext) = cert.extensions().iter().find(|e| e.oid == oid) else {
+        return Ok(names);
+    };
+    let san = match ext.parsed_extension() {
+        ParsedExtension::SubjectAlternativeName(san) => san,
+        ParsedExtension::ParseError { error } => {
+            return Err(SanError::Unparsable(error.to_string()))
+        }
+        other => return Err(SanError::Unparsable(format!("{other:?}"))),
+    };
+    let printable = |s: &str| s.bytes().all(|b| (0x21..0x7f).contains(&b));
+    for name in &san.general_names {
+        match name {
+            GeneralName::URI(u) if printable(u) => names.uris.push((*u).to_owned()),
+            GeneralName::DNSName(d) if printable(d) => names.dns_names.push((*d).to_owned()),
+            GeneralName::URI(u) => {
+                return Err(SanError::NotAscii {
+                    kind: "URI",
+                    name: (*u).to_owned(),
+                })
+            }
+            GeneralName::DNSName(d) => {
+                return Err(SanError::NotAscii {
+                    kind: "DNS",
+                    name: (*d).to_owned(),
+                })
+            }
+            GeneralName::Invalid(tag, _) => return Err(SanError::InvalidEntry { tag: tag.0 }),
+            _ => {}
+        }
+    }
+    Ok(names)
 }
 
 impl PeerCertificate {
@@ -269,17 +344,8 @@ impl PeerCertificate {
     pub fn from_der(der: &[u8]) -> Result<Self, PeerCertError> {
         let (_, cert) =
             X509Certificate::from_der(der).map_err(|e| PeerCertError::Unparsable(e.to_string()))?;
-        let mut uris = Vec::new();
-        let mut dns_names = Vec::new();
-        if let Ok(Some(san)) = cert.subject_alternative_name() {
-            for name in &san.value.general_names {
-                match name {
-                    GeneralName::URI(u) => uris.push((*u).to_owned()),
-                    GeneralName::DNSName(d) => dns_names.push((*d).to_owned()),
-                    _ => {}
-                }
-            }
-        }
+        let SubjectAltNames { uris, dns_names } =
+            subject_alt_names(&cert).map_err(PeerCertError::MalformedSan)?;
         let identity = spiffe_id(&uris)?;
         let digest = ring::digest::digest(&ring::digest::SHA256, der);
         let sha256_hex = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
@@ -501,5 +567,33 @@ mod tests {
         let peer = PeerCertificate::from_der(cert.der()).expect("parse");
         assert_eq!(peer.identity, None);
         assert_eq!(peer.principal(), None);
+    }
+
+    /// Subject alternative names OpenSSL reads as `URI:spiffe://test.client` but x509-parser
+    /// does not (attack review, issue 12): refused, never read as "no names".
+    #[test]
+    fn sans_that_do_not_parse_strictly_are_refused() {
+        use crate::tls::testing::{leaf_with_raw_sans, raw_sans, test_ca};
+        let ca = test_ca("SAN CA");
+        let read = |sans: &[&[u8]], serial| {
+            PeerCertificate::from_der(&leaf_with_raw_sans(&ca, sans, serial).der)
+        };
+        let control = read(&[raw_sans::DER], 1).expect("DER SAN");
+        assert_eq!(control.principal().as_deref(), Some("test.client"));
+
+        let refused: &[(&str, &[&[u8]])] = &[
+            ("BER indefinite length", &[raw_sans::BER_INDEFINITE]),
+            ("URI not UTF-8", &[raw_sans::NOT_UTF8]),
+            ("second URI not UTF-8", &[raw_sans::SECOND_NOT_UTF8]),
+            ("URI not ASCII", &[raw_sans::NOT_ASCII]),
+            ("two SAN extensions", &[raw_sans::DER, raw_sans::OTHER]),
+        ];
+        for (i, (what, sans)) in refused.iter().enumerate() {
+            let got = read(sans, 10 + i as u64);
+            assert!(
+                matches!(got, Err(PeerCertError::MalformedSan(_))),
+                "{what}: {got:?}"
+            );
+        }
     }
 }

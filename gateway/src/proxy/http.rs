@@ -1,6 +1,7 @@
 //! Per-request work: route, authorize, forward, log.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -16,6 +17,7 @@ use super::limits::LimitReason;
 use super::telemetry::access_log::AccessEntry;
 use super::telemetry::metrics::{DroppedHeader, Metrics, RequestProtocol, RequestRecord};
 use super::telemetry::ResponseFlags;
+use super::trailers::RequestBody;
 use super::upstream::{is_connect_timeout, WithPermit};
 use super::Gateway;
 use crate::config::hosts::{authority_host, best_match, Authority, AuthorityError};
@@ -61,6 +63,14 @@ const OVERRIDE_HEADERS: [HeaderName; 6] = [
     HeaderName::from_static("x-http-method"),
     HeaderName::from_static("x-method-override"),
     HeaderName::from_static("x-envoy-original-path"),
+];
+
+/// RFC 9440's `Client-Cert` and `Client-Cert-Chain`: this gateway does not set them (it
+/// sends Envoy's XFCC), so one that arrives was written by the client, and an upstream that
+/// trusts RFC 9440 would take it as a verified identity.
+const CLIENT_CERT_HEADERS: [HeaderName; 2] = [
+    HeaderName::from_static("client-cert"),
+    HeaderName::from_static("client-cert-chain"),
 ];
 
 fn local(status: StatusCode, body: &'static str) -> Response<Body> {
@@ -119,6 +129,27 @@ pub async fn handle(
             gateway.metrics.record_refused(e.reason());
             let out = Outcome {
                 resp: local(StatusCode::BAD_REQUEST, "bad request: host refused"),
+                decision: None,
+                upstream: None,
+                service: None,
+                flags: ResponseFlags::DownstreamProtocolError,
+            };
+            (out, req.uri().path().to_owned())
+        }
+        // Policies match methods exactly, as Istio does, but Werkzeug (and other upstreams
+        // that accept non-uppercase tokens) uppercases them: `get` would slip past a
+        // `methods: [GET]` DENY and be served as GET. No registered method has a lowercase
+        // letter; gunicorn 22+ refuses them too.
+        (Ok(_), _) if method.as_str().bytes().any(|b| b.is_ascii_lowercase()) => {
+            tracing::info!(
+                peer = %conn.peer,
+                principal = conn.principal.as_deref().unwrap_or("-"),
+                method = %method,
+                "method refused: lowercase letters"
+            );
+            gateway.metrics.record_refused("lowercase_method");
+            let out = Outcome {
+                resp: local(StatusCode::BAD_REQUEST, "bad request: method refused"),
                 decision: None,
                 upstream: None,
                 service: None,
@@ -409,7 +440,14 @@ async fn route_and_forward<'s>(
             ResponseFlags::None,
         );
     }
-    let outbound = match outbound_request(req, conn, authority, &target.path_and_query, &endpoint) {
+    let outbound = match outbound_request(
+        req,
+        conn,
+        &gateway.metrics,
+        authority,
+        &target.path_and_query,
+        &endpoint,
+    ) {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(error = %e, "cannot build the upstream request");
@@ -557,26 +595,81 @@ pub(super) fn serves_connection(
     }
 }
 
-/// Drops request header fields the upstream could read as something authorization never saw,
-/// counting and debug-logging each one:
+/// Why a request field the client sent must not reach the upstream, `None` to keep it:
 ///
 /// - every name holding `_`: CGI, WSGI (wsgiref, gunicorn before 22) and PHP fold `_` and `-`
 ///   into one `HTTP_X_FORWARDED_CLIENT_CERT`, so `x_forwarded_client_cert` would reach the app
 ///   as the client-certificate header this gateway sanitizes. Envoy's
 ///   `headers_with_underscores_action: DROP_HEADER`; no standard header has an `_`.
 /// - [`OVERRIDE_HEADERS`].
+/// - every other name with a character outside `a-z 0-9 -` (`x.forwarded.client.cert`,
+///   `x~…`, `x!…`): CGI mappers that turn every non-alphanumeric into `_` (lighttpd's
+///   environment) fold those into the same variable. `HeaderName`s are lowercase already.
+/// - [`CLIENT_CERT_HEADERS`].
+fn untrusted_field(name: &HeaderName) -> Option<DroppedHeader> {
+    let name_str = name.as_str();
+    if name_str.contains('_') {
+        Some(DroppedHeader::underscore_in_name)
+    } else if !name_str
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        Some(DroppedHeader::punctuation_in_name)
+    } else if OVERRIDE_HEADERS.contains(name) {
+        Some(DroppedHeader::path_or_method_override)
+    } else if CLIENT_CERT_HEADERS.contains(name) {
+        Some(DroppedHeader::client_cert_header)
+    } else {
+        None
+    }
+}
+
+/// Fields this gateway sets, replaces or frames itself: the header section's are rewritten in
+/// [`outbound_request`], but a trailer section is forwarded after them, where an upstream that
+/// merges trailers into headers (Apache `MergeTrailers`, Tomcat, Go's `r.Trailer`) would read a
+/// forged `x-forwarded-client-cert` as if the gateway had set it. Framing and hop-by-hop
+/// fields are not allowed in trailers at all (RFC 9110 §6.5.1).
+fn gateway_managed(name: &HeaderName) -> bool {
+    name == X_FORWARDED_CLIENT_CERT
+        || name == X_FORWARDED_FOR
+        || name == X_FORWARDED_PROTO
+        || name == HOST
+        || name == http::header::CONTENT_LENGTH
+        || name == http::header::TRAILER
+        || HOP_BY_HOP.contains(name)
+}
+
+/// Drops request header fields the upstream could read as something authorization never saw
+/// ([`untrusted_field`]), counting and debug-logging each one.
 fn drop_untrusted_headers(headers: &mut HeaderMap, metrics: &Metrics, conn: &ConnInfo) {
+    drop_fields(headers, metrics, conn.peer, untrusted_field);
+}
+
+/// Filters a request's trailer section: what the header section drops, and the fields the
+/// gateway manages ([`gateway_managed`]).
+pub(super) fn drop_untrusted_trailers(
+    trailers: &mut HeaderMap,
+    metrics: &Metrics,
+    peer: SocketAddr,
+) {
+    drop_fields(trailers, metrics, peer, |name| {
+        untrusted_field(name)
+            .or_else(|| gateway_managed(name).then_some(DroppedHeader::gateway_managed_trailer))
+    });
+}
+
+fn drop_fields(
+    headers: &mut HeaderMap,
+    metrics: &Metrics,
+    peer: SocketAddr,
+    classify: impl Fn(&HeaderName) -> Option<DroppedHeader>,
+) {
     // `keys` yields each name once; nothing is allocated unless a name is dropped.
     let mut dropped: Vec<(HeaderName, DroppedHeader)> = Vec::new();
     for name in headers.keys() {
-        let reason = if name.as_str().contains('_') {
-            DroppedHeader::underscore_in_name
-        } else if OVERRIDE_HEADERS.contains(name) {
-            DroppedHeader::path_or_method_override
-        } else {
-            continue;
-        };
-        dropped.push((name.clone(), reason));
+        if let Some(reason) = classify(name) {
+            dropped.push((name.clone(), reason));
+        }
     }
     for (name, reason) in dropped {
         if let http::header::Entry::Occupied(entry) = headers.entry(&name) {
@@ -584,7 +677,7 @@ fn drop_untrusted_headers(headers: &mut HeaderMap, metrics: &Metrics, conn: &Con
                 metrics.record_header_dropped(reason);
             }
         }
-        tracing::debug!(peer = %conn.peer, header = %name, reason = ?reason, "request header dropped");
+        tracing::debug!(peer = %peer, header = %name, reason = ?reason, "request field dropped");
     }
 }
 
@@ -657,10 +750,11 @@ fn join_cookies(headers: &mut HeaderMap) {
 fn outbound_request(
     req: Request<Incoming>,
     conn: &ConnInfo,
+    metrics: &Arc<Metrics>,
     authority: &str,
     path_and_query: &str,
     endpoint: &str,
-) -> Result<Request<Incoming>, http::Error> {
+) -> Result<Request<RequestBody>, http::Error> {
     let (mut parts, body) = req.into_parts();
     parts.uri = Uri::builder()
         .scheme("http")
@@ -670,6 +764,9 @@ fn outbound_request(
     parts.version = Version::HTTP_11;
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
+    // hyper's HTTP/1 client writes the trailer fields this header names; without it, none.
+    // The trailers that still pass are filtered by `RequestBody` all the same.
+    headers.remove(http::header::TRAILER);
     join_cookies(headers);
     if let Ok(v) = HeaderValue::from_str(authority) {
         headers.insert(HOST, v);
@@ -691,6 +788,7 @@ fn outbound_request(
     if let Some(v) = &conn.xfcc {
         headers.insert(X_FORWARDED_CLIENT_CERT, v.clone());
     }
+    let body = RequestBody::new(body, Arc::clone(metrics), conn.peer);
     Ok(Request::from_parts(parts, body))
 }
 
@@ -820,6 +918,12 @@ mod tests {
             ("x-http-method", "DELETE"),
             ("x-method-override", "DELETE"),
             ("x-envoy-original-path", "/status/418"),
+            ("x.forwarded.client.cert", "URI=spiffe://evil"),
+            ("x~forwarded~client~cert", "URI=spiffe://evil"),
+            ("x!forwarded!client!cert", "URI=spiffe://evil"),
+            ("x'forwarded'client'cert", "URI=spiffe://evil"),
+            ("client-cert", ":MIIB:"),
+            ("client-cert-chain", ":MIIB:"),
             ("accept", "*/*"),
             (
                 "x-forwarded-client-cert",
@@ -842,6 +946,8 @@ mod tests {
         for want in [
             r#"portcullis_request_headers_dropped_total{reason="underscore_in_name"} 6"#,
             r#"portcullis_request_headers_dropped_total{reason="path_or_method_override"} 7"#,
+            r#"portcullis_request_headers_dropped_total{reason="punctuation_in_name"} 4"#,
+            r#"portcullis_request_headers_dropped_total{reason="client_cert_header"} 2"#,
         ] {
             assert!(text.contains(want), "{want} missing in\n{text}");
         }

@@ -16,6 +16,7 @@ pub mod listener;
 pub mod outbound;
 pub mod serve;
 pub mod telemetry;
+pub mod trailers;
 pub mod upstream;
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -7,17 +7,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use super::limits::Limits;
+use super::trailers::RequestBody;
 use crate::config::model::Upstream;
 
 /// Connection-pooling HTTP/1.1 client to upstream endpoints.
 pub struct UpstreamClient {
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector, RequestBody>,
     next: AtomicUsize,
     in_flight: Arc<EndpointLoad>,
 }
@@ -94,7 +94,7 @@ impl UpstreamClient {
     }
 
     /// The pooled client.
-    pub fn client(&self) -> &Client<HttpConnector, Incoming> {
+    pub fn client(&self) -> &Client<HttpConnector, RequestBody> {
         &self.client
     }
 

@@ -7,7 +7,9 @@
 //! handshake with an error that says which check refused the certificate. One check always
 //! runs, whatever the configuration: a `spiffe` URI SAN must be a valid SPIFFE ID and the only
 //! one ([`crate::identity::spiffe::spiffe_id`]), so a malformed id is refused at the handshake
-//! instead of leaving an authenticated client with no principal for DENY rules to match.
+//! instead of leaving an authenticated client with no principal for DENY rules to match. For
+//! the same reason a subjectAltName that does not parse strictly is refused
+//! ([`crate::identity::spiffe::subject_alt_names`]).
 
 use std::sync::Arc;
 
@@ -15,10 +17,10 @@ use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, Error, SignatureScheme};
-use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::crl::{RevocationError, RevocationLists};
+use crate::identity::spiffe::{subject_alt_names, SanError, SubjectAltNames};
 
 /// What a client certificate must satisfy once its chain is verified.
 #[derive(Clone, Debug, Default)]
@@ -57,6 +59,10 @@ pub enum ClientCertRejected {
     SpiffeId(crate::identity::spiffe::PeerCertError),
     #[error("client certificate cannot be parsed: {0}")]
     Unparsable(String),
+    /// The subjectAltName is not read the same way by every parser: refused rather than read
+    /// as "no names", which would leave the client without a principal.
+    #[error("{0}")]
+    MalformedSan(SanError),
 }
 
 impl ClientCertChecks {
@@ -100,7 +106,10 @@ impl ClientCertChecks {
     pub fn check(&self, der: &[u8], now: UnixTime) -> Result<(), ClientCertRejected> {
         let (_, cert) = X509Certificate::from_der(der)
             .map_err(|e| ClientCertRejected::Unparsable(e.to_string()))?;
-        let (uris, dns) = sans(&cert);
+        let SubjectAltNames {
+            uris,
+            dns_names: dns,
+        } = subject_alt_names(&cert).map_err(ClientCertRejected::MalformedSan)?;
         let identity =
             crate::identity::spiffe::spiffe_id(&uris).map_err(ClientCertRejected::SpiffeId)?;
         if !self.subject_alt_names.is_empty()
@@ -143,21 +152,6 @@ impl ClientCertChecks {
         }
         Ok(())
     }
-}
-
-fn sans(cert: &X509Certificate<'_>) -> (Vec<String>, Vec<String>) {
-    let mut uris = Vec::new();
-    let mut dns = Vec::new();
-    if let Ok(Some(san)) = cert.subject_alternative_name() {
-        for name in &san.value.general_names {
-            match name {
-                GeneralName::URI(u) => uris.push((*u).to_owned()),
-                GeneralName::DNSName(d) => dns.push((*d).to_owned()),
-                _ => {}
-            }
-        }
-    }
-    (uris, dns)
 }
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {
@@ -249,7 +243,7 @@ impl ClientCertVerifier for CheckedClientVerifier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tls::testing::{handshake, leaf, test_ca};
+    use crate::tls::testing::{handshake, leaf, leaf_with_raw_sans, raw_sans, test_ca};
     use crate::tls::{server_config_with, Credential, ServerOptions, ServerTlsMode, TlsVersions};
 
     fn now() -> UnixTime {
@@ -365,6 +359,22 @@ mod tests {
                 .expect_err("a malformed SPIFFE id must fail the handshake");
             assert!(err.contains("SpiffeId"), "{uris:?}: {err}");
         }
+        // SANs OpenSSL reads as spiffe://test.client and x509-parser does not (issue 12).
+        let raw: &[&[&[u8]]] = &[
+            &[raw_sans::BER_INDEFINITE],
+            &[raw_sans::NOT_UTF8],
+            &[raw_sans::SECOND_NOT_UTF8],
+        ];
+        // Two SAN extensions are refused by webpki itself (rustls will not even load such a
+        // client certificate); `check` refuses them too, tested in `identity::spiffe`.
+        for (i, sans) in raw.iter().enumerate() {
+            let client = leaf_with_raw_sans(&ca, sans, 20 + i as u64);
+            let err = handshake(cfg.clone(), &ca, Some(&client), false)
+                .expect_err("a SAN that does not parse strictly must fail the handshake");
+            assert!(err.contains("MalformedSan"), "case {i}: {err}");
+        }
+        let der = leaf_with_raw_sans(&ca, &[raw_sans::DER], 29);
+        assert_eq!(handshake(cfg.clone(), &ca, Some(&der), false), Ok(()));
         let plain = leaf(&ca, &["client.test"], &[], 30);
         assert_eq!(handshake(cfg.clone(), &ca, Some(&plain), false), Ok(()));
         let good = leaf(&ca, &[], &["https://x", "spiffe://test.client"], 31);

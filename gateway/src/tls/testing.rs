@@ -83,6 +83,46 @@ pub(crate) fn leaf(ca: &TestCa, dns: &[&str], uris: &[&str], serial: u64) -> Lea
     }
 }
 
+/// A client leaf whose subjectAltName extensions are the raw DER values given, one extension
+/// each: encodings rcgen would never write (BER, invalid UTF-8, two SAN extensions).
+pub(crate) fn leaf_with_raw_sans(ca: &TestCa, sans: &[&[u8]], serial: u64) -> Leaf {
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    for san in sans {
+        params
+            .custom_extensions
+            .push(rcgen::CustomExtension::from_oid_content(
+                &[2, 5, 29, 17],
+                san.to_vec(),
+            ));
+    }
+    params.serial_number = Some(SerialNumber::from(serial));
+    let key = KeyPair::generate().expect("key");
+    let cert = params.signed_by(&key, &ca.issuer).expect("leaf");
+    Leaf {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+        der: cert.der().clone(),
+        key_der: key.serialize_der(),
+    }
+}
+
+/// The subjectAltName values of the attack review (issue 12), each read by OpenSSL as
+/// `URI:spiffe://test.client` (or with it), and what a strict reader must do with them.
+pub(crate) mod raw_sans {
+    /// `SEQ { [6] "spiffe://test.client" }`: DER, the control.
+    pub const DER: &[u8] = b"\x30\x16\x86\x14spiffe://test.client";
+    /// `SEQ { [6] constructed, indefinite length { IA5String "spiffe://test.client" } EOC }`.
+    pub const BER_INDEFINITE: &[u8] = b"\x30\x1a\xa6\x80\x16\x14spiffe://test.client\x00\x00";
+    /// `SEQ { [6] "spiffe://test.client\xff" }`: not UTF-8.
+    pub const NOT_UTF8: &[u8] = b"\x30\x17\x86\x15spiffe://test.client\xff";
+    /// `SEQ { [6] "spiffe://test.client", [6] 0xff }`.
+    pub const SECOND_NOT_UTF8: &[u8] = b"\x30\x19\x86\x14spiffe://test.client\x86\x01\xff";
+    /// `SEQ { [6] "spiffe://test.cliént" }`: UTF-8, but not the IA5String a URI is.
+    pub const NOT_ASCII: &[u8] = b"\x30\x17\x86\x15spiffe://test.cli\xc3\xa9nt";
+    /// `SEQ { [6] "spiffe://other.client" }`, for a second SAN extension.
+    pub const OTHER: &[u8] = b"\x30\x17\x86\x15spiffe://other.client";
+}
+
 /// Runs a TLS handshake in memory: `Ok(())`, or the server's (else the client's) error.
 pub(crate) fn handshake(
     server: Arc<rustls::ServerConfig>,

@@ -143,12 +143,26 @@ pub enum DroppedHeader {
     /// The name holds `_`, which CGI/WSGI upstreams fold into `-` (Envoy's
     /// `headers_with_underscores_action: DROP_HEADER`).
     underscore_in_name,
+    /// The name holds another character outside `a-z 0-9 -` (`x.forwarded.client.cert`), which
+    /// CGI mappers that turn every non-alphanumeric into `_` fold like `_`.
+    punctuation_in_name,
     /// A header that makes some upstreams serve another path or method than the authorized one.
     path_or_method_override,
+    /// RFC 9440 `client-cert`/`client-cert-chain`, which only a client could have written here.
+    client_cert_header,
+    /// A request trailer naming a field the gateway sets or frames itself
+    /// (`x-forwarded-client-cert`, `x-forwarded-for`, `host`, `content-length`, …).
+    gateway_managed_trailer,
 }
 
 impl DroppedHeader {
-    pub const ALL: [DroppedHeader; 2] = [Self::underscore_in_name, Self::path_or_method_override];
+    pub const ALL: [DroppedHeader; 5] = [
+        Self::underscore_in_name,
+        Self::punctuation_in_name,
+        Self::path_or_method_override,
+        Self::client_cert_header,
+        Self::gateway_managed_trailer,
+    ];
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -189,6 +203,9 @@ pub enum HandshakeFailure {
     bad_certificate,
     /// The client certificate's `spiffe` URI SAN is not a valid SPIFFE ID, or it has several.
     invalid_spiffe_id,
+    /// The client certificate's subjectAltName does not parse strictly (BER, a non-UTF-8 or
+    /// non-ASCII name, two SAN extensions).
+    malformed_san,
     /// No Gateway server on the port for the requested SNI.
     no_sni_match,
     /// The first bytes were not a TLS ClientHello.
@@ -214,13 +231,12 @@ impl HandshakeFailure {
                 CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
                     Self::expired
                 }
-                CertificateError::Other(other)
-                    if matches!(
-                        other.0.downcast_ref::<ClientCertRejected>(),
-                        Some(ClientCertRejected::SpiffeId(_))
-                    ) =>
-                {
-                    Self::invalid_spiffe_id
+                CertificateError::Other(other) => {
+                    match other.0.downcast_ref::<ClientCertRejected>() {
+                        Some(ClientCertRejected::SpiffeId(_)) => Self::invalid_spiffe_id,
+                        Some(ClientCertRejected::MalformedSan(_)) => Self::malformed_san,
+                        _ => Self::bad_certificate,
+                    }
                 }
                 _ => Self::bad_certificate,
             },
@@ -430,7 +446,7 @@ impl Metrics {
         );
         registry.register(
             "portcullis_requests_refused",
-            "Requests refused before routing, by reason: a path the gateway will not forward (400: not_origin_form, bad_encoding, encoded_control, bad_character, encoded_slash, double_encoding, path_parameter, not_utf8), a Host/:authority that is malformed or disagrees with the other (400: authority_empty, authority_userinfo, authority_bad_character, authority_bad_port, authority_bad_ipv6, authority_missing, authority_duplicate_host, authority_mismatch), a host the connection's TLS server does not serve (421: misdirected), or a verified client certificate whose fields cannot be written as x-forwarded-client-cert (400: unencodable_client_cert)",
+            "Requests refused before routing, by reason: a path the gateway will not forward (400: not_origin_form, bad_encoding, encoded_control, bad_character, encoded_slash, double_encoding, path_parameter, not_utf8), a Host/:authority that is malformed or disagrees with the other (400: authority_empty, authority_userinfo, authority_bad_character, authority_bad_port, authority_bad_ipv6, authority_missing, authority_duplicate_host, authority_mismatch, authority_trailing_dot), a method with a lowercase letter (400: lowercase_method), a host the connection's TLS server does not serve (421: misdirected), or a verified client certificate whose fields cannot be written as x-forwarded-client-cert (400: unencodable_client_cert)",
             Family::clone(&requests_refused),
         );
         registry.register(
@@ -802,6 +818,14 @@ mod tests {
                     std::sync::Arc::new(ClientCertRejected::NotPinned),
                 ))),
                 H::bad_certificate,
+            ),
+            (
+                rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(
+                    std::sync::Arc::new(ClientCertRejected::MalformedSan(
+                        crate::identity::spiffe::SanError::Duplicate(2),
+                    )),
+                ))),
+                H::malformed_san,
             ),
         ];
         for (err, want) in cases {
