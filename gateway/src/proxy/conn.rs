@@ -35,6 +35,31 @@ pub struct ConnInfo {
     pub xfcc: Option<http::HeaderValue>,
     /// Metric handles already resolved for this connection's label sets.
     pub metric_handles: super::telemetry::metrics::HandleCache,
+    /// The [`Snapshot::generation`](crate::snapshot::Snapshot) `peer_chain` was last verified
+    /// under: a request under a newer one verifies it again first.
+    pub verified_generation: Generation,
+}
+
+/// A snapshot generation one connection shares between its requests (a clone starts from
+/// the value, then goes its own way).
+#[derive(Debug, Default)]
+pub struct Generation(std::sync::atomic::AtomicU64);
+
+impl Generation {
+    pub fn get(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn set(&self, generation: u64) {
+        self.0
+            .store(generation, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Clone for Generation {
+    fn clone(&self) -> Self {
+        Self(self.get().into())
+    }
 }
 
 /// Where an inbound mesh connection's requests go, and the policies that guard them.
@@ -66,6 +91,7 @@ impl ConnInfo {
             inbound: None,
             xfcc: None,
             metric_handles: Default::default(),
+            verified_generation: Default::default(),
         }
     }
 

@@ -559,7 +559,7 @@ fn server_gateway(
         let server = listener
             .and_then(|l| l.server_for_sni(conn.sni.as_deref()))
             .ok_or(NoServer::Stale)?;
-        if !serves_connection(server, conn) {
+        if !serves_connection(snapshot, server, conn) {
             return Err(NoServer::Stale);
         }
         if !server.hosts.iter().any(|h| h.matches(host)) {
@@ -580,16 +580,33 @@ fn server_gateway(
 }
 
 /// Whether `server` (the newest for a TLS connection's port and SNI) may serve requests on
-/// `conn`: it terminates TLS, and if it is MUTUAL the connection presented a verified chain.
-/// A chain verified under older settings is re-checked against the new ones on the reload
-/// itself (`listener::recheck_client`), which closes the connection when it no longer passes.
+/// `conn`: it terminates TLS, and if it is MUTUAL the connection presented a chain that passes
+/// this snapshot's settings (CA, CRL, subjectAltNames). The chain is verified again only when
+/// the snapshot is newer than the one it last passed under — once per connection per reload —
+/// so a request that slips in between a reload and the reload's own re-check of the open
+/// connections (`listener::recheck_client`) is still decided under the new settings.
 pub(super) fn serves_connection(
+    snapshot: &Snapshot,
     server: &crate::snapshot::model::GatewayServer,
     conn: &ConnInfo,
 ) -> bool {
     match &server.tls {
-        Some(ServerTls::Terminate { mode, .. }) => {
-            *mode != ServerTlsMode::Mutual || !conn.peer_chain.is_empty()
+        Some(ServerTls::Terminate { mode, .. }) if *mode != ServerTlsMode::Mutual => true,
+        Some(ServerTls::Terminate { .. }) if conn.peer_chain.is_empty() => false,
+        Some(tls @ ServerTls::Terminate { .. }) => {
+            if conn.verified_generation.get() == snapshot.generation {
+                return true;
+            }
+            match super::listener::recheck_verdict(snapshot, Some(tls), &conn.peer_chain) {
+                Ok(()) => {
+                    conn.verified_generation.set(snapshot.generation);
+                    true
+                }
+                Err(why) => {
+                    tracing::warn!(peer = %conn.peer, reason = %why, "client certificate no longer passes the newest configuration: request refused");
+                    false
+                }
+            }
         }
         _ => false,
     }
@@ -1105,5 +1122,68 @@ mod tests {
         assert_eq!(target("*"), Err(PathError::AsteriskForm));
         assert_eq!(target("test.com:443"), Err(PathError::NotOriginForm));
         assert_eq!(target("/status%2F418"), Err(PathError::EncodedSlash));
+    }
+}
+
+#[cfg(test)]
+mod reverify_tests {
+    use super::*;
+    use crate::config::{load_paths, Settings};
+    use crate::identity::certs::{issue_demo_set, IssueRequest};
+
+    /// The walkthrough's MUTUAL server with `tls_extra` added to its `tls`.
+    fn mutual(dir: &std::path::Path, tls_extra: &str) -> Snapshot {
+        let yaml = format!(
+            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: default}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - hosts: [test.com]\n    port: {{number: 443, name: https, protocol: HTTPS}}\n    tls: {{mode: MUTUAL, credentialName: test.com{tls_extra}}}\n"
+        );
+        let file = dir.join(format!("gw-{}.yaml", tls_extra.len()));
+        std::fs::write(&file, yaml).expect("write");
+        let settings = Settings {
+            credential_dirs: vec![dir.join("certs")],
+            ..Settings::default()
+        };
+        crate::snapshot::compile(load_paths(&[file]).expect("loads"), settings).expect("compiles")
+    }
+
+    /// A request under a newer snapshot than the one its connection's certificate was last
+    /// verified under verifies it again — so one slipping in between a reload and the
+    /// reload's re-check of open connections is decided by the new subjectAltNames — and only
+    /// once per snapshot.
+    #[test]
+    fn a_request_under_a_newer_snapshot_verifies_the_client_again() {
+        let dir = tempfile::tempdir().expect("tmp");
+        issue_demo_set(&IssueRequest {
+            out_dir: dir.path().join("certs"),
+            ..IssueRequest::default()
+        })
+        .expect("certs");
+        let pem = std::fs::read(dir.path().join("certs/clientcert.pem")).expect("client cert");
+        let chain: Vec<rustls::pki_types::CertificateDer<'static>> =
+            rustls_pemfile::certs(&mut pem.as_slice())
+                .collect::<Result<_, _>>()
+                .expect("pem");
+        let accepted = mutual(dir.path(), "");
+        let mut conn = ConnInfo::new(
+            "127.0.0.1:40000".parse().expect("addr"),
+            "127.0.0.1:443".parse().expect("addr"),
+            443,
+        );
+        conn.tls = true;
+        conn.peer_chain = chain.into();
+        conn.verified_generation.set(accepted.generation);
+        let server = |s: &Snapshot| s.listeners[0].servers[0].clone();
+        assert!(serves_connection(&accepted, &server(&accepted), &conn));
+
+        let narrowed = mutual(dir.path(), ", subjectAltNames: [spiffe://someone.else]");
+        assert!(narrowed.generation > accepted.generation);
+        assert!(
+            !serves_connection(&narrowed, &server(&narrowed), &conn),
+            "the certificate no longer passes the newest subjectAltNames"
+        );
+        assert_eq!(conn.verified_generation.get(), accepted.generation);
+
+        let widened = mutual(dir.path(), ", subjectAltNames: [spiffe://test.client]");
+        assert!(serves_connection(&widened, &server(&widened), &conn));
+        assert_eq!(conn.verified_generation.get(), widened.generation);
     }
 }

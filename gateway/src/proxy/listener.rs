@@ -301,6 +301,8 @@ async fn handle_connection(
             // the task itself stays small, instead of holding room for both (and the copies
             // the state machine makes when one is moved into the other) on every idle
             // connection.
+            // The handshake verifies the client under this snapshot's settings.
+            conn.verified_generation.set(snapshot.generation);
             let tls = Box::pin(serve::within(
                 deadline,
                 terminate(&gateway, config, prefix, stream, &mut conn),
@@ -343,8 +345,9 @@ fn recheck_client(gateway: &Arc<Gateway>, conn: &ConnInfo) -> Revalidate {
     })
 }
 
-/// The reload re-check's decision for a connection that presented `chain` (maybe empty).
-fn recheck_verdict(
+/// The reload re-check's decision for a connection that presented `chain` (maybe empty); also
+/// what a request under a newer snapshot than its connection was verified under asks first.
+pub(super) fn recheck_verdict(
     snapshot: &crate::snapshot::Snapshot,
     tls: Option<&ServerTls>,
     chain: &[rustls::pki_types::CertificateDer<'static>],

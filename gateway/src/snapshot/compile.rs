@@ -27,7 +27,13 @@ pub struct Snapshot {
     pub resources: Resources,
     /// What loads but will not do what it seems to say; `check` and `explain` print these.
     pub warnings: Vec<ConfigWarning>,
+    /// Unique to this snapshot within the process (never reused, unlike an address): what a
+    /// connection's client certificate was last verified under (see `proxy::http`).
+    pub generation: u64,
 }
+
+/// The source of [`Snapshot::generation`].
+static GENERATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// Builds a snapshot, reporting every problem found.
 pub fn compile(resources: Resources, settings: Settings) -> Result<Snapshot, ConfigErrors> {
@@ -74,6 +80,7 @@ pub fn compile(resources: Resources, settings: Settings) -> Result<Snapshot, Con
             mesh,
             resources,
             warnings,
+            generation: GENERATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         }),
         _ => Err(ConfigErrors(errors)),
     }
