@@ -92,23 +92,7 @@ pub fn make_openssl_certs(dir: &Path) -> Result<OpensslCerts> {
     )?;
     std::fs::write(dir.join("index.txt"), "")?;
     std::fs::write(dir.join("serial.txt"), "01\n")?;
-    openssl(
-        dir,
-        &[
-            "ca",
-            "-batch",
-            "-config",
-            "ca.cnf",
-            "-policy",
-            "signing_policy",
-            "-extensions",
-            "signing_req",
-            "-out",
-            "servercert.pem",
-            "-infiles",
-            "server.csr",
-        ],
-    )?;
+    ca_sign(dir, "server.csr", "servercert.pem")?;
     openssl(
         dir,
         &[
@@ -126,23 +110,7 @@ pub fn make_openssl_certs(dir: &Path) -> Result<OpensslCerts> {
             "-batch",
         ],
     )?;
-    openssl(
-        dir,
-        &[
-            "ca",
-            "-batch",
-            "-config",
-            "ca.cnf",
-            "-policy",
-            "signing_policy",
-            "-extensions",
-            "signing_req",
-            "-out",
-            "clientcert.pem",
-            "-infiles",
-            "clientcert.csr",
-        ],
-    )?;
+    ca_sign(dir, "clientcert.csr", "clientcert.pem")?;
     let certs = OpensslCerts {
         dir: dir.to_owned(),
     };
@@ -158,6 +126,28 @@ pub fn make_openssl_certs(dir: &Path) -> Result<OpensslCerts> {
         }
     }
     Ok(certs)
+}
+
+/// `openssl ca` as the walkthrough runs it: the CA in `dir` signs `csr` into `out`, copying
+/// the request's extensions.
+fn ca_sign(dir: &Path, csr: &str, out: &str) -> Result<()> {
+    openssl(
+        dir,
+        &[
+            "ca",
+            "-batch",
+            "-config",
+            "ca.cnf",
+            "-policy",
+            "signing_policy",
+            "-extensions",
+            "signing_req",
+            "-out",
+            out,
+            "-infiles",
+            csr,
+        ],
+    )
 }
 
 /// A client key and certificate signed by the walkthrough CA in `dir` with `openssl req` +
@@ -183,21 +173,5 @@ pub fn openssl_client_ext(dir: &Path, name: &str, ext: Option<String>) -> Result
         req.extend(["-addext", ext]);
     }
     openssl(dir, &req)?;
-    openssl(
-        dir,
-        &[
-            "ca",
-            "-batch",
-            "-config",
-            "ca.cnf",
-            "-policy",
-            "signing_policy",
-            "-extensions",
-            "signing_req",
-            "-out",
-            &pem,
-            "-infiles",
-            &csr,
-        ],
-    )
+    ca_sign(dir, &csr, &pem)
 }
