@@ -535,3 +535,97 @@ fn add_bare_interface(topo: &Topology) -> Result<()> {
     ensure!(!shown.contains("inet"), "pc-bare has an address: {shown}");
     Ok(())
 }
+
+/// A layer-3 device (tun here; WireGuard and IP tunnels alike) carries packets that start at
+/// the IP header. The tc check used to parse them as Ethernet, read the IP addresses as an
+/// EtherType and pass everything, while `status` listed the device as covered. Such devices
+/// get the layer-3 variant now, which judges the same way and drops plaintext (it has no link
+/// header to answer with a reset).
+#[test]
+fn plaintext_over_a_layer3_device_is_dropped() -> Result<()> {
+    let name = "plaintext_over_a_layer3_device_is_dropped";
+    if !is_root() {
+        skip_not_root(name);
+        return Ok(());
+    }
+    let bin = portcullis_bin()?;
+    let logs = tempfile::tempdir()?;
+    let topo = Topology::create("fctun")?;
+    let app = e2e::hello::HelloApp::start(&topo.server)?;
+    let pins = Pins::new(&topo.server, pin_dir("tun"))?;
+    let dir = pins.dir.to_str().unwrap_or_default().to_owned();
+    let server = e2e::netns::SERVER_V4.to_string();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/tun_client.py");
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net=/run/netns/{}", topo.server))
+        .arg("python3")
+        .arg(&script)
+        .args(["pc-tun", "10.242.0.2", &server, "80"]);
+    let mut client = e2e::process::LineChild::spawn(&mut cmd)?;
+    ensure!(client.ask("create")? == "created", "tun not created");
+    for args in [
+        vec!["-n", &topo.server, "link", "set", "pc-tun", "up"],
+        vec![
+            "-n",
+            &topo.server,
+            "route",
+            "add",
+            "10.242.0.2/32",
+            "dev",
+            "pc-tun",
+        ],
+    ] {
+        let out = e2e::process::run(Command::new("ip").args(&args))?;
+        ensure!(out.status.success(), "ip {}", args.join(" "));
+    }
+    let mut cmd = Topology::nsenter(&topo.server, &bin);
+    cmd.args(["kernel", "run", "--port", "80=strict", "--pin-dir", &dir]);
+    let daemon = Daemon::spawn("kernel-run", cmd, logs.path())?;
+    let start = Instant::now();
+    loop {
+        let out = e2e::process::run(Topology::nsenter(&topo.server, &bin).args([
+            "kernel",
+            "status",
+            "--pin-dir",
+            &dir,
+        ]))?;
+        let st = String::from_utf8_lossy(&out.stdout).into_owned();
+        if st
+            .lines()
+            .any(|l| l.starts_with("tc ingress:") && l.contains("pc-tun"))
+            && st.lines().any(|l| l.trim() == "port 80: STRICT")
+        {
+            break;
+        }
+        ensure!(
+            start.elapsed() < Duration::from_secs(20),
+            "the tun device never got the check:\n{st}\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Judged, not blanket-dropped: the head of a ClientHello is let through.
+    let outcome = client.ask("hello")?;
+    ensure!(
+        outcome == "handshake ok, data acked",
+        "a ClientHello over the tun device: {outcome}\n{}",
+        daemon.log()
+    );
+    // The app reads those 211 bytes on its own time: wait for them before counting.
+    let start = Instant::now();
+    while app.bytes_read() < 211 && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let read_before = app.bytes_read();
+    let outcome = client.ask("plain")?;
+    ensure!(
+        outcome == "handshake ok, data not acked",
+        "plaintext over the tun device: {outcome}\n{}",
+        daemon.log()
+    );
+    ensure!(
+        app.bytes_read() == read_before,
+        "BYPASS: the app read plaintext that arrived over a layer-3 device"
+    );
+    Ok(())
+}

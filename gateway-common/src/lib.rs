@@ -37,6 +37,9 @@ pub const MAP_CAPTURE_COUNTERS: &str = "CAPTURE_COUNTERS";
 pub const PROG_STEER: &str = "steer";
 /// Program: the tc ingress classifier that resets plaintext under STRICT.
 pub const PROG_STRICT: &str = "strict";
+/// Program: the same check for layer-3 devices (tun, WireGuard, IP tunnels), whose packets
+/// start at the IP header: plaintext is dropped there (no link header to answer with).
+pub const PROG_STRICT_L3: &str = "strict_l3";
 
 /// Program: the cgroup connect4 hook that sends mesh connects to the outbound listener.
 pub const PROG_CAPTURE_CONNECT4: &str = "capture_connect4";

@@ -281,6 +281,38 @@ pub fn strict(ctx: TcContext) -> i32 {
     }
 }
 
+/// The check on a layer-3 device (tun, WireGuard, IP-in-IP, GRE): no link header, the packet
+/// starts at the IP header and the kernel's `skb->protocol` says which. Parsing such packets
+/// as Ethernet would read the IP addresses as an EtherType and pass everything. The reset
+/// needs a link header to answer with, so plaintext is dropped here instead (the client
+/// retransmits into a connection that never serves it), as for VLAN-tagged packets.
+#[classifier]
+pub fn strict_l3(ctx: TcContext) -> i32 {
+    match classify_l3(&ctx) {
+        Verdict::Pass => TC_ACT_UNSPEC,
+        Verdict::Drop | Verdict::Reset => TC_ACT_SHOT as i32,
+    }
+}
+
+fn classify_l3(ctx: &TcContext) -> Verdict {
+    let cfg = config();
+    // Only the reset path reads it, and `tagged` keeps this one off that path.
+    let none = EthHdr {
+        dst: [0; 6],
+        src: [0; 6],
+        proto: 0,
+    };
+    let l3 = L3 {
+        off: 0,
+        tagged: true,
+    };
+    match u16::from_be(ctx.skb.protocol() as u16) {
+        ETH_P_IP => classify_v4(ctx, &none, l3, &cfg),
+        ETH_P_IPV6 => classify_v6(ctx, &none, l3, &cfg),
+        _ => Verdict::Pass,
+    }
+}
+
 fn classify(ctx: &TcContext) -> Verdict {
     let Ok(eth) = ctx.load::<EthHdr>(0) else {
         return Verdict::Pass;

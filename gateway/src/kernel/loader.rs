@@ -15,7 +15,8 @@ use aya::programs::tc::TcAttachOptions;
 use aya::programs::{LinkOrder, ProgramError, SchedClassifier, SkLookup, TcAttachType};
 use aya::EbpfLoader;
 use gateway_common::{
-    MAP_CONFIG, MAP_COUNTERS, MAP_PORTS, MAP_PORT_COUNTERS, MAP_TERMINATOR, PROG_STEER, PROG_STRICT,
+    MAP_CONFIG, MAP_COUNTERS, MAP_PORTS, MAP_PORT_COUNTERS, MAP_TERMINATOR, PROG_STEER,
+    PROG_STRICT, PROG_STRICT_L3,
 };
 use serde::Serialize;
 
@@ -79,6 +80,7 @@ pub fn install(opts: &InstallOptions) -> Result<Installed> {
 
     let complete = pins.prog(PROG_STEER).exists()
         && pins.prog(PROG_STRICT).exists()
+        && pins.prog(PROG_STRICT_L3).exists()
         && pins.steer_link().exists()
         && PINNED_MAPS.iter().all(|m| pins.map(m).exists());
     // Pins of a namespace that is gone protect nothing: start over. Pins of another live
@@ -213,6 +215,17 @@ fn load_and_pin(pins: &PinLayout, kernel_log: bool) -> Result<()> {
     strict
         .pin(pins.prog(PROG_STRICT))
         .map_err(|e| KernelError::during("pinning the strict program", e))?;
+    let strict_l3: &mut SchedClassifier = ebpf
+        .program_mut(PROG_STRICT_L3)
+        .ok_or_else(|| missing_program(PROG_STRICT_L3))?
+        .try_into()
+        .map_err(|e| KernelError::during("opening the strict_l3 program", e))?;
+    strict_l3
+        .load()
+        .map_err(|e| load_error(PROG_STRICT_L3, "tc classifiers", "4.1", e))?;
+    strict_l3
+        .pin(pins.prog(PROG_STRICT_L3))
+        .map_err(|e| KernelError::during("pinning the strict_l3 program", e))?;
     // Dropping `ebpf` now closes our descriptors; the pins keep everything alive.
     Ok(())
 }
@@ -329,6 +342,46 @@ fn move_pin(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Whether the interface's packets start with an Ethernet header at tc ingress: Ethernet
+/// devices (veth, bridges, bonds, VLAN, vxlan/geneve/gretap) and loopback do; `ARPHRD_NONE`
+/// (tun, WireGuard) and IP tunnels (ipip, sit, gre, ip6tnl) do not. Asked of this network
+/// namespace with `SIOCGIFHWADDR` (sysfs would show the namespace it was mounted in);
+/// unanswerable counts as Ethernet, the common case.
+fn has_link_header(iface: &str) -> bool {
+    const ARPHRD_ETHER: u16 = 1;
+    const ARPHRD_LOOPBACK: u16 = 772;
+    let bytes = iface.as_bytes();
+    if bytes.len() >= libc::IFNAMSIZ {
+        return true;
+    }
+    // SAFETY: plain socket(2); closed below through OwnedFd.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return true;
+    }
+    // SAFETY: a descriptor socket(2) just returned, owned by nothing else.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // SAFETY: a zeroed ifreq is valid; the name is copied in below, NUL-terminated.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFHWADDR fills the ifreq it is given.
+    let rc = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            libc::SIOCGIFHWADDR,
+            &mut req,
+        )
+    };
+    if rc != 0 {
+        return true;
+    }
+    // SAFETY: on success the union holds the hardware address, whose family is the ARPHRD type.
+    let family = unsafe { req.ifr_ifru.ifru_hwaddr.sa_family };
+    matches!(family, ARPHRD_ETHER | ARPHRD_LOOPBACK)
+}
+
 /// The name an interface has now, if it still exists.
 fn if_indextoname(ifindex: u32) -> Option<String> {
     let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
@@ -362,8 +415,14 @@ fn attach_strict(pins: &PinLayout, iface: &str) -> Result<()> {
     if nix_if_nametoindex(iface) == 0 {
         return Err(KernelError::NoSuchInterface(iface.to_owned()));
     }
-    let mut prog = SchedClassifier::from_pin(pins.prog(PROG_STRICT))
-        .map_err(|e| KernelError::during("opening the pinned strict program", e))?;
+    // Devices without an Ethernet header (tun, WireGuard, IP tunnels) get the layer-3 variant.
+    let program = if has_link_header(iface) {
+        PROG_STRICT
+    } else {
+        PROG_STRICT_L3
+    };
+    let mut prog = SchedClassifier::from_pin(pins.prog(program))
+        .map_err(|e| KernelError::during(format!("opening the pinned {program} program"), e))?;
     // TCX (Linux 6.6+) gives a link we can pin; a legacy netlink filter could not be adopted.
     let link_id = prog
         .attach_with_options(
@@ -568,8 +627,10 @@ pub(super) fn program_ids(pins: &PinLayout) -> std::collections::BTreeMap<&'stat
     if let Ok(info) = SkLookup::from_pin(pins.prog(PROG_STEER)).and_then(|p| p.info()) {
         ids.insert(PROG_STEER, info.id());
     }
-    if let Ok(info) = SchedClassifier::from_pin(pins.prog(PROG_STRICT)).and_then(|p| p.info()) {
-        ids.insert(PROG_STRICT, info.id());
+    for prog in [PROG_STRICT, PROG_STRICT_L3] {
+        if let Ok(info) = SchedClassifier::from_pin(pins.prog(prog)).and_then(|p| p.info()) {
+            ids.insert(prog, info.id());
+        }
     }
     ids
 }
