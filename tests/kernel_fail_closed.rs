@@ -465,6 +465,47 @@ fn interfaces_added_or_bounced_after_start_are_covered() -> Result<()> {
             "after the restart, status lists {iface}:\n{st}"
         );
     }
+    // A device moved to another namespace takes its link along (its pin stays here): that must
+    // not stop the interfaces that come after it from being attached.
+    let (s, o) = (topo.server.as_str(), topo.outside.as_str());
+    for args in [
+        vec!["-n", s, "link", "set", "pc-aaa", "netns", o],
+        vec![
+            "link", "add", "pc-zzz", "netns", s, "type", "veth", "peer", "name", "pc-zzz-o",
+            "netns", o,
+        ],
+        vec!["-n", s, "addr", "add", "10.237.0.1/24", "dev", "pc-zzz"],
+        vec!["-n", o, "addr", "add", "10.237.0.2/24", "dev", "pc-zzz-o"],
+        vec!["-n", s, "link", "set", "pc-zzz", "up"],
+        vec!["-n", o, "link", "set", "pc-zzz-o", "up"],
+    ] {
+        let out = e2e::process::run(Command::new("ip").args(&args))?;
+        ensure!(out.status.success(), "ip {}", args.join(" "));
+    }
+    let start = Instant::now();
+    while !status()?
+        .lines()
+        .any(|l| l.starts_with("tc ingress:") && l.contains("pc-zzz"))
+    {
+        ensure!(
+            start.elapsed() < Duration::from_secs(20),
+            "the interface added after a move was never attached:\n{}\n{}",
+            status()?,
+            again.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let read_before = app.bytes_read();
+    let (code, _, _) =
+        e2e::mesh::curl_in(o, None, "http://10.237.0.1:80/", Duration::from_secs(5))?;
+    ensure!(
+        code == Some(56),
+        "plaintext over the interface added after a move: exit {code:?}"
+    );
+    ensure!(
+        app.bytes_read() == read_before,
+        "BYPASS: the app read plaintext over the interface added after a move"
+    );
     Ok(())
 }
 

@@ -34,7 +34,23 @@ pub fn all() -> Result<Vec<String>> {
         }
         // SAFETY: NUL-terminated name owned by the array.
         let name = unsafe { CStr::from_ptr(entry.if_name) };
-        names.insert(name.to_string_lossy().into_owned());
+        match name.to_str() {
+            Ok(name) => {
+                names.insert(name.to_owned());
+            }
+            // Linux allows any bytes but '/' and whitespace; the attach API takes UTF-8. Said
+            // once per process, not on every rescan.
+            Err(_) => {
+                static SAID: std::sync::Once = std::sync::Once::new();
+                SAID.call_once(|| {
+                    tracing::error!(
+                        ifindex = entry.if_index,
+                        name = %name.to_string_lossy(),
+                        "an interface whose name is not UTF-8 cannot get the STRICT check; rename it"
+                    );
+                });
+            }
+        }
         // SAFETY: not past the terminating entry (checked above).
         cur = unsafe { cur.add(1) };
     }

@@ -10,7 +10,7 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::links::FdLink;
 use aya::programs::tc::TcAttachOptions;
 use aya::programs::{LinkOrder, ProgramError, SchedClassifier, SkLookup, TcAttachType};
 use aya::EbpfLoader;
@@ -240,43 +240,53 @@ pub enum Missing {
 }
 
 /// Attaches the STRICT classifier to each of `named` (every interface of the namespace when
-/// empty) that no live link covers yet, and returns the names attached now.
+/// empty) that does not run it yet, and returns the names attached now.
 ///
-/// Coverage is by device, not by name: pins are named after the interface they were made
-/// for, and an interface can be renamed (or two can swap names) while its link lives on. So
-/// first every pin is brought in line with the kernel — a link whose device was deleted is
-/// defunct (ifindex 0) and unpinned; a live link whose device now has another name is moved to
-/// that name's pin (two steps, so swapped names do not collide; a second link on one device is
-/// unpinned) — and then only devices without a live link get one. One interface that cannot be
-/// attached does not stop the others: every one is tried, and the first failure is returned
-/// after (the watcher logs it and tries again).
+/// Whether a device is covered is asked of the device itself (`BPF_PROG_QUERY` of its TCX
+/// ingress: does it run one of our pinned programs?), not read from pin names: pins are named
+/// after the interface they were made for, and interfaces get renamed, swap names, move to
+/// another namespace, or are deleted and re-created, none of which a pin name follows. Pins of
+/// deleted devices (their link defunct, ifindex 0) are removed; a pin that outlived its name
+/// stays (it still holds its device's link) and a new link gets a free name beside it. One
+/// interface that cannot be attached does not stop the others: each is tried, failures are
+/// logged, and the first is returned after (the watcher tries again a second later).
+/// Interfaces that vanish while we look are skipped, unless `--iface` named them at start.
 pub fn attach_interfaces(
     pins: &PinLayout,
     named: &[String],
     missing: Missing,
 ) -> Result<Vec<String>> {
-    let covered = rehome_pins(pins)?;
-    let interfaces = if named.is_empty() {
-        super::interfaces::all()?
+    for iface in pins.attached_interfaces() {
+        let path = pins.strict_link(&iface);
+        let defunct = matches!(pinned_link_info(&path),
+            Ok(info) if info.kind == LINK_TYPE_TCX && info.target == 0);
+        if defunct {
+            if let Err(e) = unpin_link(&path) {
+                tracing::warn!(pin = %path.display(), error = %e, "removing a defunct link's pin failed");
+            }
+        }
+    }
+    let ours = strict_program_ids(pins);
+    let (interfaces, explicit) = if named.is_empty() {
+        (super::interfaces::all()?, false)
     } else {
-        named.to_vec()
+        (named.to_vec(), true)
     };
     let mut newly_attached = Vec::new();
     let mut first_error = None;
-    let mut covered = covered;
     for iface in &interfaces {
         let ifindex = nix_if_nametoindex(iface);
-        if ifindex == 0 && missing == Missing::Skip {
-            continue;
-        }
-        if ifindex != 0 && covered.contains(&ifindex) {
-            continue;
-        }
-        match attach_strict(pins, iface) {
-            Ok(()) => {
-                covered.insert(ifindex);
-                newly_attached.push(iface.clone());
+        if ifindex == 0 {
+            if explicit && missing == Missing::Refuse {
+                first_error.get_or_insert(KernelError::NoSuchInterface(iface.clone()));
             }
+            continue;
+        }
+        if runs_ours(iface, &ours) {
+            continue;
+        }
+        match attach_strict(pins, iface, ifindex) {
+            Ok(()) => newly_attached.push(iface.clone()),
             Err(e) => {
                 tracing::error!(iface = %iface, error = %e, "attaching the STRICT check failed");
                 first_error.get_or_insert(e);
@@ -289,57 +299,62 @@ pub fn attach_interfaces(
     }
 }
 
-/// Unpins defunct links and renames the pins of renamed devices (see [`attach_interfaces`]);
-/// returns the ifindexes that have a live link.
-fn rehome_pins(pins: &PinLayout) -> Result<std::collections::BTreeSet<u32>> {
-    let mut covered = std::collections::BTreeSet::new();
-    let mut misnamed = Vec::new();
-    for iface in pins.attached_interfaces() {
-        let path = pins.strict_link(&iface);
-        match pinned_link_info(&path) {
-            Ok(info) if info.kind == LINK_TYPE_TCX && info.target == 0 => unpin_link(&path)?,
-            Ok(info) if info.kind == LINK_TYPE_TCX => {
-                if !covered.insert(info.target) {
-                    // A second link on a device already covered (left by a rename): one is enough.
-                    unpin_link(&path)?;
-                } else if nix_if_nametoindex(&iface) != info.target {
-                    misnamed.push((path, info.target));
-                }
-            }
-            _ => {}
-        }
-    }
-    // Step one: out of the way, under a name no interface can have (they are at most 15
-    // bytes); bpffs does not rename, so a move is a pin at the new path, then an unlink.
-    let mut parked = Vec::new();
-    for (path, ifindex) in misnamed {
-        let aside = pins.strict_link(&format!("renamed-device-{ifindex}"));
-        move_pin(&path, &aside)?;
-        parked.push((aside, ifindex));
-    }
-    // Step two: under the device's name of today.
-    for (aside, ifindex) in parked {
-        match if_indextoname(ifindex) {
-            Some(name) if !pins.strict_link(&name).exists() => {
-                move_pin(&aside, &pins.strict_link(&name))?;
-            }
-            // The device went away meanwhile, or its name's pin is taken: the next pass sees it.
-            _ => {}
-        }
-    }
-    Ok(covered)
+/// The kernel ids of our pinned tc programs.
+fn strict_program_ids(pins: &PinLayout) -> std::collections::BTreeSet<u32> {
+    [PROG_STRICT, PROG_STRICT_L3]
+        .into_iter()
+        .filter_map(|p| SchedClassifier::from_pin(pins.prog(p)).ok())
+        .filter_map(|p| p.info().ok())
+        .map(|info| info.id())
+        .collect()
 }
 
-/// Pins the link pinned at `from` at `to` as well, then removes `from`: the link never loses
-/// its last reference on the way.
-fn move_pin(from: &Path, to: &Path) -> Result<()> {
-    let what = || format!("moving the pin {} to {}", from.display(), to.display());
-    let link: FdLink = PinnedLink::from_pin(from)
-        .map_err(|e| KernelError::during(what(), e))?
-        .into();
-    link.pin(to).map_err(|e| KernelError::during(what(), e))?;
-    std::fs::remove_file(from).map_err(|e| KernelError::during(what(), e))?;
-    Ok(())
+/// Whether `iface`'s TCX ingress runs one of `ours` now.
+fn runs_ours(iface: &str, ours: &std::collections::BTreeSet<u32>) -> bool {
+    match SchedClassifier::query_tcx(iface, TcAttachType::Ingress) {
+        Ok((_, progs)) => progs.iter().any(|p| ours.contains(&p.id())),
+        Err(_) => false,
+    }
+}
+
+/// The interfaces our pinned links sit on, by the names they have now (a pin keeps the name
+/// its interface had when it was made), sorted: only devices of this namespace that run one
+/// of our programs (a link whose device is gone or moved away is left out, even if another
+/// device took its index).
+fn covered_interfaces(pins: &PinLayout) -> Vec<String> {
+    let ours = strict_program_ids(pins);
+    let mut names: Vec<String> = pins
+        .attached_interfaces()
+        .into_iter()
+        .filter_map(
+            |pinned| match pinned_link_info(&pins.strict_link(&pinned)) {
+                Ok(info) if info.kind == LINK_TYPE_TCX && info.target != 0 => {
+                    if_indextoname(info.target)
+                }
+                _ => None,
+            },
+        )
+        .filter(|name| runs_ours(name, &ours))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// The name an interface has now, if it still exists.
+fn if_indextoname(ifindex: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: buf has IF_NAMESIZE bytes, as if_indextoname requires.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: on success buf holds a NUL-terminated name.
+    Some(
+        unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
+            .to_string_lossy()
+            .into_owned(),
+    )
 }
 
 /// Whether the interface's packets start with an Ethernet header at tc ingress: Ethernet
@@ -382,22 +397,6 @@ fn has_link_header(iface: &str) -> bool {
     matches!(family, ARPHRD_ETHER | ARPHRD_LOOPBACK)
 }
 
-/// The name an interface has now, if it still exists.
-fn if_indextoname(ifindex: u32) -> Option<String> {
-    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
-    // SAFETY: buf has IF_NAMESIZE bytes, as if_indextoname requires.
-    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
-    if p.is_null() {
-        return None;
-    }
-    // SAFETY: on success buf holds a NUL-terminated name.
-    Some(
-        unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
-            .to_string_lossy()
-            .into_owned(),
-    )
-}
-
 /// Detaches (when still attached) and unpins one link.
 fn unpin_link(path: &Path) -> Result<()> {
     let _ = force_detach_link(path);
@@ -411,10 +410,7 @@ fn unpin_link(path: &Path) -> Result<()> {
     }
 }
 
-fn attach_strict(pins: &PinLayout, iface: &str) -> Result<()> {
-    if nix_if_nametoindex(iface) == 0 {
-        return Err(KernelError::NoSuchInterface(iface.to_owned()));
-    }
+fn attach_strict(pins: &PinLayout, iface: &str, ifindex: u32) -> Result<()> {
     // Devices without an Ethernet header (tun, WireGuard, IP tunnels) get the layer-3 variant.
     let program = if has_link_header(iface) {
         PROG_STRICT
@@ -443,7 +439,16 @@ fn attach_strict(pins: &PinLayout, iface: &str) -> Result<()> {
         .map_err(|e| KernelError::during("taking the strict link", e))?
         .try_into()
         .map_err(|e| KernelError::during("turning the strict link into a pinnable link", e))?;
-    link.pin(pins.strict_link(iface))
+    // The name's own pin may still hold a renamed device's link: then pin beside it.
+    let mut path = pins.strict_link(iface);
+    if path.exists() {
+        path = pins.strict_link(&format!("{iface}@{ifindex}"));
+        if path.exists() {
+            // Not ours to keep: this device does not run it (else it counted as covered).
+            unpin_link(&path)?;
+        }
+    }
+    link.pin(&path)
         .map_err(|e| KernelError::during(format!("pinning the strict link of {iface}"), e))?;
     Ok(())
 }
@@ -613,7 +618,7 @@ pub fn status(pin_dir: &Path) -> Result<Status> {
     Ok(Status {
         pin_dir: pin_dir.to_path_buf(),
         steer_attached: pins.steer_link().exists(),
-        interfaces: pins.attached_interfaces(),
+        interfaces: covered_interfaces(&pins),
         default: maps.default_setting()?,
         ports: maps.ports()?,
         counters: maps.counters()?,
