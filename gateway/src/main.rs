@@ -558,7 +558,8 @@ fn exempt_ports(args: &RunArgs) -> Vec<u16> {
     ]
     .into_iter()
     .flatten()
-    .filter(|addr| !addr.ip().is_loopback())
+    // `::ffff:127.0.0.1` is loopback too.
+    .filter(|addr| !addr.ip().to_canonical().is_loopback())
     .map(|addr| addr.port())
     .collect()
 }

@@ -101,19 +101,19 @@ pub enum MeshError {
     Kernel(#[from] crate::kernel::KernelError),
 }
 
-/// The ports the daemon binds by default — admin (`--admin`, 15000), outbound
-/// (`--outbound`, 15001), terminator (`--terminator`, 15006): exceptions (DISABLE, not
-/// steered) to the workload-wide default, as in Istio's sidecar, so the admin listener is
-/// never steered to the terminator nor the terminator to itself. A plaintext client dialing
-/// one of them directly is still refused: admin and outbound listen on loopback only, and the
-/// terminator closes connections addressed to its own port.
+/// The exceptions (DISABLE, not steered) to a workload-wide default when nothing says which
+/// ports the daemon binds (`kernel run --steer`, whose steering points at a terminator on
+/// 15006): the terminator is never steered to itself, as in Istio's sidecar. A plaintext
+/// client dialing it directly is still refused: the terminator closes connections addressed
+/// to its own port.
 ///
-/// Only these: Istio reserves more (15004, 15008, 15020, 15021, 15053, 15090), but nothing of
-/// ours listens there, and a DISABLE port is plaintext-open under STRICT — a workload app that
-/// binds one of them gets the workload's mode like any other port. `run` passes the ports it
-/// really binds ([`KernelSync::with_own_ports`]), so a moved `--admin` or `--terminator` moves
-/// the exception with it; `kernel run` binds none of them and keeps these defaults.
-pub const DAEMON_PORTS: [u16; 3] = [15000, 15001, 15006];
+/// Only this one: Istio reserves more (15000, 15001, 15004, 15008, 15020, 15021, 15053,
+/// 15090), but an exception is plaintext-open under STRICT on every address, so a workload app
+/// binding one of them would take plaintext; ours listen on loopback (admin, outbound), which
+/// is never judged on `lo`. `run` passes the ports it binds on reachable addresses
+/// ([`KernelSync::with_own_ports`]), so a moved `--admin` or `--terminator` moves the
+/// exception with it.
+pub const DAEMON_PORTS: [u16; 1] = [15006];
 
 /// Binds a listener for the mesh side (dual-stack for `[::]`).
 pub fn bind_listener(addr: SocketAddr) -> Result<std::net::TcpListener, MeshError> {
