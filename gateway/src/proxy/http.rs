@@ -361,6 +361,33 @@ async fn route_and_forward<'s>(
                 flags: ResponseFlags::NoRouteFound,
             };
         };
+        // A request that slips in between a reload and the reload's re-check of open
+        // connections verifies the peer's chain itself (once per connection per reload).
+        if !conn.peer_chain.is_empty() && conn.verified_generation.get() != snapshot.generation {
+            match crate::tls::verify_client_chain(
+                &mesh.credential,
+                &mesh.client_checks,
+                &conn.peer_chain,
+            ) {
+                Ok(()) => conn.verified_generation.set(snapshot.generation),
+                Err(why) => {
+                    tracing::warn!(peer = %conn.peer, reason = %why, "peer certificate no longer passes the newest mesh configuration: request refused");
+                    let mut resp = local(StatusCode::MISDIRECTED_REQUEST, "misdirected request");
+                    if req.version() < Version::HTTP_2 {
+                        resp.headers_mut()
+                            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                    }
+                    gateway.metrics.record_refused("misdirected");
+                    return Outcome {
+                        resp,
+                        decision: None,
+                        upstream: None,
+                        service: None,
+                        flags: ResponseFlags::NoRouteFound,
+                    };
+                }
+            }
+        }
         (&*mesh.authz, inbound.app.to_string(), None, "inbound")
     } else {
         let host = authority_host(authority);

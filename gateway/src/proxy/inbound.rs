@@ -161,6 +161,8 @@ async fn handle(
     let mut conn = ConnInfo::new(peer, original, port);
     conn.sni = hello.as_ref().and_then(|h| h.server_name.clone());
     conn.inbound = Some(target);
+    // The handshake verifies the peer under this snapshot's mesh CA and trust domains.
+    conn.verified_generation.set(snapshot.generation);
     match hello {
         Some(_) => {
             Stats::bump(&gateway.stats.inbound_tls);
