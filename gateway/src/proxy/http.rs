@@ -127,13 +127,7 @@ pub async fn handle(
                 "host refused: {e}"
             );
             gateway.metrics.record_refused(e.reason());
-            let out = Outcome {
-                resp: local(StatusCode::BAD_REQUEST, "bad request: host refused"),
-                decision: None,
-                upstream: None,
-                service: None,
-                flags: ResponseFlags::DownstreamProtocolError,
-            };
+            let out = Outcome::refused(StatusCode::BAD_REQUEST, "bad request: host refused");
             (out, req.uri().path().to_owned())
         }
         // Policies match methods exactly, as Istio does, but Werkzeug (and other upstreams
@@ -148,29 +142,17 @@ pub async fn handle(
                 "method refused: lowercase letters"
             );
             gateway.metrics.record_refused("lowercase_method");
-            let out = Outcome {
-                resp: local(StatusCode::BAD_REQUEST, "bad request: method refused"),
-                decision: None,
-                upstream: None,
-                service: None,
-                flags: ResponseFlags::DownstreamProtocolError,
-            };
+            let out = Outcome::refused(StatusCode::BAD_REQUEST, "bad request: method refused");
             (out, req.uri().path().to_owned())
         }
         // Fail closed rather than forward a verified client without its XFCC (set_peer_cert
         // logged why, once per connection).
         (Ok(_), _) if conn.xfcc_unencodable() => {
             gateway.metrics.record_refused("unencodable_client_cert");
-            let out = Outcome {
-                resp: local(
-                    StatusCode::BAD_REQUEST,
-                    "bad request: client certificate cannot be forwarded",
-                ),
-                decision: None,
-                upstream: None,
-                service: None,
-                flags: ResponseFlags::DownstreamProtocolError,
-            };
+            let out = Outcome::refused(
+                StatusCode::BAD_REQUEST,
+                "bad request: client certificate cannot be forwarded",
+            );
             (out, req.uri().path().to_owned())
         }
         (Ok(_), Ok(target)) => {
@@ -191,13 +173,7 @@ pub async fn handle(
                 "path refused: {e}"
             );
             gateway.metrics.record_refused(e.reason());
-            let out = Outcome {
-                resp: local(StatusCode::BAD_REQUEST, "bad request: path refused"),
-                decision: None,
-                upstream: None,
-                service: None,
-                flags: ResponseFlags::DownstreamProtocolError,
-            };
+            let out = Outcome::refused(StatusCode::BAD_REQUEST, "bad request: path refused");
             (out, received)
         }
     };
@@ -332,6 +308,38 @@ struct Outcome<'s> {
     flags: ResponseFlags,
 }
 
+impl Outcome<'_> {
+    /// An answer the gateway gives itself: the request goes nowhere.
+    fn refused(status: StatusCode, body: &'static str) -> Self {
+        Self {
+            resp: local(status, body),
+            decision: None,
+            upstream: None,
+            service: None,
+            flags: ResponseFlags::DownstreamProtocolError,
+        }
+    }
+
+    /// 421 for a request this connection may not carry. With `close` (the newest
+    /// configuration no longer serves the connection at all) HTTP/1 closes after it; an
+    /// HTTP/2 connection, which has no Connection header, is closed by the reload's re-check
+    /// (`listener::recheck_client`).
+    fn misdirected(version: Version, close: bool) -> Self {
+        let mut resp = local(StatusCode::MISDIRECTED_REQUEST, "misdirected request");
+        if close && version < Version::HTTP_2 {
+            resp.headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        Self {
+            resp,
+            decision: None,
+            upstream: None,
+            service: None,
+            flags: ResponseFlags::NoRouteFound,
+        }
+    }
+}
+
 async fn route_and_forward<'s>(
     gateway: &Gateway,
     snapshot: &'s Snapshot,
@@ -372,19 +380,8 @@ async fn route_and_forward<'s>(
                 Ok(()) => conn.verified_generation.set(snapshot.generation),
                 Err(why) => {
                     tracing::warn!(peer = %conn.peer, reason = %why, "peer certificate no longer passes the newest mesh configuration: request refused");
-                    let mut resp = local(StatusCode::MISDIRECTED_REQUEST, "misdirected request");
-                    if req.version() < Version::HTTP_2 {
-                        resp.headers_mut()
-                            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-                    }
                     gateway.metrics.record_refused("misdirected");
-                    return Outcome {
-                        resp,
-                        decision: None,
-                        upstream: None,
-                        service: None,
-                        flags: ResponseFlags::NoRouteFound,
-                    };
+                    return Outcome::misdirected(req.version(), true);
                 }
             }
         }
@@ -395,27 +392,14 @@ async fn route_and_forward<'s>(
             Ok(g) => g,
             Err(NoServer::NoRoute) => return no_route(),
             Err(why @ (NoServer::Misdirected | NoServer::Stale)) => {
-                let mut resp = local(StatusCode::MISDIRECTED_REQUEST, "misdirected request");
-                if why == NoServer::Stale {
+                let stale = why == NoServer::Stale;
+                if stale {
                     tracing::info!(peer = %conn.peer, sni = conn.sni.as_deref().unwrap_or("-"), authority, "misdirected request: the newest configuration no longer serves this connection (its server for this SNI is gone or now needs a client certificate); closing");
-                    // HTTP/1 closes after this response; an HTTP/2 connection (which has no
-                    // Connection header) is closed by the reload's re-check
-                    // (`listener::recheck_client`).
-                    if req.version() < Version::HTTP_2 {
-                        resp.headers_mut()
-                            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-                    }
                 } else {
                     tracing::debug!(peer = %conn.peer, sni = conn.sni.as_deref().unwrap_or("-"), authority, "misdirected request: the host is not served by this connection's TLS server");
                 }
                 gateway.metrics.record_refused("misdirected");
-                return Outcome {
-                    resp,
-                    decision: None,
-                    upstream: None,
-                    service: None,
-                    flags: ResponseFlags::NoRouteFound,
-                };
+                return Outcome::misdirected(req.version(), stale);
             }
         };
         let Some(route) = snapshot
