@@ -114,10 +114,12 @@ fn a_plaintext_client_is_upgraded_to_mutual_tls_by_its_node() -> Result<()> {
     }
 
     // The sleep -> hello edge reported by both ends, both mutual TLS: the lock in Kiali.
+    // Asked as a rate, as the graph asks: a rate needs two scrapes of the series, one is
+    // not enough for the page to draw the edge.
     for reporter in ["source", "destination"] {
         prometheus.query_until(
             &format!(
-                "sum by (reporter, connection_security_policy) (istio_requests_total{{reporter=\"{reporter}\",source_workload=\"sleep\",destination_workload=\"hello\"}})"
+                "sum by (reporter, connection_security_policy) (rate(istio_requests_total{{reporter=\"{reporter}\",source_workload=\"sleep\",destination_workload=\"hello\"}}[1m]))"
             ),
             r#""connection_security_policy":"mutual_tls""#,
         )?;
