@@ -100,7 +100,7 @@ impl ConnInfo {
         self.principal = cert.principal();
         // `from_bytes`, not `from_str`: a UTF-8 subject is valid field content (obs-text), as
         // Envoy sends it; only control characters make the value impossible to send.
-        self.xfcc = http::HeaderValue::from_bytes(super::http::xfcc(&cert).as_bytes()).ok();
+        self.xfcc = http::HeaderValue::from_bytes(super::headers::xfcc(&cert).as_bytes()).ok();
         if self.xfcc.is_none() {
             tracing::warn!(peer = %self.peer, subject = ?cert.subject, uris = ?cert.uris, dns = ?cert.dns_names, "the client certificate cannot be written as x-forwarded-client-cert (control characters); its requests are refused");
         }

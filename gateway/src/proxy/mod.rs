@@ -8,6 +8,7 @@
 //! and caps ([`limits`]) and one drain ([`serve`]).
 
 pub mod conn;
+pub mod headers;
 pub mod http;
 pub mod inbound;
 pub mod io;
@@ -15,6 +16,7 @@ pub mod limits;
 pub mod listener;
 pub mod outbound;
 pub mod serve;
+pub mod target;
 pub mod telemetry;
 pub mod trailers;
 pub mod upstream;

@@ -13,7 +13,7 @@ use std::task::{ready, Context, Poll};
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
-use super::http::drop_untrusted_trailers;
+use super::headers::drop_untrusted_trailers;
 use super::telemetry::metrics::Metrics;
 
 /// A downstream body whose trailers lose what the header section would have lost, and the
