@@ -23,7 +23,7 @@ use super::Gateway;
 use crate::config::hosts::{authority_host, best_match};
 use crate::config::model::GatewayRef;
 use crate::policy::authz::{Decision, RequestAttrs};
-use crate::snapshot::model::ServerTls;
+use crate::snapshot::model::{MeshInbound, ServerTls};
 use crate::snapshot::Snapshot;
 use crate::tls::ServerTlsMode;
 
@@ -254,21 +254,9 @@ async fn route_and_forward<'s>(
                 flags: ResponseFlags::NoRouteFound,
             };
         };
-        // A request that slips in between a reload and the reload's re-check of open
-        // connections verifies the peer's chain itself (once per connection per reload).
-        if !conn.peer_chain.is_empty() && conn.verified_generation.get() != snapshot.generation {
-            match crate::tls::verify_client_chain(
-                &mesh.credential,
-                &mesh.client_checks,
-                &conn.peer_chain,
-            ) {
-                Ok(()) => conn.verified_generation.set(snapshot.generation),
-                Err(why) => {
-                    tracing::warn!(peer = %conn.peer, reason = %why, "peer certificate no longer passes the newest mesh configuration: request refused");
-                    gateway.metrics.record_refused("misdirected");
-                    return Outcome::misdirected(req.version(), true);
-                }
-            }
+        if !mesh_peer_passes(snapshot, mesh, conn) {
+            gateway.metrics.record_refused("misdirected");
+            return Outcome::misdirected(req.version(), true);
         }
         (&*mesh.authz, inbound.app.to_string(), None, "inbound")
     } else {
@@ -475,6 +463,28 @@ fn server_gateway(
     .ok_or(NoServer::NoRoute)
 }
 
+/// Whether the peer of an inbound mesh connection may still send requests under `snapshot`,
+/// whose mesh settings are `mesh`. As [`serves_connection`] for Gateway servers: a chain last
+/// verified under an older snapshot is verified again against the newest mesh CA and client
+/// checks, once per connection per reload, so a request that slips in between a reload and
+/// the reload's re-check of open connections is decided by the new settings. A connection
+/// without a chain (PERMISSIVE plaintext) has nothing to verify.
+pub(super) fn mesh_peer_passes(snapshot: &Snapshot, mesh: &MeshInbound, conn: &ConnInfo) -> bool {
+    if conn.peer_chain.is_empty() || conn.verified_generation.get() == snapshot.generation {
+        return true;
+    }
+    match crate::tls::verify_client_chain(&mesh.credential, &mesh.client_checks, &conn.peer_chain) {
+        Ok(()) => {
+            conn.verified_generation.set(snapshot.generation);
+            true
+        }
+        Err(why) => {
+            tracing::warn!(peer = %conn.peer, reason = %why, "peer certificate no longer passes the newest mesh configuration: request refused");
+            false
+        }
+    }
+}
+
 /// Whether `server` (the newest for a TLS connection's port and SNI) may serve requests on
 /// `conn`: it terminates TLS, and if it is MUTUAL the connection presented a chain that passes
 /// this snapshot's settings (CA, CRL, subjectAltNames). The chain is verified again only when
@@ -568,5 +578,115 @@ mod reverify_tests {
         let widened = mutual(dir.path(), ", subjectAltNames: [spiffe://test.client]");
         assert!(serves_connection(&widened, &server(&widened), &conn));
         assert_eq!(conn.verified_generation.get(), widened.generation);
+    }
+
+    /// A snapshot whose mesh terminator trusts `ca` (and presents a certificate from it).
+    fn mesh_trusting(ca: &crate::identity::certs::Ca) -> Snapshot {
+        use crate::identity::certs::{issue_workload_cert, KeyType};
+        use crate::tls::{server_config, Credential, ServerTlsMode, TlsVersions};
+        let server = issue_workload_cert(
+            ca,
+            "spiffe://cluster.local/ns/default/sa/server",
+            &["server".into()],
+            KeyType::EcdsaP256,
+            1,
+        )
+        .expect("server cert");
+        let cred = Credential::from_pem(
+            server.cert_pem.as_bytes(),
+            server.key_pem.as_bytes(),
+            Some(ca.cert_pem().as_bytes()),
+        )
+        .expect("credential");
+        let tls = server_config(
+            &cred,
+            ServerTlsMode::Mutual,
+            TlsVersions::default(),
+            &[b"http/1.1"],
+        )
+        .expect("tls");
+        let mut snapshot =
+            crate::snapshot::compile(crate::config::Resources::default(), Settings::default())
+                .expect("empty snapshot");
+        snapshot.mesh = Some(MeshInbound {
+            client_checks: Default::default(),
+            credential_name: "server".into(),
+            credential: std::sync::Arc::new(cred),
+            tls,
+            authz: std::sync::Arc::new(
+                crate::policy::authz::Authorizer::compile(
+                    &[],
+                    &crate::policy::authz::AuthzScope {
+                        root_namespace: "istio-system".into(),
+                        workload_namespace: "default".into(),
+                        workload_labels: Default::default(),
+                    },
+                )
+                .expect("no policies compile"),
+            ),
+            modes: Default::default(),
+            workload: "default/server".into(),
+            workload_name: "server".into(),
+            workload_namespace: "default".into(),
+            destinations: Default::default(),
+        });
+        snapshot
+    }
+
+    /// The mesh terminator's side of the same window: a peer whose chain the newest mesh CA
+    /// no longer accepts (the root was rotated away from its issuer) is refused on its next
+    /// request, though its connection was accepted, and a peer that passes is verified once.
+    #[test]
+    fn a_mesh_peer_under_a_newer_snapshot_is_verified_again() {
+        use crate::identity::certs::{issue_workload_cert, Ca, KeyType};
+        let old_ca = Ca::generate("old mesh CA", KeyType::EcdsaP256, 1).expect("ca");
+        let new_ca = Ca::generate("new mesh CA", KeyType::EcdsaP256, 1).expect("ca");
+        let peer = issue_workload_cert(
+            &old_ca,
+            "spiffe://cluster.local/ns/default/sa/sleep",
+            &[],
+            KeyType::EcdsaP256,
+            1,
+        )
+        .expect("peer cert");
+        let chain: Vec<rustls::pki_types::CertificateDer<'static>> =
+            rustls_pemfile::certs(&mut peer.cert_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .expect("pem");
+        let mut conn = ConnInfo::new(
+            "10.0.0.2:40000".parse().expect("addr"),
+            "10.0.0.1:15006".parse().expect("addr"),
+            80,
+        );
+        conn.tls = true;
+        conn.peer_chain = chain.into();
+        let accepted = mesh_trusting(&old_ca);
+        conn.verified_generation.set(accepted.generation);
+        let mesh = |s: &Snapshot| s.mesh.clone().expect("mesh");
+        assert!(mesh_peer_passes(&accepted, &mesh(&accepted), &conn));
+
+        let same_ca_again = mesh_trusting(&old_ca);
+        assert!(same_ca_again.generation > accepted.generation);
+        assert!(mesh_peer_passes(
+            &same_ca_again,
+            &mesh(&same_ca_again),
+            &conn
+        ));
+        assert_eq!(conn.verified_generation.get(), same_ca_again.generation);
+
+        let rotated = mesh_trusting(&new_ca);
+        assert!(
+            !mesh_peer_passes(&rotated, &mesh(&rotated), &conn),
+            "a chain from a CA the newest mesh settings no longer trust"
+        );
+        assert_eq!(conn.verified_generation.get(), same_ca_again.generation);
+
+        // Plaintext (PERMISSIVE) connections carry no chain and have nothing to verify.
+        let plaintext = ConnInfo::new(
+            "10.0.0.2:40001".parse().expect("addr"),
+            "10.0.0.1:15006".parse().expect("addr"),
+            80,
+        );
+        assert!(mesh_peer_passes(&rotated, &mesh(&rotated), &plaintext));
     }
 }
