@@ -19,6 +19,7 @@ use anyhow::{bail, Context, Result};
 /// - curl, openssl, iproute2, ethtool, procps, psmisc: the end-to-end tests' tools;
 /// - prometheus, chromium: the mesh graph tests and the demo's screenshot;
 /// - tshark: the demo's proof that only TLS crosses the link;
+/// - iptables: the kernel tests' DNAT of wire traffic to a loopback address;
 /// - python3-pip: the PyPI step below.
 const APT_PACKAGES: &[&str] = &[
     "build-essential",
@@ -32,6 +33,7 @@ const APT_PACKAGES: &[&str] = &[
     "prometheus",
     "chromium",
     "tshark",
+    "iptables",
     "python3-pip",
 ];
 
