@@ -157,17 +157,6 @@ struct Rig {
     name: String,
 }
 
-fn ip_ok(args: &[&str]) -> Result<()> {
-    let out = run(Command::new("ip").args(args))?;
-    ensure!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(())
-}
-
 impl Rig {
     /// Namespaces, the recording app on :80, neighbour entries for the crafted clients, and
     /// (when `daemon`) `kernel run` with port 80 STRICT on the server's veth.
@@ -196,7 +185,7 @@ impl Rig {
             .collect();
         let v6s: Vec<&str> = std::iter::once(CLIENT_V6).chain(FLOOD_V6).collect();
         for addr in v4s.iter().map(String::as_str).chain(v6s) {
-            ip_ok(&[
+            e2e::netns::ip(&[
                 "-n",
                 &topo.server,
                 "neigh",

@@ -10,8 +10,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Result};
+use e2e::hello::HelloApp;
 use e2e::mesh::Pins;
-use e2e::netns::Topology;
+use e2e::netns::{ip, Topology};
 use e2e::process::Daemon;
 use e2e::{is_root, portcullis_bin, skip_not_root};
 
@@ -269,40 +270,146 @@ fn pins_of_another_network_namespace_are_refused() -> Result<()> {
     Ok(())
 }
 
-/// A veth pair `pc-late` (server, 10.235.0.1) / `pc-late-o` (outside, 10.235.0.2), made or
-/// re-made (a bounce: deleted, then created under the same names) after the daemon started.
-fn add_late_interface(topo: &Topology) -> Result<()> {
-    let ip = |args: &[&str]| -> Result<()> {
-        let out = e2e::process::run(Command::new("ip").args(args))?;
+/// `kernel status` for the pins in `dir`, as printed.
+fn kernel_status(ns: &str, dir: &str) -> Result<String> {
+    let out = e2e::process::run(Topology::nsenter(ns, &portcullis_bin()?).args([
+        "kernel",
+        "status",
+        "--pin-dir",
+        dir,
+    ]))?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Whether a `kernel status` lists `iface` among the devices whose ingress runs the check.
+fn tc_covers(status: &str, iface: &str) -> bool {
+    status
+        .lines()
+        .any(|l| l.starts_with("tc ingress:") && l.contains(iface))
+}
+
+/// Polls `done` until it holds: a bounded wait for a state, never for a duration. After 20 s
+/// it fails with `what` and `context()` (status and daemon logs).
+fn wait_until(
+    what: &str,
+    mut done: impl FnMut() -> Result<bool>,
+    context: impl Fn() -> String,
+) -> Result<()> {
+    let start = Instant::now();
+    while !done()? {
         ensure!(
-            out.status.success(),
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
+            start.elapsed() < Duration::from_secs(20),
+            "{what} never happened:\n{}",
+            context()
         );
-        Ok(())
-    };
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// tc-only STRICT on port 80 in the server namespace: `kernel run --port 80=strict`, no
+/// steering, no `--iface`, so the daemon itself finds the interfaces to cover.
+fn tc_only_strict(topo: &Topology, dir: &str, label: &str, logs: &Path) -> Result<Daemon> {
+    let mut cmd = Topology::nsenter(&topo.server, &portcullis_bin()?);
+    cmd.args(["kernel", "run", "--port", "80=strict", "--pin-dir", dir]);
+    Daemon::spawn(label, cmd, logs)
+}
+
+/// A plaintext `curl url` from `ns` is reset (curl's exit 56) and the app reads none of it.
+fn plaintext_is_reset(ns: &str, url: &str, app: &HelloApp, over: &str) -> Result<()> {
+    let read_before = app.bytes_read();
+    let (code, stdout, stderr) = e2e::mesh::curl_in(ns, None, url, Duration::from_secs(5))?;
+    ensure!(
+        code == Some(56),
+        "plaintext over {over} is reset: exit {code:?} {stdout:?} {stderr:?}"
+    );
+    ensure!(
+        app.bytes_read() == read_before,
+        "BYPASS: the app read plaintext over {over}"
+    );
+    Ok(())
+}
+
+/// A veth pair `name` in the server namespace with `server_addr` (a /24) and `name-o` in the
+/// outside one with `outside_addr`, both up.
+fn add_veth(topo: &Topology, name: &str, server_addr: &str, outside_addr: &str) -> Result<()> {
     let (s, o) = (topo.server.as_str(), topo.outside.as_str());
-    // Gone already on the first call.
-    let _ = e2e::process::run(Command::new("ip").args(["-n", s, "link", "del", "pc-late"]));
-    ip(&[
-        "link",
-        "add",
-        "pc-late",
-        "netns",
-        s,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "pc-late-o",
-        "netns",
-        o,
-    ])?;
-    ip(&["-n", s, "addr", "add", "10.235.0.1/24", "dev", "pc-late"])?;
-    ip(&["-n", o, "addr", "add", "10.235.0.2/24", "dev", "pc-late-o"])?;
-    ip(&["-n", s, "link", "set", "pc-late", "up"])?;
-    ip(&["-n", o, "link", "set", "pc-late-o", "up"])?;
+    let peer = format!("{name}-o");
+    let (server_cidr, outside_cidr) = (format!("{server_addr}/24"), format!("{outside_addr}/24"));
+    for args in [
+        [
+            "link", "add", name, "netns", s, "type", "veth", "peer", "name", &peer, "netns", o,
+        ]
+        .as_slice(),
+        &["-n", s, "addr", "add", &server_cidr, "dev", name],
+        &["-n", o, "addr", "add", &outside_cidr, "dev", &peer],
+        &["-n", s, "link", "set", name, "up"],
+        &["-n", o, "link", "set", &peer, "up"],
+    ] {
+        ip(args)?;
+    }
+    Ok(())
+}
+
+/// A veth pair `pc-bare` (server, no address, IPv6 off) / `pc-bare-o` (outside, 10.236.0.2),
+/// with routes that send the outside's traffic for the server's main address over it.
+fn add_bare_interface(topo: &Topology) -> Result<()> {
+    let (s, o) = (topo.server.as_str(), topo.outside.as_str());
+    let server = e2e::netns::SERVER_V4.to_string();
+    for args in [
+        [
+            "link",
+            "add",
+            "pc-bare",
+            "netns",
+            s,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "pc-bare-o",
+            "netns",
+            o,
+        ]
+        .as_slice(),
+        &[
+            "netns",
+            "exec",
+            s,
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.pc-bare.disable_ipv6=1",
+        ],
+        &["-n", o, "addr", "add", "10.236.0.2/24", "dev", "pc-bare-o"],
+        &["-n", s, "link", "set", "pc-bare", "up"],
+        &["-n", o, "link", "set", "pc-bare-o", "up"],
+        &["-n", s, "route", "add", "10.236.0.2/32", "dev", "pc-bare"],
+        &[
+            "-n",
+            o,
+            "route",
+            "add",
+            &server,
+            "dev",
+            "pc-bare-o",
+            "src",
+            "10.236.0.2",
+        ],
+        &[
+            "netns",
+            "exec",
+            s,
+            "sysctl",
+            "-qw",
+            "net.ipv4.conf.all.rp_filter=0",
+        ],
+    ] {
+        ip(args)?;
+    }
+    let out =
+        e2e::process::run(Command::new("ip").args(["-n", s, "addr", "show", "dev", "pc-bare"]))?;
+    let shown = String::from_utf8_lossy(&out.stdout);
+    ensure!(!shown.contains("inet"), "pc-bare has an address: {shown}");
     Ok(())
 }
 
@@ -318,127 +425,71 @@ fn interfaces_added_or_bounced_after_start_are_covered() -> Result<()> {
         skip_not_root(name);
         return Ok(());
     }
-    let bin = portcullis_bin()?;
     let logs = tempfile::tempdir()?;
     let topo = Topology::create("fciface")?;
-    let app = e2e::hello::HelloApp::start(&topo.server)?;
+    let (s, o) = (topo.server.as_str(), topo.outside.as_str());
+    let app = HelloApp::start(&topo.server)?;
     let pins = Pins::new(&topo.server, pin_dir("iface"))?;
     let dir = pins.dir.to_str().unwrap_or_default().to_owned();
-    let mut cmd = Topology::nsenter(&topo.server, &bin);
-    cmd.args(["kernel", "run", "--port", "80=strict", "--pin-dir", &dir]);
-    let daemon = Daemon::spawn("kernel-run", cmd, logs.path())?;
-    let status = || -> Result<String> {
-        let out = e2e::process::run(Topology::nsenter(&topo.server, &bin).args([
-            "kernel",
-            "status",
-            "--pin-dir",
-            &dir,
-        ]))?;
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    };
-    // Bounded waits for a state, never for a duration.
-    let wait_for = |what: &str, done: &dyn Fn() -> Result<bool>| -> Result<()> {
-        let start = Instant::now();
-        while !done()? {
-            if start.elapsed() > Duration::from_secs(20) {
-                bail!("{what} never happened:\n{}\n{}", status()?, daemon.log());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(())
-    };
-    wait_for("port 80 STRICT", &|| {
-        Ok(status()?.lines().any(|l| l.trim() == "port 80: STRICT"))
-    })?;
-    let url = "http://10.235.0.1:80/";
+    let status = || kernel_status(s, &dir);
+    let mut daemon = tc_only_strict(&topo, &dir, "kernel-run", logs.path())?;
+    let context = |d: &Daemon| format!("{}\n{}", status().unwrap_or_default(), d.log());
+    wait_until(
+        "port 80 STRICT",
+        || Ok(status()?.lines().any(|l| l.trim() == "port 80: STRICT")),
+        || context(&daemon),
+    )?;
     for round in ["added", "bounced"] {
         let seen = daemon.log().matches("pc-late").count();
-        add_late_interface(&topo)?;
+        // Gone already on the first round; the second re-creates it under the same names.
+        let _ = ip(&["-n", s, "link", "del", "pc-late"]);
+        add_veth(&topo, "pc-late", "10.235.0.1", "10.235.0.2")?;
         // The daemon logs each attach; a bounce must produce a new one.
-        wait_for(&format!("attach to the {round} interface"), &|| {
-            Ok(daemon.log().matches("pc-late").count() > seen)
-        })?;
-        let read_before = app.bytes_read();
-        let (code, stdout, stderr) =
-            e2e::mesh::curl_in(&topo.outside, None, url, Duration::from_secs(5))?;
-        ensure!(
-            code == Some(56),
-            "plaintext over the {round} interface is reset: exit {code:?} {stdout:?} {stderr:?}\n{}",
-            status()?
-        );
-        ensure!(
-            app.bytes_read() == read_before,
-            "BYPASS: the app read plaintext over the {round} interface"
-        );
+        wait_until(
+            &format!("attach to the {round} interface"),
+            || Ok(daemon.log().matches("pc-late").count() > seen),
+            || context(&daemon),
+        )?;
+        plaintext_is_reset(
+            o,
+            "http://10.235.0.1:80/",
+            &app,
+            &format!("the {round} interface"),
+        )?;
     }
     let st = status()?;
     ensure!(
-        st.lines()
-            .any(|l| l.starts_with("tc ingress:") && l.contains("pc-late")),
+        tc_covers(&st, "pc-late"),
         "status lists the late interface:\n{st}"
     );
     // A rename: the link lives on under the pin of the old name. Attaching again to the same
     // device fails, and that failure used to stop the rescan before any interface sorting
     // after it (pc-bare, next) and to stop every restart. `pc-aaa` sorts first on purpose.
-    for args in [
-        ["-n", topo.server.as_str(), "link", "set", "pc-late", "down"].as_slice(),
-        &[
-            "-n",
-            topo.server.as_str(),
-            "link",
-            "set",
-            "pc-late",
-            "name",
-            "pc-aaa",
-        ],
-        &["-n", topo.server.as_str(), "link", "set", "pc-aaa", "up"],
-    ] {
-        let out = e2e::process::run(Command::new("ip").args(args))?;
-        ensure!(out.status.success(), "ip {}", args.join(" "));
-    }
-    wait_for("the pin to follow the rename", &|| {
-        Ok(status()?
-            .lines()
-            .any(|l| l.starts_with("tc ingress:") && l.contains("pc-aaa")))
-    })?;
-    let read_before = app.bytes_read();
-    let (code, _, _) = e2e::mesh::curl_in(&topo.outside, None, url, Duration::from_secs(5))?;
-    ensure!(
-        code == Some(56),
-        "plaintext over the renamed interface: exit {code:?}"
-    );
-    ensure!(
-        app.bytes_read() == read_before,
-        "BYPASS: the app read plaintext over the renamed interface"
-    );
+    ip(&["-n", s, "link", "set", "pc-late", "down"])?;
+    ip(&["-n", s, "link", "set", "pc-late", "name", "pc-aaa"])?;
+    ip(&["-n", s, "link", "set", "pc-aaa", "up"])?;
+    wait_until(
+        "the pin to follow the rename",
+        || Ok(tc_covers(&status()?, "pc-aaa")),
+        || context(&daemon),
+    )?;
+    plaintext_is_reset(o, "http://10.235.0.1:80/", &app, "the renamed interface")?;
     // An interface with no address at all (IPv6 off, so not even a link-local one), only a
     // route — a host-side container veth. Linux still delivers what arrives on it for the
     // server's address held by pc-srv, so it must be judged too.
     let seen = daemon.log().matches("pc-bare").count();
     add_bare_interface(&topo)?;
-    wait_for("attach to the interface without an address", &|| {
-        Ok(daemon.log().matches("pc-bare").count() > seen)
-    })?;
-    let read_before = app.bytes_read();
+    wait_until(
+        "attach to the interface without an address",
+        || Ok(daemon.log().matches("pc-bare").count() > seen),
+        || context(&daemon),
+    )?;
     let url = format!("http://{}:80/", e2e::netns::SERVER_V4);
-    let (code, stdout, stderr) =
-        e2e::mesh::curl_in(&topo.outside, None, &url, Duration::from_secs(5))?;
-    ensure!(
-        code == Some(56),
-        "plaintext over the interface without an address is reset: exit {code:?} {stdout:?} {stderr:?}\n{}",
-        status()?
-    );
-    ensure!(
-        app.bytes_read() == read_before,
-        "BYPASS: the app read plaintext that arrived on an interface without an address"
-    );
+    plaintext_is_reset(o, &url, &app, "the interface without an address")?;
     // kill -9 and a restart with the same arguments adopt all of it (a renamed interface used
     // to make every restart exit at once).
-    let mut daemon = daemon;
     daemon.kill();
-    let mut cmd = Topology::nsenter(&topo.server, &bin);
-    cmd.args(["kernel", "run", "--port", "80=strict", "--pin-dir", &dir]);
-    let mut again = Daemon::spawn("kernel-run-again", cmd, logs.path())?;
+    let mut again = tc_only_strict(&topo, &dir, "kernel-run-again", logs.path())?;
     let start = Instant::now();
     while !again.log().contains("port modes now") {
         if let Some(st) = again.try_wait() {
@@ -460,121 +511,25 @@ fn interfaces_added_or_bounced_after_start_are_covered() -> Result<()> {
     let st = status()?;
     for iface in ["pc-aaa", "pc-bare"] {
         ensure!(
-            st.lines()
-                .any(|l| l.starts_with("tc ingress:") && l.contains(iface)),
+            tc_covers(&st, iface),
             "after the restart, status lists {iface}:\n{st}"
         );
     }
     // A device moved to another namespace takes its link along (its pin stays here): that must
     // not stop the interfaces that come after it from being attached.
-    let (s, o) = (topo.server.as_str(), topo.outside.as_str());
-    for args in [
-        vec!["-n", s, "link", "set", "pc-aaa", "netns", o],
-        vec![
-            "link", "add", "pc-zzz", "netns", s, "type", "veth", "peer", "name", "pc-zzz-o",
-            "netns", o,
-        ],
-        vec!["-n", s, "addr", "add", "10.237.0.1/24", "dev", "pc-zzz"],
-        vec!["-n", o, "addr", "add", "10.237.0.2/24", "dev", "pc-zzz-o"],
-        vec!["-n", s, "link", "set", "pc-zzz", "up"],
-        vec!["-n", o, "link", "set", "pc-zzz-o", "up"],
-    ] {
-        let out = e2e::process::run(Command::new("ip").args(&args))?;
-        ensure!(out.status.success(), "ip {}", args.join(" "));
-    }
-    let start = Instant::now();
-    while !status()?
-        .lines()
-        .any(|l| l.starts_with("tc ingress:") && l.contains("pc-zzz"))
-    {
-        ensure!(
-            start.elapsed() < Duration::from_secs(20),
-            "the interface added after a move was never attached:\n{}\n{}",
-            status()?,
-            again.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let read_before = app.bytes_read();
-    let (code, _, _) =
-        e2e::mesh::curl_in(o, None, "http://10.237.0.1:80/", Duration::from_secs(5))?;
-    ensure!(
-        code == Some(56),
-        "plaintext over the interface added after a move: exit {code:?}"
-    );
-    ensure!(
-        app.bytes_read() == read_before,
-        "BYPASS: the app read plaintext over the interface added after a move"
-    );
-    Ok(())
-}
-
-/// A veth pair `pc-bare` (server, no address, IPv6 off) / `pc-bare-o` (outside, 10.236.0.2),
-/// with routes that send the outside's traffic for the server's main address over it.
-fn add_bare_interface(topo: &Topology) -> Result<()> {
-    let (s, o) = (topo.server.as_str(), topo.outside.as_str());
-    let server = e2e::netns::SERVER_V4.to_string();
-    let steps: [Vec<&str>; 8] = [
-        vec![
-            "link",
-            "add",
-            "pc-bare",
-            "netns",
-            s,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "pc-bare-o",
-            "netns",
-            o,
-        ],
-        vec![
-            "netns",
-            "exec",
-            s,
-            "sysctl",
-            "-qw",
-            "net.ipv6.conf.pc-bare.disable_ipv6=1",
-        ],
-        vec!["-n", o, "addr", "add", "10.236.0.2/24", "dev", "pc-bare-o"],
-        vec!["-n", s, "link", "set", "pc-bare", "up"],
-        vec!["-n", o, "link", "set", "pc-bare-o", "up"],
-        vec!["-n", s, "route", "add", "10.236.0.2/32", "dev", "pc-bare"],
-        vec![
-            "-n",
-            o,
-            "route",
-            "add",
-            &server,
-            "dev",
-            "pc-bare-o",
-            "src",
-            "10.236.0.2",
-        ],
-        vec![
-            "netns",
-            "exec",
-            s,
-            "sysctl",
-            "-qw",
-            "net.ipv4.conf.all.rp_filter=0",
-        ],
-    ];
-    for args in steps {
-        let out = e2e::process::run(Command::new("ip").args(&args))?;
-        ensure!(
-            out.status.success(),
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    let out =
-        e2e::process::run(Command::new("ip").args(["-n", s, "addr", "show", "dev", "pc-bare"]))?;
-    let shown = String::from_utf8_lossy(&out.stdout);
-    ensure!(!shown.contains("inet"), "pc-bare has an address: {shown}");
-    Ok(())
+    ip(&["-n", s, "link", "set", "pc-aaa", "netns", o])?;
+    add_veth(&topo, "pc-zzz", "10.237.0.1", "10.237.0.2")?;
+    wait_until(
+        "attach to the interface added after a move",
+        || Ok(tc_covers(&status()?, "pc-zzz")),
+        || context(&again),
+    )?;
+    plaintext_is_reset(
+        o,
+        "http://10.237.0.1:80/",
+        &app,
+        "the interface added after a move",
+    )
 }
 
 /// A layer-3 device (tun here; WireGuard and IP tunnels alike) carries packets that start at
@@ -589,62 +544,38 @@ fn plaintext_over_a_layer3_device_is_dropped() -> Result<()> {
         skip_not_root(name);
         return Ok(());
     }
-    let bin = portcullis_bin()?;
     let logs = tempfile::tempdir()?;
     let topo = Topology::create("fctun")?;
-    let app = e2e::hello::HelloApp::start(&topo.server)?;
+    let s = topo.server.as_str();
+    let app = HelloApp::start(&topo.server)?;
     let pins = Pins::new(&topo.server, pin_dir("tun"))?;
     let dir = pins.dir.to_str().unwrap_or_default().to_owned();
     let server = e2e::netns::SERVER_V4.to_string();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/tun_client.py");
     let mut cmd = Command::new("nsenter");
-    cmd.arg(format!("--net=/run/netns/{}", topo.server))
+    cmd.arg(format!("--net=/run/netns/{s}"))
         .arg("python3")
         .arg(&script)
         .args(["pc-tun", "10.242.0.2", &server, "80"]);
     let mut client = e2e::process::LineChild::spawn(&mut cmd)?;
     ensure!(client.ask("create")? == "created", "tun not created");
-    for args in [
-        vec!["-n", &topo.server, "link", "set", "pc-tun", "up"],
-        vec![
-            "-n",
-            &topo.server,
-            "route",
-            "add",
-            "10.242.0.2/32",
-            "dev",
-            "pc-tun",
-        ],
-    ] {
-        let out = e2e::process::run(Command::new("ip").args(&args))?;
-        ensure!(out.status.success(), "ip {}", args.join(" "));
-    }
-    let mut cmd = Topology::nsenter(&topo.server, &bin);
-    cmd.args(["kernel", "run", "--port", "80=strict", "--pin-dir", &dir]);
-    let daemon = Daemon::spawn("kernel-run", cmd, logs.path())?;
-    let start = Instant::now();
-    loop {
-        let out = e2e::process::run(Topology::nsenter(&topo.server, &bin).args([
-            "kernel",
-            "status",
-            "--pin-dir",
-            &dir,
-        ]))?;
-        let st = String::from_utf8_lossy(&out.stdout).into_owned();
-        if st
-            .lines()
-            .any(|l| l.starts_with("tc ingress:") && l.contains("pc-tun"))
-            && st.lines().any(|l| l.trim() == "port 80: STRICT")
-        {
-            break;
-        }
-        ensure!(
-            start.elapsed() < Duration::from_secs(20),
-            "the tun device never got the check:\n{st}\n{}",
-            daemon.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    ip(&["-n", s, "link", "set", "pc-tun", "up"])?;
+    ip(&["-n", s, "route", "add", "10.242.0.2/32", "dev", "pc-tun"])?;
+    let daemon = tc_only_strict(&topo, &dir, "kernel-run", logs.path())?;
+    wait_until(
+        "the check on the tun device",
+        || {
+            let st = kernel_status(s, &dir)?;
+            Ok(tc_covers(&st, "pc-tun") && st.lines().any(|l| l.trim() == "port 80: STRICT"))
+        },
+        || {
+            format!(
+                "{}\n{}",
+                kernel_status(s, &dir).unwrap_or_default(),
+                daemon.log()
+            )
+        },
+    )?;
     // Judged, not blanket-dropped: the head of a ClientHello is let through.
     let outcome = client.ask("hello")?;
     ensure!(

@@ -42,7 +42,8 @@ pub struct Topology {
     hosts_dir: PathBuf,
 }
 
-fn ip(args: &[&str]) -> Result<()> {
+/// `ip ARGS`, failing with what it printed to stderr.
+pub fn ip(args: &[&str]) -> Result<()> {
     let out = run(Command::new("ip").args(args))?;
     if !out.status.success() {
         bail!(
