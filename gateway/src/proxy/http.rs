@@ -582,55 +582,15 @@ mod reverify_tests {
 
     /// A snapshot whose mesh terminator trusts `ca` (and presents a certificate from it).
     fn mesh_trusting(ca: &crate::identity::certs::Ca) -> Snapshot {
-        use crate::identity::certs::{issue_workload_cert, KeyType};
-        use crate::tls::{server_config, Credential, ServerTlsMode, TlsVersions};
-        let server = issue_workload_cert(
+        use crate::snapshot::testing::{mesh_inbound, snapshot_with};
+        let id = "spiffe://cluster.local/ns/default/sa/server";
+        snapshot_with(mesh_inbound(
             ca,
-            "spiffe://cluster.local/ns/default/sa/server",
-            &["server".into()],
-            KeyType::EcdsaP256,
-            1,
-        )
-        .expect("server cert");
-        let cred = Credential::from_pem(
-            server.cert_pem.as_bytes(),
-            server.key_pem.as_bytes(),
-            Some(ca.cert_pem().as_bytes()),
-        )
-        .expect("credential");
-        let tls = server_config(
-            &cred,
-            ServerTlsMode::Mutual,
-            TlsVersions::default(),
-            &[b"http/1.1"],
-        )
-        .expect("tls");
-        let mut snapshot =
-            crate::snapshot::compile(crate::config::Resources::default(), Settings::default())
-                .expect("empty snapshot");
-        snapshot.mesh = Some(MeshInbound {
-            client_checks: Default::default(),
-            credential_name: "server".into(),
-            credential: std::sync::Arc::new(cred),
-            tls,
-            authz: std::sync::Arc::new(
-                crate::policy::authz::Authorizer::compile(
-                    &[],
-                    &crate::policy::authz::AuthzScope {
-                        root_namespace: "istio-system".into(),
-                        workload_namespace: "default".into(),
-                        workload_labels: Default::default(),
-                    },
-                )
-                .expect("no policies compile"),
-            ),
-            modes: Default::default(),
-            workload: "default/server".into(),
-            workload_name: "server".into(),
-            workload_namespace: "default".into(),
-            destinations: Default::default(),
-        });
-        snapshot
+            id,
+            "server",
+            Default::default(),
+            Default::default(),
+        ))
     }
 
     /// The mesh terminator's side of the same window: a peer whose chain the newest mesh CA

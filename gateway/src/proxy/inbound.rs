@@ -239,7 +239,7 @@ mod tests {
     use crate::policy::authz::AuthzScope;
     use crate::snapshot::compile;
     use crate::snapshot::model::MeshInbound;
-    use crate::tls::{server_config, Credential, ServerTlsMode, TlsVersions};
+    use crate::tls::{server_config, ServerTlsMode, TlsVersions};
 
     const DENY_SLEEP_418: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no-teapot, namespace: default}\nspec:\n  action: DENY\n  rules:\n  - from: [{source: {principals: [cluster.local/ns/default/sa/sleep]}}]\n    to: [{operation: {paths: [/status/418]}}]\n";
 
@@ -252,14 +252,6 @@ mod tests {
     async fn start(mode: PeerAuthMode) -> Setup {
         let dir = tempfile::tempdir().expect("tmp");
         let ca = Ca::generate("mesh CA", KeyType::EcdsaP256, 1).expect("ca");
-        let server = issue_workload_cert(
-            &ca,
-            "spiffe://cluster.local/ns/default/sa/server",
-            &["server".into()],
-            KeyType::EcdsaP256,
-            1,
-        )
-        .expect("server cert");
         let client = issue_workload_cert(
             &ca,
             "spiffe://cluster.local/ns/default/sa/sleep",
@@ -275,12 +267,11 @@ mod tests {
         ] {
             std::fs::write(dir.path().join(name), pem).expect("write");
         }
-        let cred = Credential::from_pem(
-            server.cert_pem.as_bytes(),
-            server.key_pem.as_bytes(),
-            Some(ca.cert_pem().as_bytes()),
-        )
-        .expect("credential");
+        let cred = crate::snapshot::testing::workload_credential(
+            &ca,
+            "spiffe://cluster.local/ns/default/sa/server",
+            &["server".into()],
+        );
         let tls = server_config(
             &cred,
             ServerTlsMode::Mutual,

@@ -342,52 +342,13 @@ mod tests {
     use std::process::Command;
 
     use super::*;
-    use crate::config::{Resources, Settings};
-    use crate::identity::certs::{issue_workload_cert, Ca, KeyType};
+    use crate::identity::certs::{Ca, KeyType};
     use crate::identity::Identity;
-    use crate::policy::authz::{Authorizer, AuthzScope};
     use crate::policy::peer_auth::PeerAuthMode;
-    use crate::snapshot::compile;
-    use crate::tls::{server_config, Credential, ServerTlsMode, TlsVersions};
-
-    fn mesh(
-        ca: &Ca,
-        id: &str,
-        workload: &str,
-        destinations: BTreeMap<SocketAddr, MeshDestination>,
-        modes: BTreeMap<u16, PeerAuthMode>,
-    ) -> MeshInbound {
-        let c = issue_workload_cert(ca, id, &[], KeyType::EcdsaP256, 1).expect("cert");
-        let cred = Credential::from_pem(
-            c.cert_pem.as_bytes(),
-            c.key_pem.as_bytes(),
-            Some(ca.cert_pem().as_bytes()),
-        )
-        .expect("cred");
-        MeshInbound {
-            client_checks: Default::default(),
-            credential_name: workload.into(),
-            tls: server_config(
-                &cred,
-                ServerTlsMode::Mutual,
-                TlsVersions::default(),
-                &[b"h2", b"http/1.1"],
-            )
-            .expect("tls"),
-            credential: Arc::new(cred),
-            authz: Arc::new(Authorizer::compile(&[], &AuthzScope::default()).expect("authz")),
-            modes,
-            workload: format!("default/{workload}"),
-            workload_name: workload.into(),
-            workload_namespace: "default".into(),
-            destinations,
-        }
-    }
+    use crate::snapshot::testing::{mesh_inbound, snapshot_with};
 
     fn gateway(mesh: MeshInbound) -> Arc<Gateway> {
-        let mut snapshot = compile(Resources::default(), Settings::default()).expect("snapshot");
-        snapshot.mesh = Some(mesh);
-        Gateway::new(snapshot)
+        Gateway::new(snapshot_with(mesh))
     }
 
     async fn curl(url: String) -> (i32, String) {
@@ -418,7 +379,7 @@ mod tests {
             app,
             std::future::pending::<()>(),
         ));
-        let server = gateway(mesh(
+        let server = gateway(mesh_inbound(
             &ca,
             "spiffe://cluster.local/ns/default/sa/hello",
             "hello",
@@ -437,7 +398,7 @@ mod tests {
             service: "hello.default.svc.cluster.local".into(),
             identities: vec![Identity::from_uri(expected).expect("id")],
         };
-        let client = gateway(mesh(
+        let client = gateway(mesh_inbound(
             &ca,
             "spiffe://cluster.local/ns/default/sa/sleep",
             "sleep",

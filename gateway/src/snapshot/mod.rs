@@ -22,3 +22,5 @@ pub use compile::{compile, Snapshot};
 
 #[cfg(test)]
 mod server_tls_tests;
+#[cfg(test)]
+pub(crate) mod testing;

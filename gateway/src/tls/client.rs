@@ -137,17 +137,11 @@ pub fn mesh_client_config(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::certs::{issue_workload_cert, Ca, KeyType};
+    use crate::identity::certs::{Ca, KeyType};
     use crate::tls::{server_config, ServerTlsMode, TlsVersions};
 
     fn cred(ca: &Ca, id: &str) -> Credential {
-        let c = issue_workload_cert(ca, id, &[], KeyType::EcdsaP256, 1).expect("cert");
-        Credential::from_pem(
-            c.cert_pem.as_bytes(),
-            c.key_pem.as_bytes(),
-            Some(ca.cert_pem().as_bytes()),
-        )
-        .expect("cred")
+        crate::snapshot::testing::workload_credential(ca, id, &[])
     }
 
     /// Runs a handshake in memory; Ok with the principal the server saw, or the client's error.

@@ -243,8 +243,9 @@ impl ClientCertVerifier for CheckedClientVerifier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tls::testing::{handshake, leaf, leaf_with_raw_sans, raw_sans, test_ca};
-    use crate::tls::{server_config_with, Credential, ServerOptions, ServerTlsMode, TlsVersions};
+    use crate::tls::testing::{
+        handshake, leaf, leaf_with_raw_sans, mutual_server, raw_sans, test_ca,
+    };
 
     fn now() -> UnixTime {
         UnixTime::now()
@@ -299,23 +300,7 @@ mod tests {
             &["spiffe://cluster.local/ns/default/sa/hello"],
             9,
         );
-        let cred = Credential::from_pem(
-            server.cert_pem.as_bytes(),
-            server.key_pem.as_bytes(),
-            Some(ca.cert.pem().as_bytes()),
-        )
-        .expect("cred");
-        let cfg = server_config_with(
-            &cred,
-            &ServerOptions {
-                mode: ServerTlsMode::Mutual,
-                versions: TlsVersions::default(),
-                cipher_suites: Vec::new(),
-                client_checks: c,
-                alpn: &[],
-            },
-        )
-        .expect("config");
+        let cfg = mutual_server(&ca, &server, c);
         assert_eq!(handshake(cfg.clone(), &ca, Some(&ours), false), Ok(()));
         let err = handshake(cfg, &ca, Some(&theirs), false).expect_err("foreign");
         assert!(err.contains("ForeignTrustDomain"), "{err}");
@@ -327,23 +312,7 @@ mod tests {
     fn malformed_spiffe_ids_fail_the_handshake_of_every_mutual_server() {
         let ca = test_ca("Gateway CA");
         let server = leaf(&ca, &["test.com"], &[], 1);
-        let cred = Credential::from_pem(
-            server.cert_pem.as_bytes(),
-            server.key_pem.as_bytes(),
-            Some(ca.cert.pem().as_bytes()),
-        )
-        .expect("cred");
-        let cfg = server_config_with(
-            &cred,
-            &ServerOptions {
-                mode: ServerTlsMode::Mutual,
-                versions: TlsVersions::default(),
-                cipher_suites: Vec::new(),
-                client_checks: ClientCertChecks::default(),
-                alpn: &[],
-            },
-        )
-        .expect("config");
+        let cfg = mutual_server(&ca, &server, ClientCertChecks::default());
         let refused: &[&[&str]] = &[
             &["SPIFFE://test.client"],
             &["spiffe://TEST.CLIENT"],

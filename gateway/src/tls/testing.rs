@@ -62,6 +62,45 @@ pub(crate) struct Leaf {
     pub key_der: Vec<u8>,
 }
 
+/// Signs `params` with serial `serial` and a fresh key, as `ca`.
+fn sign(mut params: CertificateParams, serial: u64, ca: &TestCa) -> Leaf {
+    params.serial_number = Some(SerialNumber::from(serial));
+    let key = KeyPair::generate().expect("key");
+    let cert = params.signed_by(&key, &ca.issuer).expect("leaf");
+    Leaf {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+        der: cert.der().clone(),
+        key_der: key.serialize_der(),
+    }
+}
+
+/// A MUTUAL server config presenting `server`, trusting `ca` for client certificates and
+/// applying `client_checks` to them.
+pub(crate) fn mutual_server(
+    ca: &TestCa,
+    server: &Leaf,
+    client_checks: super::ClientCertChecks,
+) -> Arc<rustls::ServerConfig> {
+    let cred = super::Credential::from_pem(
+        server.cert_pem.as_bytes(),
+        server.key_pem.as_bytes(),
+        Some(ca.cert.pem().as_bytes()),
+    )
+    .expect("cred");
+    super::server_config_with(
+        &cred,
+        &super::ServerOptions {
+            mode: super::ServerTlsMode::Mutual,
+            versions: super::TlsVersions::default(),
+            cipher_suites: Vec::new(),
+            client_checks,
+            alpn: &[],
+        },
+    )
+    .expect("config")
+}
+
 /// A leaf with DNS names `dns`, URI SANs `uris` and serial `serial`.
 pub(crate) fn leaf(ca: &TestCa, dns: &[&str], uris: &[&str], serial: u64) -> Leaf {
     let mut params =
@@ -72,15 +111,7 @@ pub(crate) fn leaf(ca: &TestCa, dns: &[&str], uris: &[&str], serial: u64) -> Lea
             rcgen::string::Ia5String::try_from(*u).expect("ia5"),
         ));
     }
-    params.serial_number = Some(SerialNumber::from(serial));
-    let key = KeyPair::generate().expect("key");
-    let cert = params.signed_by(&key, &ca.issuer).expect("leaf");
-    Leaf {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-        der: cert.der().clone(),
-        key_der: key.serialize_der(),
-    }
+    sign(params, serial, ca)
 }
 
 /// A client leaf whose subjectAltName extensions are the raw DER values given, one extension
@@ -95,15 +126,7 @@ pub(crate) fn leaf_with_raw_sans(ca: &TestCa, sans: &[&[u8]], serial: u64) -> Le
                 san.to_vec(),
             ));
     }
-    params.serial_number = Some(SerialNumber::from(serial));
-    let key = KeyPair::generate().expect("key");
-    let cert = params.signed_by(&key, &ca.issuer).expect("leaf");
-    Leaf {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-        der: cert.der().clone(),
-        key_der: key.serialize_der(),
-    }
+    sign(params, serial, ca)
 }
 
 /// The subjectAltName values of the attack review (issue 12), each read by OpenSSL as
