@@ -497,8 +497,11 @@ fn check(args: &ConfigArgs) -> Result<()> {
 
 fn explain_cmd(args: ExplainArgs) -> Result<()> {
     let snapshot = load(&args.config)?;
+    // As a client would send it: the canonical host (lowercase, no trailing dot), no port.
     let sni = args.sni.or_else(|| {
-        let host = config::hosts::authority_host(&args.host);
+        let host = config::hosts::Authority::parse(&args.host)
+            .map(|a| a.host().to_owned())
+            .unwrap_or_else(|_| config::hosts::authority_host(&args.host));
         (!host.is_empty()).then_some(host)
     });
     let req = ExplainRequest {

@@ -14,6 +14,7 @@ use super::authz::{
     Authorizer, AuthzAction, Decision, DenyReason, PolicyRef, RequestAttrs, Verdict,
 };
 use super::path::{normalize, PathError, PathNormalization};
+use crate::config::hosts::{Authority, AuthorityError};
 
 /// A request as `portcullis explain` flags describe it.
 #[derive(Clone, Debug)]
@@ -70,10 +71,17 @@ impl ExplainRequest {
 pub struct Explanation {
     /// The path as given, without its query string.
     pub received: String,
+    /// The host as given.
+    pub received_host: String,
+    /// The canonical host the policies saw (lowercase, one trailing dot dropped, port as a
+    /// number), or why the daemon would refuse it with `400`.
+    pub host: Result<String, AuthorityError>,
+    /// The method, when the daemon would refuse it with `400` (lowercase letters).
+    pub refused_method: Option<String>,
     /// The path the policies saw, or why the daemon would refuse it with `400`.
     pub path: Result<String, PathError>,
     pub mode: PathNormalization,
-    /// `None` when the path is refused: no policy is asked.
+    /// `None` when the request is refused (host, method or path): no policy is asked.
     pub decision: Option<Decision>,
     /// Every policy that applies to the workload, in evaluation order.
     pub applicable: Vec<(AuthzAction, PolicyRef)>,
@@ -93,37 +101,43 @@ pub fn explain(authz: &Authorizer, req: &ExplainRequest) -> Result<Explanation, 
         .next()
         .unwrap_or(req.path.as_str());
     let applicable = authz.policies().map(|(a, p)| (a, p.clone())).collect();
-    let path = match normalize(raw, req.path_normalization) {
-        Ok(p) => p.into_owned(),
-        Err(e) => {
-            return Ok(Explanation {
-                received: raw.to_owned(),
-                path: Err(e),
-                mode: req.path_normalization,
-                decision: None,
-                applicable,
-            })
-        }
-    };
-    let decision = authz.evaluate(&RequestAttrs {
-        principal,
-        source_namespace: req.source_namespace.as_deref(),
-        source_ip: req.source_ip,
-        remote_ip: req.remote_ip.unwrap_or(req.source_ip),
-        host: &req.host,
-        port: req.port,
-        method: &req.method,
-        path: &path,
-        headers: &headers,
-        sni: req.sni.as_deref(),
-    });
-    Ok(Explanation {
+    // The daemon's order: the host, the method, then the path; the first refused is the 400.
+    let host = Authority::parse(&req.host).map(|a| a.to_string());
+    let refused_method = req
+        .method
+        .bytes()
+        .any(|b| b.is_ascii_lowercase())
+        .then(|| req.method.clone());
+    let path = normalize(raw, req.path_normalization).map(std::borrow::Cow::into_owned);
+    let mut explanation = Explanation {
         received: raw.to_owned(),
-        path: Ok(path),
+        received_host: req.host.clone(),
+        host,
+        refused_method,
+        path,
         mode: req.path_normalization,
-        decision: Some(decision),
+        decision: None,
         applicable,
-    })
+    };
+    if let (Ok(host), None, Ok(path)) = (
+        &explanation.host,
+        &explanation.refused_method,
+        &explanation.path,
+    ) {
+        explanation.decision = Some(authz.evaluate(&RequestAttrs {
+            principal,
+            source_namespace: req.source_namespace.as_deref(),
+            source_ip: req.source_ip,
+            remote_ip: req.remote_ip.unwrap_or(req.source_ip),
+            host,
+            port: req.port,
+            method: &req.method,
+            path,
+            headers: &headers,
+            sni: req.sni.as_deref(),
+        }));
+    }
+    Ok(explanation)
 }
 
 impl Explanation {
@@ -145,11 +159,21 @@ impl fmt::Display for Explanation {
     ///     DENY  istio-system/test
     /// ```
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const REFUSED: &str = "REFUSED: 400 Bad Request, before any policy";
+        if let Err(e) = &self.host {
+            return writeln!(f, "{REFUSED}\n  host: {:?}\n  why: {e}", self.received_host);
+        }
+        if let Some(m) = &self.refused_method {
+            return writeln!(
+                f,
+                "{REFUSED}\n  method: {m}\n  why: methods are case-sensitive and none has lowercase letters; an upstream that uppercases it would serve what a policy on the uppercase method decided against"
+            );
+        }
         let decision = match (&self.path, &self.decision) {
             (Err(e), _) => {
                 return writeln!(
                     f,
-                    "REFUSED: 400 Bad Request, before any policy\n  path: {}\n  why: {e}\n  path normalization: {}",
+                    "{REFUSED}\n  path: {}\n  why: {e}\n  path normalization: {}",
                     self.received, self.mode
                 );
             }
@@ -188,6 +212,11 @@ impl fmt::Display for Explanation {
         }
         if let Ok(path) = &self.path {
             writeln!(f, "  path: {path} (normalized, {})", self.mode)?;
+        }
+        if let Ok(host) = &self.host {
+            if *host != self.received_host {
+                writeln!(f, "  host: {host} (canonical)")?;
+            }
         }
         if let Some(a) = &decision.audited {
             writeln!(
@@ -262,6 +291,9 @@ mod tests {
                         failures.push(e);
                     }
                 }
+                // The daemon refuses a lowercase method before any policy (400): stricter
+                // than the policies' own DENY, never looser.
+                None if explained.refused_method.is_some() && !direct.is_allowed() => {}
                 other => failures.push(format!(
                     "case {:?}: explain says `{other:?}`, evaluate says `{direct}`",
                     case.name
@@ -330,6 +362,51 @@ mod tests {
         req.path = plain.replacen('/', "/%2F", 1);
         let out = explain(&authz, &req).unwrap();
         assert_eq!(out.path, Err(PathError::EncodedSlash));
+        assert!(out.to_string().starts_with("REFUSED: 400"), "{out}");
+    }
+
+    /// The daemon's host and method checks, before any policy: a refused host or a
+    /// lowercase method is a 400, and a host is matched in its canonical form.
+    #[test]
+    fn hosts_and_methods_are_checked_as_the_daemon_checks_them() {
+        let case = CASES
+            .iter()
+            .find(|c| c.name == "walkthrough: test.client /status/418 is denied")
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let authz = load(case, dir.path());
+        let denied = explain(&authz, &as_flags(case)).unwrap().decision;
+        assert!(denied.as_ref().is_some_and(|d| !d.is_allowed()));
+        for host in ["TEST.com", "test.com.", "Test.Com."] {
+            let mut req = as_flags(case);
+            req.host = host.to_owned();
+            let out = explain(&authz, &req).unwrap();
+            assert_eq!(out.host.as_deref(), Ok("test.com"), "{host}");
+            assert_eq!(out.decision, denied, "{host}");
+            assert!(
+                out.to_string().contains("host: test.com (canonical)"),
+                "{out}"
+            );
+        }
+        for (host, why) in [
+            ("test.com:1@other.example", AuthorityError::UserInfo),
+            ("test.com..", AuthorityError::TrailingDot),
+            ("test.com:x", AuthorityError::Port),
+            ("", AuthorityError::Empty),
+        ] {
+            let mut req = as_flags(case);
+            req.host = host.to_owned();
+            let out = explain(&authz, &req).unwrap();
+            assert_eq!(out.host, Err(why), "{host}");
+            assert_eq!(out.decision, None);
+            assert!(out.to_string().starts_with("REFUSED: 400"), "{out}");
+            assert!(!out.is_allowed());
+        }
+        let mut req = as_flags(case);
+        req.method = "get".to_owned();
+        let out = explain(&authz, &req).unwrap();
+        assert_eq!(out.refused_method.as_deref(), Some("get"));
+        assert_eq!(out.decision, None);
         assert!(out.to_string().starts_with("REFUSED: 400"), "{out}");
     }
 
