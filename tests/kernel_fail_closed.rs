@@ -239,6 +239,7 @@ fn pins_of_another_network_namespace_are_refused() -> Result<()> {
     for args in [
         vec!["kernel", "status", "--pin-dir", &dir],
         vec!["kernel", "set-mode", "80=disable", "--pin-dir", &dir],
+        vec!["kernel", "uninstall", "--pin-dir", &dir],
     ] {
         let out = e2e::process::run(Topology::nsenter(&second.server, &bin).args(&args))?;
         ensure!(
@@ -249,7 +250,8 @@ fn pins_of_another_network_namespace_are_refused() -> Result<()> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    // The first namespace's pins still work there, and the second has its own.
+    // The first namespace's pins are all still there and still work (the refused uninstall
+    // removed nothing), and the second has its own.
     let out = e2e::process::run(Topology::nsenter(&first.server, &bin).args([
         "kernel",
         "status",
@@ -265,6 +267,19 @@ fn pins_of_another_network_namespace_are_refused() -> Result<()> {
     ensure!(
         out.status.success(),
         "kernel attach with its own pin dir: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Said on purpose, the other namespace's pins can go.
+    let out = e2e::process::run(Topology::nsenter(&second.server, &bin).args([
+        "kernel",
+        "uninstall",
+        "--force",
+        "--pin-dir",
+        &dir,
+    ]))?;
+    ensure!(
+        out.status.success() && !shared.dir.exists(),
+        "uninstall --force from the second namespace: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(())

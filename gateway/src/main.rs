@@ -72,7 +72,7 @@ enum Command {
     Kernel(portcullis::kernel::cli::KernelArgs),
     /// Remove the kernel programs: detach every link and delete every pin (same as
     /// `portcullis kernel uninstall`). STRICT ports are open to plaintext afterwards.
-    Uninstall(portcullis::kernel::cli::PinDirArg),
+    Uninstall(portcullis::kernel::cli::UninstallArgs),
     /// Show which AuthorizationPolicy allows or denies a request, and why.
     ///
     /// Compiles the configuration exactly as `run` does and evaluates the described request

@@ -43,7 +43,7 @@ pub enum KernelCommand {
     /// Show what is attached, the port modes and the counters.
     Status(StatusArgs),
     /// Detach every link and remove every pin (outbound capture included).
-    Uninstall(PinDirArg),
+    Uninstall(UninstallArgs),
     /// Outbound capture: a workload cgroup's plaintext connects to mesh destinations go to the
     /// outbound proxy (cgroup connect4 + sock_ops).
     Capture(CaptureArgs),
@@ -101,6 +101,17 @@ pub struct PinDirArg {
     /// Where programs, maps and links are pinned (one directory per network namespace).
     #[arg(long, env = "PORTCULLIS_PIN_DIR", default_value = DEFAULT_PIN_DIR)]
     pub pin_dir: PathBuf,
+}
+
+/// `uninstall`.
+#[derive(Debug, Args)]
+pub struct UninstallArgs {
+    #[command(flatten)]
+    pub pins: PinDirArg,
+    /// Remove the pins even when they serve another network namespace that is still alive.
+    /// That ends STRICT there: its plaintext is no longer refused.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Options shared by `attach` and `run`.
@@ -251,8 +262,9 @@ pub async fn run(args: KernelArgs) -> Result<()> {
             Ok(())
         }
         KernelCommand::Capture(c) => run_capture(c.command),
-        KernelCommand::Uninstall(p) => {
-            let report = uninstall(&p.pin_dir)?;
+        KernelCommand::Uninstall(u) => {
+            let p = &u.pins;
+            let report = uninstall(&p.pin_dir, u.force)?;
             println!(
                 "uninstalled {}: {} links detached, {} pins removed",
                 p.pin_dir.display(),

@@ -79,6 +79,21 @@ pub enum KernelError {
         found: &'static str,
     },
 
+    /// `uninstall` run from another network namespace than the one the pins serve.
+    #[error(
+        "the programs pinned under {dir} serve network namespace {pinned}, but this process runs \
+         in {ours}: removing them would end STRICT there. Run the uninstall in that namespace \
+         (nsenter --net=...), or add --force to remove them from here"
+    )]
+    UninstallForeignNetns {
+        /// The pin directory.
+        dir: PathBuf,
+        /// The namespace the pinned links belong to.
+        pinned: String,
+        /// This process's namespace.
+        ours: String,
+    },
+
     /// Nothing is installed under the pin directory.
     #[error("nothing is installed under {0} (run `portcullis kernel attach` first)")]
     NotInstalled(PathBuf),

@@ -532,12 +532,22 @@ pub struct UninstallReport {
 }
 
 /// Detaches every link, then removes every pin and the pin directory. Idempotent. This also
-/// removes an outbound capture pinned in the same directory.
-pub fn uninstall(pin_dir: &Path) -> Result<UninstallReport> {
+/// removes an outbound capture pinned in the same directory. Pins that serve another live
+/// network namespace are refused unless `force`: run from the wrong namespace, an uninstall
+/// would silently end that namespace's STRICT.
+pub fn uninstall(pin_dir: &Path, force: bool) -> Result<UninstallReport> {
     require_root("uninstall the eBPF programs")?;
     let pins = PinLayout::new(pin_dir);
     if !pin_dir.exists() {
         return Ok(UninstallReport::default());
+    }
+    if !force {
+        pins_netns(&pins).map_err(|e| match e {
+            KernelError::ForeignNetns { dir, pinned, ours } => {
+                KernelError::UninstallForeignNetns { dir, pinned, ours }
+            }
+            other => other,
+        })?;
     }
     let report = remove_pins(&pins, |_| true)?;
     if pin_dir.exists() {
