@@ -551,7 +551,8 @@ fn interfaces_added_or_bounced_after_start_are_covered() -> Result<()> {
 /// the IP header. The tc check used to parse them as Ethernet, read the IP addresses as an
 /// EtherType and pass everything, while `status` listed the device as covered. Such devices
 /// get the layer-3 variant now, which judges the same way and drops plaintext (it has no link
-/// header to answer with a reset).
+/// header to answer with a reset). IPv4 over a device present at start, IPv6 over one added
+/// while the daemon runs.
 #[test]
 fn plaintext_over_a_layer3_device_is_dropped() -> Result<()> {
     let name = "plaintext_over_a_layer3_device_is_dropped";
@@ -561,58 +562,95 @@ fn plaintext_over_a_layer3_device_is_dropped() -> Result<()> {
     }
     let logs = tempfile::tempdir()?;
     let topo = Topology::create("fctun")?;
-    let s = topo.server.as_str();
     let app = HelloApp::start(&topo.server)?;
     let pins = Pins::new(&topo.server, pin_dir("tun"))?;
     let dir = pins.dir.to_str().unwrap_or_default().to_owned();
-    let server = e2e::netns::SERVER_V4.to_string();
+    let mut v4 = tun_client(&topo, "pc-tun", "10.242.0.2", e2e::netns::SERVER_V4.into())?;
+    let daemon = tc_only_strict(&topo, &dir, "kernel-run", logs.path())?;
+    tun_case(&topo, &app, &dir, &daemon, &mut v4, "pc-tun")?;
+    let mut v6 = tun_client(
+        &topo,
+        "pc-tun6",
+        "fd00:242::2",
+        e2e::netns::SERVER_V6.into(),
+    )?;
+    tun_case(&topo, &app, &dir, &daemon, &mut v6, "pc-tun6")
+}
+
+/// `fixtures/tun_client.py` on a new tun device `tun` in the server namespace, up, with a
+/// route to `client` over it; the client talks to `server`:80.
+fn tun_client(
+    topo: &Topology,
+    tun: &str,
+    client: &str,
+    server: std::net::IpAddr,
+) -> Result<e2e::process::LineChild> {
+    let s = topo.server.as_str();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/tun_client.py");
     let mut cmd = Command::new("nsenter");
     cmd.arg(format!("--net=/run/netns/{s}"))
         .arg("python3")
         .arg(&script)
-        .args(["pc-tun", "10.242.0.2", &server, "80"]);
-    let mut client = e2e::process::LineChild::spawn(&mut cmd)?;
-    ensure!(client.ask("create")? == "created", "tun not created");
-    ip(&["-n", s, "link", "set", "pc-tun", "up"])?;
-    ip(&["-n", s, "route", "add", "10.242.0.2/32", "dev", "pc-tun"])?;
-    let daemon = tc_only_strict(&topo, &dir, "kernel-run", logs.path())?;
+        .args([tun, client, &server.to_string(), "80"]);
+    let mut child = e2e::process::LineChild::spawn(&mut cmd)?;
+    ensure!(child.ask("create")? == "created", "{tun} not created");
+    let host_route = if server.is_ipv4() {
+        format!("{client}/32")
+    } else {
+        format!("{client}/128")
+    };
+    ip(&["-n", s, "link", "set", tun, "up"])?;
+    ip(&["-n", s, "route", "add", &host_route, "dev", tun])?;
+    Ok(child)
+}
+
+/// Over `tun`, once the daemon covers it: the head of a ClientHello is let through (judged,
+/// not blanket-dropped), plaintext is not acked and the app reads none of it.
+fn tun_case(
+    topo: &Topology,
+    app: &HelloApp,
+    dir: &str,
+    daemon: &Daemon,
+    client: &mut e2e::process::LineChild,
+    tun: &str,
+) -> Result<()> {
+    let s = topo.server.as_str();
     wait_until(
-        "the check on the tun device",
+        &format!("the check on {tun}"),
         || {
-            let st = kernel_status(s, &dir)?;
-            Ok(tc_covers(&st, "pc-tun") && st.lines().any(|l| l.trim() == "port 80: STRICT"))
+            let st = kernel_status(s, dir)?;
+            Ok(tc_covers(&st, tun) && st.lines().any(|l| l.trim() == "port 80: STRICT"))
         },
         || {
             format!(
                 "{}\n{}",
-                kernel_status(s, &dir).unwrap_or_default(),
+                kernel_status(s, dir).unwrap_or_default(),
                 daemon.log()
             )
         },
     )?;
-    // Judged, not blanket-dropped: the head of a ClientHello is let through.
+    let read_before = app.bytes_read();
     let outcome = client.ask("hello")?;
     ensure!(
         outcome == "handshake ok, data acked",
-        "a ClientHello over the tun device: {outcome}\n{}",
+        "a ClientHello over {tun}: {outcome}\n{}",
         daemon.log()
     );
     // The app reads those 211 bytes on its own time: wait for them before counting.
     let start = Instant::now();
-    while app.bytes_read() < 211 && start.elapsed() < Duration::from_secs(5) {
+    while app.bytes_read() < read_before + 211 && start.elapsed() < Duration::from_secs(5) {
         std::thread::sleep(Duration::from_millis(20));
     }
     let read_before = app.bytes_read();
     let outcome = client.ask("plain")?;
     ensure!(
         outcome == "handshake ok, data not acked",
-        "plaintext over the tun device: {outcome}\n{}",
+        "plaintext over {tun}: {outcome}\n{}",
         daemon.log()
     );
     ensure!(
         app.bytes_read() == read_before,
-        "BYPASS: the app read plaintext that arrived over a layer-3 device"
+        "BYPASS: the app read plaintext that arrived over the layer-3 device {tun}"
     );
     Ok(())
 }
