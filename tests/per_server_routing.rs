@@ -25,6 +25,8 @@ enum Servers {
     OneSimple,
     /// `simple.test` switched to MUTUAL, `mutual.test` MUTUAL.
     BothMutual,
+    /// A wildcard `*.test` SIMPLE, `mutual.test` MUTUAL: the wildcard matches both hosts.
+    WildcardSimpleAndMutual,
 }
 
 fn config_with(servers: Servers, port: u16, simple_backend: u16, mutual_backend: u16) -> String {
@@ -46,6 +48,14 @@ fn config_with(servers: Servers, port: u16, simple_backend: u16, mutual_backend:
             r#"  - hosts: [simple.test]
     port: {{number: {port}, name: https-simple, protocol: HTTPS}}
     tls: {{mode: MUTUAL, credentialName: simple.test}}
+  - hosts: [mutual.test]
+    port: {{number: {port}, name: https-mutual, protocol: HTTPS}}
+    tls: {{mode: MUTUAL, credentialName: mutual.test}}"#
+        ),
+        Servers::WildcardSimpleAndMutual => format!(
+            r#"  - hosts: ["*.test"]
+    port: {{number: {port}, name: https-simple, protocol: HTTPS}}
+    tls: {{mode: SIMPLE, credentialName: simple.test}}
   - hosts: [mutual.test]
     port: {{number: {port}, name: https-mutual, protocol: HTTPS}}
     tls: {{mode: MUTUAL, credentialName: mutual.test}}"#
@@ -342,6 +352,63 @@ fn a_simple_handshake_does_not_reach_the_mutual_server() -> Result<()> {
         metrics.contains("portcullis_requests_refused_total{reason=\"authority_mismatch\"} 2"),
         "{metrics}"
     );
+    Ok(())
+}
+
+/// A wildcard SIMPLE server (`*.test`) matches `mutual.test` as well, the host of a more
+/// specific MUTUAL server on the same port. Its connections used to reach the MUTUAL host's
+/// routes without a client certificate; a host must now pick the connection's server as an SNI
+/// would, so they get 421.
+#[test]
+fn a_wildcard_simple_server_does_not_reach_the_mutual_host() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let s = Setup::start_with(tmp.path(), Servers::WildcardSimpleAndMutual)?;
+    let mut failures = Vec::new();
+    let mut expect = |what: &str, got: String, want: &str| {
+        if got != want {
+            failures.push(format!("{what}: got {got}, want {want}"));
+        }
+    };
+    for proto in ["--http1.1", "--http2"] {
+        expect(
+            &format!("{proto} simple"),
+            s.curl("simple.test", false, &[proto])?,
+            "200",
+        );
+        expect(
+            &format!("{proto} mutual with cert"),
+            s.curl("mutual.test", true, &[proto])?,
+            "200",
+        );
+        expect(
+            &format!("{proto} mutual without cert"),
+            s.curl("mutual.test", false, &[proto])?,
+            "000",
+        );
+        for host in [
+            "mutual.test",
+            "MUTUAL.test",
+            "mutual.test.",
+            "mutual.test:443",
+        ] {
+            let header = format!("Host: {host}");
+            expect(
+                &format!("{proto} SNI simple.test (wildcard SIMPLE), {header}"),
+                s.curl("simple.test", false, &[proto, "-H", &header])?,
+                "421",
+            );
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{}\n{}",
+        failures.join("\n"),
+        s.gateway.log()
+    );
+    let log = s.gateway.log();
+    for line in log.lines().filter(|l| l.contains("status=421")) {
+        assert!(line.contains("upstream=-"), "{line}");
+    }
     Ok(())
 }
 

@@ -449,6 +449,14 @@ fn server_gateway(
         if !server.hosts.iter().any(|h| h.matches(host)) {
             return Err(NoServer::Misdirected);
         }
+        // The host must pick this same server as an SNI would: a wildcard SIMPLE server
+        // (`*.test`) matches `mutual.test` too, but on a port where a MUTUAL server owns
+        // `mutual.test` its connection must not reach that host's routes without the
+        // certificate the MUTUAL handshake asks for.
+        let owner = listener.and_then(|l| l.server_for_sni(Some(host)));
+        if !owner.is_some_and(|o| std::ptr::eq(o, server)) {
+            return Err(NoServer::Misdirected);
+        }
         return Ok(server.gateway.clone());
     }
     best_match(
