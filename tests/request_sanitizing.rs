@@ -116,6 +116,12 @@ const HOSTILE: &[&str] = &[
     "x'forwarded'client'cert: URI=spiffe://forged.quote",
     "Client-Cert: :forged:",
     "client-cert-chain: :forged:",
+    "X-SSL-Client-S-DN: CN=admin4",
+    "X-Client-Verify: SUCCESS-forged",
+    "X-Forwarded-Host: evil.example",
+    "Forwarded: for=10.6.6.6;proto=https",
+    "X-Real-IP: 10.6.6.7",
+    "x-envoy-internal: forged",
     "x-legit: yes",
     "x-forwarded-client-cert: URI=spiffe://forged.dash.form",
 ];
@@ -157,7 +163,11 @@ fn underscore_and_override_headers_never_reach_the_upstream() -> Result<()> {
                     "{case}: {name} reached the upstream:\n{head}"
                 );
                 assert!(
-                    !name.starts_with("client-cert"),
+                    !name.starts_with("client-cert")
+                        && !name.starts_with("x-ssl-")
+                        && !name.starts_with("x-client-")
+                        && !name.starts_with("x-envoy-")
+                        && !["x-forwarded-host", "forwarded", "x-real-ip"].contains(&name.as_str()),
                     "{case}: {name} reached the upstream:\n{head}"
                 );
             }
@@ -191,7 +201,8 @@ fn underscore_and_override_headers_never_reach_the_upstream() -> Result<()> {
         }
     }
     // Six requests, each with eight `_` fields (two of one name), six overrides, four names
-    // with other punctuation and the two RFC 9440 client-certificate fields.
+    // with other punctuation, four client-certificate fields (RFC 9440's two, two of other
+    // terminators) and four forwarding fields the gateway does not set.
     assert_eq!(
         metric(
             &admin,
@@ -218,7 +229,180 @@ fn underscore_and_override_headers_never_reach_the_upstream() -> Result<()> {
             &admin,
             r#"portcullis_request_headers_dropped_total{reason="client_cert_header"}"#
         )?,
-        12.0
+        24.0
+    );
+    assert_eq!(
+        metric(
+            &admin,
+            r#"portcullis_request_headers_dropped_total{reason="forwarding_header"}"#
+        )?,
+        24.0
+    );
+    Ok(())
+}
+
+/// Rules on headers the gateway rewrites for the upstream: each is decided on what the
+/// upstream receives, never on the client's claim (attack review: every one of these was
+/// allowed, and the upstream got the gateway's value).
+const HEADER_RULES: &str = r#"apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: headers, namespace: istio-system}
+spec:
+  action: DENY
+  rules:
+  - to: [{operation: {paths: [/anything/secure]}}]
+    when: [{key: "request.headers[x-forwarded-proto]", notValues: [https]}]
+  - to: [{operation: {paths: [/anything/internal]}}]
+    when: [{key: "request.headers[x-forwarded-client-cert]", notValues: ["*URI=spiffe://test.client"]}]
+  - to: [{operation: {paths: [/anything/tenant]}}]
+    when: [{key: "request.headers[x-tenant]", notValues: [public]}]
+  - to: [{operation: {paths: [/anything/hosty]}}]
+    when: [{key: "request.headers[host]", values: [x.test]}]
+  - to: [{operation: {paths: [/anything/padded]}}]
+    when: [{key: "request.headers[x-user]", values: [admin]}]
+"#;
+
+#[test]
+fn authorization_reads_the_headers_the_upstream_receives() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let w = Walkthrough::prepare(dir.path())?;
+    let rec = Recorder::start()?;
+    std::fs::write(w.config.join("routing.yaml"), routing(rec.port))?;
+    std::fs::write(w.config.join("header-rules.yaml"), HEADER_RULES)?;
+    let admin = format!("127.0.0.1:{}", free_port()?);
+    let gw = w.start_gateway(&["--admin", &admin])?;
+    let mut failures = Vec::new();
+    let mut expect = |what: String, got: (String, Option<String>), want: &str| {
+        let reached = got.1.is_some();
+        if got.0 != want || (want != "200" && reached) {
+            failures.push(format!(
+                "{what}: got {} (upstream reached: {reached}), want {want}",
+                got.0
+            ));
+        }
+    };
+    use Client::{Plaintext, Principal};
+    for h2 in [false, true] {
+        let send =
+            |client, path: &str, headers: &[&str]| send(&w, &gw, &rec, client, h2, path, headers);
+        // x-forwarded-proto is the gateway's: https only on TLS.
+        expect(
+            format!("h2={h2} plaintext claiming https"),
+            send(Plaintext, "/anything/secure", &["X-Forwarded-Proto: https"])?,
+            "403",
+        );
+        expect(
+            format!("h2={h2} mTLS"),
+            send(Principal, "/anything/secure", &[])?,
+            "200",
+        );
+        // XFCC is what the handshake verified, never the client's.
+        expect(
+            format!("h2={h2} plaintext with a forged XFCC"),
+            send(
+                Plaintext,
+                "/anything/internal",
+                &["X-Forwarded-Client-Cert: URI=spiffe://test.client"],
+            )?,
+            "403",
+        );
+        expect(
+            format!("h2={h2} test.client over mTLS"),
+            send(Principal, "/anything/internal", &[])?,
+            "200",
+        );
+        // The canonical host, which HTTP/2 has no `host` header for until the gateway sets it.
+        for host in ["x.test", "X.TEST", "x.test."] {
+            expect(
+                format!("h2={h2} host {host}"),
+                send(Plaintext, "/anything/hosty", &[&format!("Host: {host}")])?,
+                "403",
+            );
+        }
+        expect(
+            format!("h2={h2} host y.test"),
+            send(Plaintext, "/anything/hosty", &["Host: y.test"])?,
+            "200",
+        );
+    }
+    // A field that `Connection` names is gone before the upstream: so it is for the policy.
+    expect(
+        "h1 x-tenant named in Connection".into(),
+        send(
+            &w,
+            &gw,
+            &rec,
+            Plaintext,
+            false,
+            "/anything/tenant",
+            &["X-Tenant: public", "Connection: x-tenant"],
+        )?,
+        "403",
+    );
+    expect(
+        "h1 x-tenant".into(),
+        send(
+            &w,
+            &gw,
+            &rec,
+            Plaintext,
+            false,
+            "/anything/tenant",
+            &["X-Tenant: public"],
+        )?,
+        "200",
+    );
+    assert!(
+        failures.is_empty(),
+        "{}\n{}",
+        failures.join("\n"),
+        gw.daemon.log()
+    );
+
+    // HTTP/2 values padded with whitespace: 400, nothing forwarded; unpadded, the DENY holds.
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/h2c_header.py");
+    for value in [" admin", "admin\t", "\tadmin ", "admin"] {
+        let out = e2e::process::run(std::process::Command::new("python3").arg(&script).args([
+            &gw.http_port.to_string(),
+            "/anything/padded",
+            "x-user",
+            value,
+        ]))?;
+        let status = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let want = if value == "admin" { "403" } else { "400" };
+        assert_eq!(
+            status,
+            want,
+            "x-user: {value:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            rec.take_heads().is_empty(),
+            "x-user: {value:?} reached the upstream"
+        );
+    }
+    assert_eq!(
+        metric(
+            &admin,
+            r#"portcullis_requests_refused_total{reason="header_value_whitespace"}"#
+        )?,
+        3.0
+    );
+
+    // HTTP/1.0 without any Host: no `hosts` rule could match it, so it is refused.
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.http_port))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    s.write_all(b"GET /get HTTP/1.0\r\n\r\n")?;
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(
+        answer.starts_with("HTTP/1.0 400") || answer.starts_with("HTTP/1.1 400"),
+        "{answer}"
+    );
+    assert!(
+        rec.take_heads().is_empty(),
+        "HTTP/1.0 without Host reached the upstream"
     );
     Ok(())
 }

@@ -62,7 +62,9 @@ const CLIENT_CERT_HEADERS: [HeaderName; 2] = [
 /// - every other name with a character outside `a-z 0-9 -` (`x.forwarded.client.cert`,
 ///   `x~…`, `x!…`): CGI mappers that turn every non-alphanumeric into `_` (lighttpd's
 ///   environment) fold those into the same variable. `HeaderName`s are lowercase already.
-/// - [`CLIENT_CERT_HEADERS`].
+/// - [`CLIENT_CERT_HEADERS`] and other terminators' client-certificate headers
+///   ([`CLIENT_CERT_PREFIXES`]).
+/// - forwarding headers the gateway does not set ([`is_foreign_forwarding_header`]).
 fn untrusted_field(name: &HeaderName) -> Option<DroppedHeader> {
     let name_str = name.as_str();
     if name_str.contains('_') {
@@ -74,11 +76,56 @@ fn untrusted_field(name: &HeaderName) -> Option<DroppedHeader> {
         Some(DroppedHeader::punctuation_in_name)
     } else if OVERRIDE_HEADERS.contains(name) {
         Some(DroppedHeader::path_or_method_override)
-    } else if CLIENT_CERT_HEADERS.contains(name) {
+    } else if CLIENT_CERT_HEADERS.contains(name)
+        || CLIENT_CERT_PREFIXES.iter().any(|p| name_str.starts_with(p))
+    {
         Some(DroppedHeader::client_cert_header)
+    } else if is_foreign_forwarding_header(name_str) {
+        Some(DroppedHeader::forwarding_header)
     } else {
         None
     }
+}
+
+/// Client-certificate headers other TLS terminators set for their upstreams (nginx's
+/// `ssl-client-cert`/`x-ssl-client-*`, HAProxy's `x-ssl-*`, Traefik's and others'
+/// `x-client-cert*`, `x-client-verify`, `x-client-dn`): this gateway sets none of them, so one
+/// that arrives is the client's own, and an upstream configured for such a terminator would
+/// take it as verified.
+const CLIENT_CERT_PREFIXES: [&str; 6] = [
+    "ssl-client",
+    "x-ssl-",
+    "x-client-cert",
+    "x-client-verify",
+    "x-client-dn",
+    "x-client-s-dn",
+];
+
+/// Forwarding headers describe the hops before the upstream, which only the gateway knows: it
+/// sets `x-forwarded-for` (appended), `x-forwarded-proto` and XFCC itself, and drops the rest
+/// of what a client could claim there — the `x-forwarded-*` family (`-host`, `-port`,
+/// `-prefix`, … which frameworks use to build URLs and make redirects), RFC 7239 `forwarded`,
+/// `x-real-ip`, `x-original-forwarded-for`, and `x-envoy-*` (Envoy strips those from external
+/// requests too: upstreams behind Envoy trust them).
+fn is_foreign_forwarding_header(name: &str) -> bool {
+    match name.strip_prefix("x-forwarded-") {
+        Some(rest) => !matches!(rest, "for" | "proto" | "client-cert"),
+        None => {
+            matches!(name, "forwarded" | "x-real-ip" | "x-original-forwarded-for")
+                || name.starts_with("x-envoy-")
+        }
+    }
+}
+
+/// Whether a field value starts or ends with whitespace. HTTP/1 parsers strip it (it is not
+/// part of the value, RFC 9110 §5.5); in HTTP/2 it is malformed (RFC 9113 §8.2.1) yet reaches
+/// here as sent, so `x-user: " admin"` would slip past a policy on `admin` and be read as
+/// `admin` by an upstream that trims. Such a request is refused.
+pub(super) fn has_padded_value(headers: &HeaderMap) -> bool {
+    headers.values().any(|v| {
+        let b = v.as_bytes();
+        matches!(b.first(), Some(b' ' | b'\t')) || matches!(b.last(), Some(b' ' | b'\t'))
+    })
 }
 
 /// Fields this gateway sets, replaces or frames itself: the header section's are rewritten in
@@ -201,25 +248,12 @@ fn join_cookies(headers: &mut HeaderMap) {
     }
 }
 
-/// Rewrites a downstream request for the upstream: absolute URI to the endpoint with the
-/// normalized path and the query as received, Host kept,
-/// hop-by-hop headers dropped, x-forwarded-* and XFCC set.
-pub(super) fn outbound_request(
-    req: Request<Incoming>,
-    conn: &ConnInfo,
-    metrics: &Arc<Metrics>,
-    authority: &str,
-    path_and_query: &str,
-    endpoint: &str,
-) -> Result<Request<RequestBody>, http::Error> {
-    let (mut parts, body) = req.into_parts();
-    parts.uri = Uri::builder()
-        .scheme("http")
-        .authority(endpoint)
-        .path_and_query(path_and_query)
-        .build()?;
-    parts.version = Version::HTTP_11;
-    let headers = &mut parts.headers;
+/// Makes a request's header section what the upstream will receive, before authorization
+/// reads it: hop-by-hop fields (and those `Connection` names) stripped, HTTP/2 cookies joined,
+/// `Host` the canonical `authority`, the peer appended to `x-forwarded-for`,
+/// `x-forwarded-proto` set, and XFCC replaced by what the handshake verified (Envoy's
+/// `SANITIZE_SET`) or removed.
+pub(super) fn set_forwarding_headers(headers: &mut HeaderMap, conn: &ConnInfo, authority: &str) {
     strip_hop_by_hop(headers);
     // hyper's HTTP/1 client writes the trailer fields this header names; without it, none.
     // The trailers that still pass are filtered by `RequestBody` all the same.
@@ -240,11 +274,29 @@ pub(super) fn outbound_request(
         headers.insert(X_FORWARDED_FOR, v);
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(conn.scheme()));
-    // Never trust a client's own XFCC: replace it with what we verified (Envoy's SANITIZE_SET).
     headers.remove(&X_FORWARDED_CLIENT_CERT);
     if let Some(v) = &conn.xfcc {
         headers.insert(X_FORWARDED_CLIENT_CERT, v.clone());
     }
+}
+
+/// Addresses a request, whose headers [`set_forwarding_headers`] made, to the upstream
+/// endpoint: origin path (normalized) and query as received, HTTP/1.1, and a body whose
+/// trailers are filtered.
+pub(super) fn outbound_request(
+    req: Request<Incoming>,
+    conn: &ConnInfo,
+    metrics: &Arc<Metrics>,
+    path_and_query: &str,
+    endpoint: &str,
+) -> Result<Request<RequestBody>, http::Error> {
+    let (mut parts, body) = req.into_parts();
+    parts.uri = Uri::builder()
+        .scheme("http")
+        .authority(endpoint)
+        .path_and_query(path_and_query)
+        .build()?;
+    parts.version = Version::HTTP_11;
     let body = RequestBody::new(body, Arc::clone(metrics), conn.peer);
     Ok(Request::from_parts(parts, body))
 }
@@ -376,6 +428,19 @@ mod tests {
             ("x'forwarded'client'cert", "URI=spiffe://evil"),
             ("client-cert", ":MIIB:"),
             ("client-cert-chain", ":MIIB:"),
+            ("ssl-client-cert", "-----BEGIN"),
+            ("x-ssl-client-s-dn", "CN=admin"),
+            ("x-client-cert", "-----BEGIN"),
+            ("x-client-verify", "SUCCESS"),
+            ("x-forwarded-host", "admin.internal"),
+            ("x-forwarded-prefix", "/admin"),
+            ("forwarded", "for=10.0.0.1;proto=https"),
+            ("x-real-ip", "10.0.0.1"),
+            ("x-envoy-internal", "true"),
+            (
+                "x-forwarded-proto",
+                "kept here; set in set_forwarding_headers",
+            ),
             ("accept", "*/*"),
             (
                 "x-forwarded-client-cert",
@@ -393,15 +458,42 @@ mod tests {
         drop_untrusted_headers(&mut h, &metrics, &conn);
         let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         left.sort_unstable();
-        assert_eq!(left, ["accept", "x-forwarded-client-cert", "x-request-id"]);
+        assert_eq!(
+            left,
+            [
+                "accept",
+                "x-forwarded-client-cert",
+                "x-forwarded-proto",
+                "x-request-id"
+            ]
+        );
         let text = metrics.encode().expect("encode");
         for want in [
             r#"portcullis_request_headers_dropped_total{reason="underscore_in_name"} 6"#,
             r#"portcullis_request_headers_dropped_total{reason="path_or_method_override"} 7"#,
             r#"portcullis_request_headers_dropped_total{reason="punctuation_in_name"} 4"#,
-            r#"portcullis_request_headers_dropped_total{reason="client_cert_header"} 2"#,
+            r#"portcullis_request_headers_dropped_total{reason="client_cert_header"} 6"#,
+            r#"portcullis_request_headers_dropped_total{reason="forwarding_header"} 5"#,
         ] {
             assert!(text.contains(want), "{want} missing in\n{text}");
+        }
+    }
+
+    #[test]
+    fn values_with_leading_or_trailing_whitespace_are_found() {
+        for (value, padded) in [
+            ("admin", false),
+            ("a b", false),
+            (" admin", true),
+            ("admin\t", true),
+            ("\tadmin", true),
+            ("admin ", true),
+            ("", false),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert("accept", HeaderValue::from_static("*/*"));
+            h.append("x-user", HeaderValue::from_str(value).expect("value"));
+            assert_eq!(has_padded_value(&h), padded, "{value:?}");
         }
     }
 

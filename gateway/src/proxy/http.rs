@@ -12,7 +12,10 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
 use super::conn::ConnInfo;
-use super::headers::{drop_untrusted_headers, outbound_request, strip_hop_by_hop};
+use super::headers::{
+    drop_untrusted_headers, has_padded_value, outbound_request, set_forwarding_headers,
+    strip_hop_by_hop,
+};
 use super::limits::LimitReason;
 use super::target::{raw_authority, request_authority, RequestTarget};
 use super::telemetry::access_log::AccessEntry;
@@ -62,8 +65,7 @@ pub async fn handle(
     // authority; a refused one is logged as received.
     let checked_authority = request_authority(&req);
     let authority = match &checked_authority {
-        Ok(Some(a)) => a.to_string(),
-        Ok(None) => String::new(),
+        Ok(a) => a.to_string(),
         Err(_) => raw_authority(&req),
     };
 
@@ -88,6 +90,16 @@ pub async fn handle(
             );
             gateway.metrics.record_refused(e.reason());
             let out = Outcome::refused(StatusCode::BAD_REQUEST, "bad request: host refused");
+            (out, req.uri().path().to_owned())
+        }
+        (Ok(_), _) if has_padded_value(req.headers()) => {
+            tracing::info!(
+                peer = %conn.peer,
+                principal = conn.principal.as_deref().unwrap_or("-"),
+                "request refused: a header value starts or ends with whitespace"
+            );
+            gateway.metrics.record_refused("header_value_whitespace");
+            let out = Outcome::refused(StatusCode::BAD_REQUEST, "bad request: header refused");
             (out, req.uri().path().to_owned())
         }
         // Policies match methods exactly, as Istio does, but Werkzeug (and other upstreams
@@ -229,7 +241,7 @@ async fn route_and_forward<'s>(
     gateway: &Gateway,
     snapshot: &'s Snapshot,
     conn: &'s ConnInfo,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     authority: &str,
     target: &RequestTarget,
 ) -> Outcome<'s> {
@@ -299,6 +311,11 @@ async fn route_and_forward<'s>(
         service: metric_service,
         flags,
     };
+    // The headers the upstream will get, set before authorization reads them: a policy on
+    // `x-forwarded-proto`, XFCC, `host` or a field named in `Connection` decides what the
+    // upstream sees, not what the client claimed (Envoy's connection manager does the same
+    // before its filters run).
+    set_forwarding_headers(req.headers_mut(), conn, authority);
     let decision = authz.evaluate(&RequestAttrs {
         principal: conn.principal.as_deref(),
         source_namespace: conn
@@ -328,7 +345,6 @@ async fn route_and_forward<'s>(
         req,
         conn,
         &gateway.metrics,
-        authority,
         &target.path_and_query,
         &endpoint,
     ) {

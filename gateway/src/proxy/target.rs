@@ -2,7 +2,7 @@
 //! `:authority`, an absolute-form target) and its normalized path.
 
 use http::header::HOST;
-use http::{Request, Uri, Version};
+use http::{Request, Uri};
 
 use crate::config::hosts::{Authority, AuthorityError};
 use crate::policy::path::{self, PathError, PathNormalization};
@@ -11,8 +11,10 @@ use crate::policy::path::{self, PathError, PathNormalization};
 /// HTTP/2's `:authority`, and `Host`. RFC 9112 §3.2.2 lets the target's win over Host and
 /// RFC 9113 §8.3.1 only says a differing Host SHOULD make the request malformed; here both
 /// must name the same origin, or the request is refused, so no component downstream can pick
-/// the other one. None only for an HTTP/1.0 request with neither (Host came with 1.1).
-pub(super) fn request_authority<B>(req: &Request<B>) -> Result<Option<Authority>, AuthorityError> {
+/// the other one. An HTTP/1.0 request must name its host too: with none, no `hosts` rule could
+/// match it and the upstream would pick its default virtual host (Envoy refuses HTTP/1.0
+/// outright by default).
+pub(super) fn request_authority<B>(req: &Request<B>) -> Result<Authority, AuthorityError> {
     let mut hosts = req.headers().get_all(HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {
@@ -35,8 +37,7 @@ pub(super) fn request_authority<B>(req: &Request<B>) -> Result<Option<Authority>
     };
     match (target, host) {
         (Some(t), Some(h)) if !t.same_origin(&h, default_port) => Err(AuthorityError::Mismatch),
-        (Some(a), _) | (None, Some(a)) => Ok(Some(a)),
-        (None, None) if req.version() <= Version::HTTP_10 => Ok(None),
+        (Some(a), _) | (None, Some(a)) => Ok(a),
         (None, None) => Err(AuthorityError::Missing),
     }
 }
@@ -85,6 +86,7 @@ impl RequestTarget {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::Version;
 
     fn target(uri: &str) -> Result<(String, String), PathError> {
         let uri: Uri = uri.parse().expect("a URI hyper would hand us");
@@ -100,8 +102,8 @@ mod tests {
             }
             b.body(()).expect("request")
         };
-        let got = |r: Request<()>| request_authority(&r).map(|a| a.map(|a| a.to_string()));
-        let ok = |s: &str| Ok(Some(s.to_owned()));
+        let got = |r: Request<()>| request_authority(&r).map(|a| a.to_string());
+        let ok = |s: &str| Ok(s.to_owned());
         use AuthorityError as E;
         let h1 = Version::HTTP_11;
         assert_eq!(got(req(h1, "/x", &["Test.COM:0443"])), ok("test.com:443"));
@@ -117,7 +119,8 @@ mod tests {
         assert_eq!(got(req(h1, "/x", &["a.test", "b.test"])), Err(E::Duplicate));
         assert_eq!(got(req(h1, "/x", &["a.test", "a.test"])), Err(E::Duplicate));
         assert_eq!(got(req(h1, "/x", &[])), Err(E::Missing));
-        assert_eq!(got(req(Version::HTTP_10, "/x", &[])), Ok(None));
+        assert_eq!(got(req(Version::HTTP_10, "/x", &[])), Err(E::Missing));
+        assert_eq!(got(req(Version::HTTP_10, "/x", &["a.test"])), ok("a.test"));
         assert_eq!(got(req(Version::HTTP_10, "/x", &[""])), Err(E::Empty));
         // Absolute-form: the target's authority, which Host must agree with.
         assert_eq!(

@@ -148,19 +148,26 @@ pub enum DroppedHeader {
     punctuation_in_name,
     /// A header that makes some upstreams serve another path or method than the authorized one.
     path_or_method_override,
-    /// RFC 9440 `client-cert`/`client-cert-chain`, which only a client could have written here.
+    /// A client-certificate header of RFC 9440 or of another TLS terminator (`ssl-client-*`,
+    /// `x-ssl-*`, `x-client-cert*`, `x-client-verify`, `x-client-dn`), which only a client
+    /// could have written here.
     client_cert_header,
+    /// A forwarding header the gateway does not set and a client may not (`x-forwarded-host`
+    /// and the rest of the `x-forwarded-*` family but for/proto/client-cert, `forwarded`,
+    /// `x-real-ip`, `x-original-forwarded-for`, `x-envoy-*`).
+    forwarding_header,
     /// A request trailer naming a field the gateway sets or frames itself
     /// (`x-forwarded-client-cert`, `x-forwarded-for`, `host`, `content-length`, …).
     gateway_managed_trailer,
 }
 
 impl DroppedHeader {
-    pub const ALL: [DroppedHeader; 5] = [
+    pub const ALL: [DroppedHeader; 6] = [
         Self::underscore_in_name,
         Self::punctuation_in_name,
         Self::path_or_method_override,
         Self::client_cert_header,
+        Self::forwarding_header,
         Self::gateway_managed_trailer,
     ];
 }
@@ -446,7 +453,7 @@ impl Metrics {
         );
         registry.register(
             "portcullis_requests_refused",
-            "Requests refused before routing, by reason: a path the gateway will not forward (400: not_origin_form, bad_encoding, encoded_control, bad_character, encoded_slash, double_encoding, path_parameter, not_utf8), a Host/:authority that is malformed or disagrees with the other (400: authority_empty, authority_userinfo, authority_bad_character, authority_bad_port, authority_bad_ipv6, authority_missing, authority_duplicate_host, authority_mismatch, authority_trailing_dot), a method with a lowercase letter (400: lowercase_method), a host the connection's TLS server does not serve (421: misdirected), or a verified client certificate whose fields cannot be written as x-forwarded-client-cert (400: unencodable_client_cert)",
+            "Requests refused before routing, by reason: a path the gateway will not forward (400: not_origin_form, bad_encoding, encoded_control, bad_character, encoded_slash, double_encoding, path_parameter, not_utf8), a Host/:authority that is malformed or disagrees with the other (400: authority_empty, authority_userinfo, authority_bad_character, authority_bad_port, authority_bad_ipv6, authority_missing, authority_duplicate_host, authority_mismatch, authority_trailing_dot), a method with a lowercase letter (400: lowercase_method), a header value with leading or trailing whitespace, malformed in HTTP/2 (400: header_value_whitespace), a host the connection's TLS server does not serve (421: misdirected), or a verified client certificate whose fields cannot be written as x-forwarded-client-cert (400: unencodable_client_cert)",
             Family::clone(&requests_refused),
         );
         registry.register(
