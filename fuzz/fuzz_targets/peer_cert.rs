@@ -14,7 +14,7 @@
 use libfuzzer_sys::fuzz_target;
 use portcullis::identity::spiffe::claims_spiffe;
 use portcullis::identity::{Identity, PeerCertificate};
-use portcullis::proxy::http::xfcc;
+use portcullis::proxy::headers::xfcc;
 use portcullis_fuzz::xfcc_reads_back;
 
 fuzz_target!(|data: &[u8]| {
