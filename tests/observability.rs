@@ -13,7 +13,9 @@ use anyhow::{bail, Context, Result};
 use e2e::certs::make_openssl_certs;
 use e2e::process::{run, Daemon};
 use e2e::prometheus::Prometheus;
-use e2e::walkthrough::{curl, port_offset, routing, write_credential_dir, WALKTHROUGH};
+use e2e::walkthrough::{
+    curl, port_offset, routing, write_credential_dir, Walkthrough, WALKTHROUGH,
+};
 use e2e::{free_port, portcullis_bin, wait_for_port};
 
 /// The samples of one metric in a Prometheus text exposition: labels and value.
@@ -322,6 +324,76 @@ fn walkthrough_metrics_health_config_dump_access_log_and_explain() -> Result<()>
 }
 
 /// A busy admin port stops `portcullis run` at startup with a message that says so.
+/// A request the client abandons while the upstream works on it (HTTP/1.1: the connection
+/// closed; HTTP/2: its stream reset) was served with no access-log line and no metric (attack
+/// review): the handler is dropped mid-flight. It is logged and counted now, with status 0 and
+/// Envoy's flag `DC`, naming the decision and the upstream it went to.
+#[test]
+fn requests_the_client_abandons_are_still_logged_and_counted() -> Result<()> {
+    use std::io::Write;
+    let dir = tempfile::tempdir()?;
+    let w = Walkthrough::prepare(dir.path())?;
+    let admin = format!("127.0.0.1:{}", e2e::free_port()?);
+    let gw = w.start_gateway(&["--admin", &admin])?;
+    let mut h1 = std::net::TcpStream::connect(("127.0.0.1", gw.http_port))?;
+    h1.write_all(b"GET /delay/2?abandoned=h1 HTTP/1.1\r\nHost: test.com\r\n\r\n")?;
+    std::thread::sleep(Duration::from_millis(500));
+    drop(h1);
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/h2c_header.py");
+    let out = e2e::process::run(std::process::Command::new("python3").arg(&script).args([
+        &gw.http_port.to_string(),
+        "/delay/2?abandoned=h2",
+        "x-test",
+        "1",
+        "0.5",
+    ]))?;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "abandoned",
+        "{out:?}"
+    );
+    let start = std::time::Instant::now();
+    let lines = loop {
+        let log = gw.daemon.log();
+        let lines: Vec<String> = log
+            .lines()
+            .filter(|l| l.contains("abandoned=h"))
+            .map(str::to_owned)
+            .collect();
+        if lines.len() >= 2 || start.elapsed() > Duration::from_secs(10) {
+            break lines;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        lines.len(),
+        2,
+        "one line per abandoned request:\n{}",
+        gw.daemon.log()
+    );
+    for line in &lines {
+        for want in [
+            "status=0",
+            "response_flags=DC",
+            "upstream=127.0.0.1:",
+            "authz=\"ALLOW",
+        ] {
+            assert!(line.contains(want), "{want} missing: {line}");
+        }
+    }
+    let (_, exposition) = curl(&format!("http://{admin}/stats/prometheus"), &[])?;
+    assert_eq!(
+        value(
+            &exposition,
+            "istio_requests_total",
+            &[("response_code", "0"), ("response_flags", "DC")]
+        )?,
+        2.0,
+        "{exposition}"
+    );
+    Ok(())
+}
+
 #[test]
 fn a_busy_admin_port_is_a_startup_error() -> Result<()> {
     let tmp = tempfile::tempdir()?;

@@ -74,6 +74,15 @@ pub async fn handle(
         _ => RequestProtocol::http,
     };
     let request_bytes = body_len(req.body());
+    let record = Record {
+        gateway: &gateway,
+        conn: &conn,
+        started,
+        method: method.as_str(),
+        authority: &authority,
+        protocol,
+        request_bytes,
+    };
 
     // The one normalization: routes, policies, metrics, the access log and the upstream all
     // get this path, and the query string as received.
@@ -128,7 +137,18 @@ pub async fn handle(
             (out, req.uri().path().to_owned())
         }
         (Ok(_), Ok(target)) => {
-            let out = route_and_forward(&gateway, &snapshot, &conn, req, &authority, &target).await;
+            let progress = Progress::default();
+            let guard = LogIfAbandoned {
+                record: &record,
+                path: &target.path_and_query,
+                progress: &progress,
+                armed: true,
+            };
+            let out = route_and_forward(
+                &gateway, &snapshot, &conn, req, &authority, &target, &progress,
+            )
+            .await;
+            guard.disarm();
             (out, target.path_and_query)
         }
         (Ok(_), Err(e)) => {
@@ -149,41 +169,121 @@ pub async fn handle(
             (out, received)
         }
     };
-    let status = out.resp.status().as_u16();
-    let response_bytes = body_len(out.resp.body());
-    let duration = started.elapsed();
-    gateway.metrics.record_request(&RequestRecord {
-        conn: &conn,
-        service: out.service,
-        protocol,
-        status,
+    record.write(&Ending {
+        path: &logged_path,
+        status: out.resp.status().as_u16(),
+        response_bytes: body_len(out.resp.body()),
         flags: out.flags,
-        duration,
-        request_bytes,
-        response_bytes,
-    });
-    gateway.access_log.write(&AccessEntry {
-        kind: "http",
-        peer: Some(conn.peer),
-        sni: conn.sni.as_deref(),
-        principal: conn.principal.as_deref(),
-        method: Some(method.as_str()),
-        authority: Some(&authority),
-        path: Some(&logged_path),
-        status: Some(status),
-        duration_ms: duration.as_millis() as u64,
-        bytes_received: request_bytes,
-        bytes_sent: response_bytes,
-        authz: out.decision.as_ref().map(ToString::to_string),
-        policy: out
-            .decision
-            .as_ref()
-            .and_then(|d| d.decided_by())
-            .map(|p| format!("{}/{}", p.namespace, p.name)),
+        decision: out.decision.as_ref(),
         upstream: out.upstream.as_deref(),
-        response_flags: out.flags,
+        service: out.service,
     });
     Ok(out.resp)
+}
+
+/// What the access log and the request metrics say of one request, whatever became of it.
+struct Record<'a> {
+    gateway: &'a Gateway,
+    conn: &'a ConnInfo,
+    started: Instant,
+    method: &'a str,
+    authority: &'a str,
+    protocol: RequestProtocol,
+    request_bytes: u64,
+}
+
+/// How a request ended, for [`Record::write`].
+struct Ending<'a, 's> {
+    path: &'a str,
+    /// 0 when no response was sent (the client went away first).
+    status: u16,
+    response_bytes: u64,
+    flags: ResponseFlags,
+    decision: Option<&'a Decision>,
+    upstream: Option<&'a str>,
+    service: Option<&'s str>,
+}
+
+impl Record<'_> {
+    fn write(&self, e: &Ending<'_, '_>) {
+        let duration = self.started.elapsed();
+        self.gateway.metrics.record_request(&RequestRecord {
+            conn: self.conn,
+            service: e.service,
+            protocol: self.protocol,
+            status: e.status,
+            flags: e.flags,
+            duration,
+            request_bytes: self.request_bytes,
+            response_bytes: e.response_bytes,
+        });
+        self.gateway.access_log.write(&AccessEntry {
+            kind: "http",
+            peer: Some(self.conn.peer),
+            sni: self.conn.sni.as_deref(),
+            principal: self.conn.principal.as_deref(),
+            method: Some(self.method),
+            authority: Some(self.authority),
+            path: Some(e.path),
+            status: Some(e.status),
+            duration_ms: duration.as_millis() as u64,
+            bytes_received: self.request_bytes,
+            bytes_sent: e.response_bytes,
+            authz: e.decision.map(ToString::to_string),
+            policy: e
+                .decision
+                .and_then(|d| d.decided_by())
+                .map(|p| format!("{}/{}", p.namespace, p.name)),
+            upstream: e.upstream,
+            response_flags: e.flags,
+        });
+    }
+}
+
+/// How far a request got on its way upstream: what a request the client abandons is logged
+/// with.
+#[derive(Default)]
+struct Progress<'s> {
+    /// Set once the request is authorized and about to go to the upstream.
+    forwarded: std::sync::OnceLock<(Decision, String, Option<&'s str>)>,
+}
+
+/// Writes the access-log line and the metrics of a request whose client went away before
+/// the answer (HTTP/2 RST_STREAM, a closed connection): hyper then drops the request's
+/// future, and without this the upstream could have served it with no trace (Envoy logs
+/// such requests with status 0 and flag `DC`).
+struct LogIfAbandoned<'a, 's> {
+    record: &'a Record<'a>,
+    path: &'a str,
+    progress: &'a Progress<'s>,
+    armed: bool,
+}
+
+impl LogIfAbandoned<'_, '_> {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for LogIfAbandoned<'_, '_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (decision, upstream, service) = match self.progress.forwarded.get() {
+            Some((d, u, s)) => (Some(d), Some(u.as_str()), *s),
+            None => (None, None, None),
+        };
+        self.record.write(&Ending {
+            path: self.path,
+            status: 0,
+            response_bytes: 0,
+            flags: ResponseFlags::DownstreamConnectionTermination,
+            decision,
+            upstream,
+            service,
+        });
+    }
 }
 
 /// A body's length when it is known up front (`Content-Length`, local bodies); the lower
@@ -244,6 +344,7 @@ async fn route_and_forward<'s>(
     mut req: Request<Incoming>,
     authority: &str,
     target: &RequestTarget,
+    progress: &Progress<'s>,
 ) -> Outcome<'s> {
     let path = target.path.as_str();
     let no_route = || Outcome {
@@ -341,6 +442,9 @@ async fn route_and_forward<'s>(
             ResponseFlags::None,
         );
     }
+    let _ = progress
+        .forwarded
+        .set((decision.clone(), endpoint.clone(), metric_service));
     let outbound = match outbound_request(
         req,
         conn,

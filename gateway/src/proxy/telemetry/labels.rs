@@ -61,6 +61,8 @@ pub enum ResponseFlags {
     UpstreamOverflow,
     /// The request was malformed or ambiguous and refused before routing (`DPE`).
     DownstreamProtocolError,
+    /// The client went away (stream reset, connection closed) before the answer (`DC`).
+    DownstreamConnectionTermination,
 }
 
 impl ResponseFlags {
@@ -74,6 +76,7 @@ impl ResponseFlags {
             Self::UpstreamRequestTimeout => "UT",
             Self::UpstreamOverflow => "UO",
             Self::DownstreamProtocolError => "DPE",
+            Self::DownstreamConnectionTermination => "DC",
         }
     }
 }
@@ -119,6 +122,7 @@ mod tests {
             (F::UpstreamRequestTimeout, "UT"),
             (F::UpstreamOverflow, "UO"),
             (F::DownstreamProtocolError, "DPE"),
+            (F::DownstreamConnectionTermination, "DC"),
         ];
         for (flag, code) in flags {
             assert_eq!(flag.to_string(), code);
