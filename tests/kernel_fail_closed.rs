@@ -654,3 +654,127 @@ fn tun_case(
     );
     Ok(())
 }
+
+/// SRv6 decapsulates IPv4-in-IPv6 for the node itself (an SRH to its address with
+/// `seg6_enabled`, or a seg6local End.DX4 SID) and delivers the inner packet without another
+/// tc pass, so the tc check used to see an IPv6 packet that is "not TCP" and let the inner
+/// plaintext reach the app (attack review), with the daemon up and after kill -9. Such
+/// packets are dropped now while anything is STRICT.
+#[test]
+fn plaintext_inside_srv6_is_dropped() -> Result<()> {
+    let name = "plaintext_inside_srv6_is_dropped";
+    if !is_root() {
+        skip_not_root(name);
+        return Ok(());
+    }
+    let logs = tempfile::tempdir()?;
+    let topo = Topology::create("fcsrv6")?;
+    let (s, o) = (topo.server.as_str(), topo.outside.as_str());
+    let app = HelloApp::start(&topo.server)?;
+    let pins = Pins::new(&topo.server, pin_dir("srv6"))?;
+    let dir = pins.dir.to_str().unwrap_or_default().to_owned();
+    let server = e2e::netns::SERVER_V4.to_string();
+    let sid = "fd00:231::100";
+    ip(&[
+        "netns",
+        "exec",
+        s,
+        "sysctl",
+        "-qw",
+        "net.ipv6.conf.all.seg6_enabled=1",
+        &format!("net.ipv6.conf.{}.seg6_enabled=1", e2e::netns::SERVER_IF),
+    ])?;
+    ip(&[
+        "-n",
+        s,
+        "-6",
+        "route",
+        "add",
+        &format!("{sid}/128"),
+        "encap",
+        "seg6local",
+        "action",
+        "End.DX4",
+        "nh4",
+        &server,
+        "dev",
+        e2e::netns::SERVER_IF,
+    ])?;
+    // The SID is no address of the server's, so nothing answers neighbour discovery for it.
+    let out = e2e::process::run(
+        Topology::exec(s, "cat").arg(format!("/sys/class/net/{}/address", e2e::netns::SERVER_IF)),
+    )?;
+    let mac = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    ip(&[
+        "-n",
+        o,
+        "-6",
+        "neigh",
+        "replace",
+        sid,
+        "lladdr",
+        &mac,
+        "dev",
+        "pc-out",
+        "nud",
+        "permanent",
+    ])?;
+    let server_v6 = e2e::netns::SERVER_V6.to_string();
+    let url = format!("http://{server}:80/");
+    // Each way in: (what, the segment the outside's route to the server's IPv4 goes through).
+    let ways = [
+        ("an SRH to the server", server_v6.as_str()),
+        ("an End.DX4 SID", sid),
+    ];
+    let through = |segment: &str| {
+        ip(&[
+            "-n",
+            o,
+            "route",
+            "replace",
+            &format!("{server}/32"),
+            "encap",
+            "seg6",
+            "mode",
+            "encap",
+            "segs",
+            segment,
+            "dev",
+            "pc-out",
+        ])
+    };
+    // Controls, before any daemon: each way carries plaintext to the app, so the checks
+    // below can fail.
+    for (what, segment) in ways {
+        through(segment)?;
+        let before = app.bytes_read();
+        let (code, _, stderr) = e2e::mesh::curl_in(o, None, &url, Duration::from_secs(5))?;
+        ensure!(
+            code == Some(0) && app.bytes_read() > before,
+            "control: plaintext through {what} does not reach the app: exit {code:?} {stderr}"
+        );
+    }
+    let mut daemon = tc_only_strict(&topo, &dir, "kernel-run", logs.path())?;
+    wait_until(
+        "port 80 STRICT",
+        || {
+            Ok(kernel_status(s, &dir)?
+                .lines()
+                .any(|l| l.trim() == "port 80: STRICT"))
+        },
+        || daemon.log(),
+    )?;
+    for round in ["daemon up", "after kill -9"] {
+        for (what, segment) in ways {
+            through(segment)?;
+            let before = app.bytes_read();
+            let (code, _, _) = e2e::mesh::curl_in(o, None, &url, Duration::from_secs(2))?;
+            ensure!(
+                code != Some(0) && app.bytes_read() == before,
+                "BYPASS ({round}): plaintext through {what} reached the app (curl exit {code:?})"
+            );
+        }
+        daemon.kill();
+    }
+    Ok(())
+}

@@ -66,6 +66,15 @@
 //! - IPv6 extension headers are walked (hop-by-hop, routing, destination options, AH, up to
 //!   [`MAX_EXT_HEADERS`]); a chain that ends in TCP to a STRICT port is dropped, one that ends
 //!   in another protocol passes, one longer than the walk is dropped when anything is STRICT.
+//! - IPv4 or IPv6 inside IPv6 (next header 4 or 41, after any extension headers): dropped
+//!   whenever anything is STRICT. SRv6 (seg6local End.DX4/DX6/DT*, SRH decapsulation with
+//!   `seg6_enabled`) decapsulates them with no further tc pass, so the inner segment's port is
+//!   never seen here. Tunnels through a device (ipip, sit, ip6tnl, GRE, WireGuard) deliver the
+//!   inner packet on that device, where the layer-3 program judges it.
+//! - A packet whose kernel protocol (`skb->protocol`, IPv4 or IPv6) disagrees with the
+//!   EtherType at the start of the frame does not start where this program reads (a tun
+//!   device given an Ethernet link type, a packet re-injected after decapsulation with its
+//!   outer headers in front): dropped whenever anything is STRICT.
 //! - IPv4 with options, to a STRICT port: dropped (the reset path assumes a bare header).
 //! - VLAN tags still in the packet (the kernel strips the outer tag before tc, the inner of a
 //!   QinQ or a priority tag stays, and a VID 0 inner tag is stripped later and delivered
@@ -133,6 +142,9 @@ const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 const ETH_P_QINQ: u16 = 0x9100;
 const IPPROTO_TCP: u8 = 6;
+/// IPv4 and IPv6 as the next header of an IPv6 packet: an encapsulated packet.
+const IPPROTO_IPIP: u8 = 4;
+const IPPROTO_IPV6: u8 = 41;
 const IPV4_MF_OFFSET: u16 = 0x3fff;
 const IPV4_DF: u16 = 0x4000;
 
@@ -319,6 +331,17 @@ fn classify(ctx: &TcContext) -> Verdict {
     };
     let cfg = config();
     let mut proto = u16::from_be(eth.proto);
+    // The kernel's `skb->protocol` says what the packet is; the EtherType at offset 12 is
+    // where this program looks. For an Ethernet frame they agree (an untagged VLAN's type
+    // included). They differ when the packet does not start with the link header this program
+    // assumes: a tun device given an Ethernet link type (its packets start at the IP header,
+    // whose source address would be read as the EtherType), or a packet the kernel re-injects
+    // after decapsulating it with the outer headers still in front. Such an IP packet cannot
+    // be judged here.
+    let kernel_proto = u16::from_be(ctx.skb.protocol() as u16);
+    if matches!(kernel_proto, ETH_P_IP | ETH_P_IPV6) && kernel_proto != proto {
+        return unknowable(&cfg);
+    }
     let mut l3 = L3 {
         off: ETH_LEN,
         tagged: false,
@@ -575,6 +598,12 @@ fn classify_v6_chain(ctx: &TcContext, ip: &Ipv6Hdr, l3: L3, cfg: &KernelConfig) 
                 }
                 return Verdict::Pass;
             }
+            // An IPv4 or IPv6 packet inside: Linux decapsulates some of them without the inner
+            // packet passing tc on any device (SRv6: seg6local End.DX4/DX6/DT*, and SRH
+            // decapsulation with `seg6_enabled`), so the inner TCP segment's port is never
+            // judged. Dropped while anything is STRICT; steering, which runs at the socket
+            // lookup after any decapsulation, is the way to carry such tunnels.
+            IPPROTO_IPIP | IPPROTO_IPV6 => return unknowable(cfg),
             // Another upper layer (UDP, ICMPv6, no next header…): not TCP.
             _ => return Verdict::Pass,
         }
