@@ -201,23 +201,19 @@ fn join_cookies(headers: &mut HeaderMap) {
     }
 }
 
-/// Rewrites a downstream request for the upstream: absolute URI to the endpoint with the
-/// normalized path and the query as received, Host kept,
-/// hop-by-hop headers dropped, x-forwarded-* and XFCC set.
+/// Rewrites a downstream request for the upstream: origin-form URI (the normalized path and
+/// the query as received; the upstream pool writes the request-target as-is, and the endpoint
+/// is chosen by the connection, not the URI), Host kept, hop-by-hop headers dropped,
+/// x-forwarded-* and XFCC set.
 pub(super) fn outbound_request(
     req: Request<Incoming>,
     conn: &ConnInfo,
     metrics: &Arc<Metrics>,
     authority: &str,
     path_and_query: &str,
-    endpoint: &str,
 ) -> Result<Request<RequestBody>, http::Error> {
     let (mut parts, body) = req.into_parts();
-    parts.uri = Uri::builder()
-        .scheme("http")
-        .authority(endpoint)
-        .path_and_query(path_and_query)
-        .build()?;
+    parts.uri = Uri::builder().path_and_query(path_and_query).build()?;
     parts.version = Version::HTTP_11;
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);

@@ -18,7 +18,6 @@ use super::target::{raw_authority, request_authority, RequestTarget};
 use super::telemetry::access_log::AccessEntry;
 use super::telemetry::metrics::{RequestProtocol, RequestRecord};
 use super::telemetry::ResponseFlags;
-use super::upstream::{is_connect_timeout, WithPermit};
 use super::Gateway;
 use crate::config::hosts::{authority_host, best_match};
 use crate::config::model::GatewayRef;
@@ -330,7 +329,6 @@ async fn route_and_forward<'s>(
         &gateway.metrics,
         authority,
         &target.path_and_query,
-        &endpoint,
     ) {
         Ok(r) => r,
         Err(e) => {
@@ -355,7 +353,7 @@ async fn route_and_forward<'s>(
             ResponseFlags::UpstreamOverflow,
         );
     };
-    let call = gateway.upstream.client().request(outbound);
+    let call = gateway.upstream.send(permit, outbound);
     let result = match timeout {
         Some(t) => match tokio::time::timeout(t, call).await {
             Ok(r) => r,
@@ -375,7 +373,7 @@ async fn route_and_forward<'s>(
         Ok(mut resp) => {
             strip_hop_by_hop(resp.headers_mut());
             routed(
-                resp.map(|body| WithPermit::new(body, permit).boxed()),
+                resp.map(BodyExt::boxed),
                 decision,
                 Some(endpoint),
                 ResponseFlags::None,
@@ -383,7 +381,7 @@ async fn route_and_forward<'s>(
         }
         Err(e) => {
             tracing::warn!(upstream = %endpoint, service = %service, error = %e, "upstream request failed");
-            if is_connect_timeout(&e) {
+            if e.is_connect_timeout() {
                 LimitReason::upstream_connect_timeout.fire(&gateway.metrics, Some(conn.peer));
             }
             let (resp, flag) = if e.is_connect() {
