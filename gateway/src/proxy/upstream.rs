@@ -271,7 +271,7 @@ where
     ) -> Result<Response<WithPermit<B>>, UpstreamError> {
         let (resp, sender) = match permit.endpoint.checkout() {
             Some(sender) => self.send_reused(&permit.endpoint.name, sender, req).await?,
-            None => self.send_new(&permit.endpoint.name, req).await?,
+            None => Box::pin(self.send_new(&permit.endpoint.name, req)).await?,
         };
         Ok(resp.map(|body| WithPermit {
             body,
@@ -294,7 +294,7 @@ where
                 Some(req) => {
                     tracing::debug!(upstream = endpoint, error = %e.error(), "pooled connection closed before the request was sent; sending on a new one");
                     drop(sender);
-                    self.send_new(endpoint, req).await
+                    Box::pin(self.send_new(endpoint, req)).await
                 }
                 // Part of it may have reached the upstream: never sent twice.
                 None => Err(UpstreamError::Request(e.into_error())),
@@ -302,6 +302,9 @@ where
         }
     }
 
+    /// Connects and sends. Boxed where it is awaited: connecting is the slow path, and its
+    /// future (resolver, connect, handshake) would otherwise make every request's future
+    /// bigger, and every move of it dearer, pooled connection or not.
     async fn send_new(
         &self,
         endpoint: &str,
