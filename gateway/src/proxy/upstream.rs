@@ -419,7 +419,11 @@ impl<B> Body for WithPermit<B> {
         let polled = Pin::new(&mut self.body).poll_frame(cx);
         match &polled {
             Poll::Ready(None) => self.release(),
-            Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => self.release(),
+            // Trailers end a message: hyper writes them and drops the body without polling
+            // it again.
+            Poll::Ready(Some(Ok(frame))) if frame.is_trailers() || self.body.is_end_stream() => {
+                self.release()
+            }
             // The connection failed mid-body: hyper closes it; never reused.
             Poll::Ready(Some(Err(_))) => self.conn = None,
             _ => {}
@@ -488,6 +492,8 @@ mod tests {
         ThenClose,
         /// The first request answered, the second read and the connection closed unanswered.
         HangUpOnSecond,
+        /// `200`, a chunked body `ok` and a trailer field, connection kept.
+        Trailers,
         /// Headers promising a megabyte and the first bytes of it; the connection held open.
         Partial,
     }
@@ -516,6 +522,11 @@ mod tests {
                         let reply: &[u8] = match answer {
                             Answer::HangUpOnSecond if n > 0 => return,
                             Answer::Empty => b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+                            Answer::Trailers => {
+                                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\
+                                  trailer: x-checksum\r\n\r\n\
+                                  2\r\nok\r\n0\r\nx-checksum: abc\r\n\r\n"
+                            }
                             Answer::Partial => {
                                 b"HTTP/1.1 200 OK\r\ncontent-length: 1000000\r\n\r\npartial"
                             }
@@ -563,6 +574,29 @@ mod tests {
             let resp = client.send(permit, get(&addr)).await.expect("response");
             assert!(resp.body().is_end_stream());
             drop(resp);
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    /// What hyper's server does with a body whose last frame is its trailers: write them and
+    /// drop the body without polling it again. The message is complete: the connection is
+    /// reused.
+    #[tokio::test]
+    async fn a_body_dropped_after_its_trailers_frees_its_connection() {
+        let (addr, accepted) = upstream(Answer::Trailers).await;
+        let client = client(4);
+        for _ in 0..3 {
+            let permit = client.admit(&addr).expect("a place");
+            let resp = client.send(permit, get(&addr)).await.expect("response");
+            let mut body = resp.into_body();
+            loop {
+                let frame = body.frame().await.expect("a frame").expect("ok");
+                if let Some(trailers) = frame.trailers_ref() {
+                    assert_eq!(trailers["x-checksum"], "abc");
+                    break;
+                }
+            }
+            drop(body);
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
     }
