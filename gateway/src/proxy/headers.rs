@@ -280,22 +280,18 @@ pub(super) fn set_forwarding_headers(headers: &mut HeaderMap, conn: &ConnInfo, a
     }
 }
 
-/// Addresses a request, whose headers [`set_forwarding_headers`] made, to the upstream
-/// endpoint: origin path (normalized) and query as received, HTTP/1.1, and a body whose
-/// trailers are filtered.
+/// Readies a request, whose headers [`set_forwarding_headers`] made, for the upstream:
+/// origin-form target (the normalized path, the query as received; the upstream pool writes
+/// the request-target as it is, and the connection, not the URI, picks the endpoint),
+/// HTTP/1.1, and a body whose trailers are filtered.
 pub(super) fn outbound_request(
     req: Request<Incoming>,
     conn: &ConnInfo,
     metrics: &Arc<Metrics>,
     path_and_query: &str,
-    endpoint: &str,
 ) -> Result<Request<RequestBody>, http::Error> {
     let (mut parts, body) = req.into_parts();
-    parts.uri = Uri::builder()
-        .scheme("http")
-        .authority(endpoint)
-        .path_and_query(path_and_query)
-        .build()?;
+    parts.uri = Uri::builder().path_and_query(path_and_query).build()?;
     parts.version = Version::HTTP_11;
     let body = RequestBody::new(body, Arc::clone(metrics), conn.peer);
     Ok(Request::from_parts(parts, body))

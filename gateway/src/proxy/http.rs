@@ -21,7 +21,6 @@ use super::target::{raw_authority, request_authority, RequestTarget};
 use super::telemetry::access_log::AccessEntry;
 use super::telemetry::metrics::{RequestProtocol, RequestRecord};
 use super::telemetry::ResponseFlags;
-use super::upstream::{is_connect_timeout, WithPermit};
 use super::Gateway;
 use crate::config::hosts::{authority_host, best_match};
 use crate::config::model::GatewayRef;
@@ -445,13 +444,7 @@ async fn route_and_forward<'s>(
     let _ = progress
         .forwarded
         .set((decision.clone(), endpoint.clone(), metric_service));
-    let outbound = match outbound_request(
-        req,
-        conn,
-        &gateway.metrics,
-        &target.path_and_query,
-        &endpoint,
-    ) {
+    let outbound = match outbound_request(req, conn, &gateway.metrics, &target.path_and_query) {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(error = %e, "cannot build the upstream request");
@@ -475,7 +468,7 @@ async fn route_and_forward<'s>(
             ResponseFlags::UpstreamOverflow,
         );
     };
-    let call = gateway.upstream.client().request(outbound);
+    let call = gateway.upstream.send(permit, outbound);
     let result = match timeout {
         Some(t) => match tokio::time::timeout(t, call).await {
             Ok(r) => r,
@@ -495,7 +488,7 @@ async fn route_and_forward<'s>(
         Ok(mut resp) => {
             strip_hop_by_hop(resp.headers_mut());
             routed(
-                resp.map(|body| WithPermit::new(body, permit).boxed()),
+                resp.map(BodyExt::boxed),
                 decision,
                 Some(endpoint),
                 ResponseFlags::None,
@@ -503,7 +496,7 @@ async fn route_and_forward<'s>(
         }
         Err(e) => {
             tracing::warn!(upstream = %endpoint, service = %service, error = %e, "upstream request failed");
-            if is_connect_timeout(&e) {
+            if e.is_connect_timeout() {
                 LimitReason::upstream_connect_timeout.fire(&gateway.metrics, Some(conn.peer));
             }
             let (resp, flag) = if e.is_connect() {
