@@ -226,6 +226,27 @@ impl Setup {
     }
 }
 
+/// Each server serves its own host: the SIMPLE one without a certificate, the MUTUAL one
+/// with a certificate only.
+fn controls(s: &Setup, proto: &str, expect: &mut impl FnMut(&str, String, &str)) -> Result<()> {
+    expect(
+        &format!("{proto} simple"),
+        s.curl("simple.test", false, &[proto])?,
+        "200",
+    );
+    expect(
+        &format!("{proto} mutual with cert"),
+        s.curl("mutual.test", true, &[proto])?,
+        "200",
+    );
+    expect(
+        &format!("{proto} mutual without cert"),
+        s.curl("mutual.test", false, &[proto])?,
+        "000",
+    );
+    Ok(())
+}
+
 #[test]
 fn a_simple_handshake_does_not_reach_the_mutual_server() -> Result<()> {
     require_h2()?;
@@ -240,21 +261,7 @@ fn a_simple_handshake_does_not_reach_the_mutual_server() -> Result<()> {
 
     for proto in ["--http1.1", "--http2"] {
         // Controls: each server serves its own host.
-        expect(
-            &format!("{proto} simple"),
-            s.curl("simple.test", false, &[proto])?,
-            "200",
-        );
-        expect(
-            &format!("{proto} mutual with cert"),
-            s.curl("mutual.test", true, &[proto])?,
-            "200",
-        );
-        expect(
-            &format!("{proto} mutual without cert"),
-            s.curl("mutual.test", false, &[proto])?,
-            "000",
-        );
+        controls(&s, proto, &mut expect)?;
         // The attack: SIMPLE handshake, the MUTUAL server's host (curl sends a custom Host as
         // :authority on HTTP/2), in the spellings a host match must see through.
         for host in [
@@ -370,21 +377,7 @@ fn a_wildcard_simple_server_does_not_reach_the_mutual_host() -> Result<()> {
         }
     };
     for proto in ["--http1.1", "--http2"] {
-        expect(
-            &format!("{proto} simple"),
-            s.curl("simple.test", false, &[proto])?,
-            "200",
-        );
-        expect(
-            &format!("{proto} mutual with cert"),
-            s.curl("mutual.test", true, &[proto])?,
-            "200",
-        );
-        expect(
-            &format!("{proto} mutual without cert"),
-            s.curl("mutual.test", false, &[proto])?,
-            "000",
-        );
+        controls(&s, proto, &mut expect)?;
         for host in [
             "mutual.test",
             "MUTUAL.test",
