@@ -419,7 +419,12 @@ fn step_outside_reset(demo: &Demo) -> Result<()> {
     // The control for step 1's capture: the same capture does see plaintext when it crosses.
     ensure!(
         seen.contains("GET /") && !seen.contains("Hello World!"),
-        "the outside link should carry the plaintext `GET /` and no answer"
+        "the outside link should carry the plaintext `GET /` and no answer; it carried {} \
+         (`GET /`: {}, `Hello World!`: {}):\n{}",
+        seen.bytes.len(),
+        seen.contains("GET /"),
+        seen.contains("Hello World!"),
+        seen.summary.join("\n")
     );
     println!(
         "  On the outside link the same capture sees the plaintext `GET /` (so step 1's capture \

@@ -66,6 +66,28 @@ impl Capture {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        // "Capturing on" is printed before dumpcap's capture is live: a request sent at once
+        // can be missed (seen right after the daemons reload). A datagram to the link's
+        // all-nodes address until one lands in the file proves the capture live.
+        let empty = std::fs::metadata(&this.file).map_or(0, |m| m.len());
+        let probe = format!(
+            "import socket; socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\
+             .sendto(b'capture probe', ('ff02::1%{iface}', 9))"
+        );
+        let start = Instant::now();
+        while std::fs::metadata(&this.file).map_or(0, |m| m.len()) <= empty {
+            if start.elapsed() > Duration::from_secs(10) {
+                this.kill();
+                bail!("tshark on {iface} captured nothing of a probe in 10 s");
+            }
+            let _ = topo
+                .exec(ns, "python3")
+                .args(["-c", &probe])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            std::thread::sleep(Duration::from_millis(100));
+        }
         Ok(this)
     }
 
