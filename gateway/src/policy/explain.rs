@@ -103,11 +103,7 @@ pub fn explain(authz: &Authorizer, req: &ExplainRequest) -> Result<Explanation, 
     let applicable = authz.policies().map(|(a, p)| (a, p.clone())).collect();
     // The daemon's order: the host, the method, then the path; the first refused is the 400.
     let host = Authority::parse(&req.host).map(|a| a.to_string());
-    let refused_method = req
-        .method
-        .bytes()
-        .any(|b| b.is_ascii_lowercase())
-        .then(|| req.method.clone());
+    let refused_method = super::method_refused(&req.method).then(|| req.method.clone());
     let path = normalize(raw, req.path_normalization).map(std::borrow::Cow::into_owned);
     let mut explanation = Explanation {
         received: raw.to_owned(),

@@ -110,11 +110,7 @@ pub async fn handle(
             let out = Outcome::refused(StatusCode::BAD_REQUEST, "bad request: header refused");
             (out, req.uri().path().to_owned())
         }
-        // Policies match methods exactly, as Istio does, but Werkzeug (and other upstreams
-        // that accept non-uppercase tokens) uppercases them: `get` would slip past a
-        // `methods: [GET]` DENY and be served as GET. No registered method has a lowercase
-        // letter; gunicorn 22+ refuses them too.
-        (Ok(_), _) if method.as_str().bytes().any(|b| b.is_ascii_lowercase()) => {
+        (Ok(_), _) if crate::policy::method_refused(method.as_str()) => {
             tracing::info!(
                 peer = %conn.peer,
                 principal = conn.principal.as_deref().unwrap_or("-"),
