@@ -226,6 +226,15 @@ impl Setup {
     }
 }
 
+/// The MUTUAL server's host in the spellings a host match must see through, sent on a
+/// connection that completed a SIMPLE handshake.
+const MISDIRECTED_SPELLINGS: [&str; 4] = [
+    "mutual.test",
+    "MUTUAL.test",
+    "mutual.test:443",
+    "mutual.test.",
+];
+
 /// Each server serves its own host: the SIMPLE one without a certificate, the MUTUAL one
 /// with a certificate only.
 fn controls(s: &Setup, proto: &str, expect: &mut impl FnMut(&str, String, &str)) -> Result<()> {
@@ -264,12 +273,7 @@ fn a_simple_handshake_does_not_reach_the_mutual_server() -> Result<()> {
         controls(&s, proto, &mut expect)?;
         // The attack: SIMPLE handshake, the MUTUAL server's host (curl sends a custom Host as
         // :authority on HTTP/2), in the spellings a host match must see through.
-        for host in [
-            "mutual.test",
-            "MUTUAL.test",
-            "mutual.test:443",
-            "mutual.test.",
-        ] {
+        for host in MISDIRECTED_SPELLINGS {
             let header = format!("Host: {host}");
             expect(
                 &format!("{proto} SNI simple.test, {header}"),
@@ -378,12 +382,7 @@ fn a_wildcard_simple_server_does_not_reach_the_mutual_host() -> Result<()> {
     };
     for proto in ["--http1.1", "--http2"] {
         controls(&s, proto, &mut expect)?;
-        for host in [
-            "mutual.test",
-            "MUTUAL.test",
-            "mutual.test.",
-            "mutual.test:443",
-        ] {
+        for host in MISDIRECTED_SPELLINGS {
             let header = format!("Host: {host}");
             expect(
                 &format!("{proto} SNI simple.test (wildcard SIMPLE), {header}"),
